@@ -1,0 +1,253 @@
+"""Build the sweep report: comparison table, curves and the state of every trial.
+
+The report never hides a trial: failed and diverged trials are listed with their full error
+message, and trials without a runs row (still running, or killed) are listed as
+``running/incomplete``. A comparison that silently drops the runs that went wrong overstates
+the optimizers that produce them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.dataset import INCOMPLETE, find_trial_dirs, load_table, trial_states
+from analysis.plots import plot_loss_curves, workload_prefix
+from analysis.summary import format_table, optimizer_table
+
+#: Steps columns the curves need; reading only these keeps memory low on long runs.
+STEPS_COLUMNS = ["trial_id", "step", "wall_time_s", "train_loss", "eval_metric"]
+#: Order in which trial states are listed (anything else follows alphabetically).
+STATE_ORDER = ["completed", "diverged", "failed", INCOMPLETE]
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` produced.
+
+    Attributes:
+        results_path: the results directory the report was built from.
+        out_dir: where ``report.md`` and ``plots/`` were written.
+        report_path: the Markdown report.
+        table: :func:`analysis.summary.optimizer_table` of the runs.
+        text: the table formatted for a terminal, followed by the trial-state counts.
+        plot_paths: PNGs written.
+        trial_states: :func:`analysis.dataset.trial_states` (one row per trial directory).
+        state_counts: number of trials per state, e.g. ``{"completed": 4, "failed": 1}``.
+    """
+
+    results_path: Path
+    out_dir: Path
+    report_path: Path
+    table: pd.DataFrame
+    text: str
+    plot_paths: list[Path] = field(default_factory=list)
+    trial_states: pd.DataFrame = field(default_factory=pd.DataFrame)
+    state_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _count_states(states: pd.DataFrame) -> dict[str, int]:
+    counts = states["state"].astype(str).value_counts().to_dict()
+    ordered = [s for s in STATE_ORDER if s in counts] + sorted(set(counts) - set(STATE_ORDER))
+    return {s: int(counts[s]) for s in ordered}
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    parts = ", ".join(f"{n} {state}" for state, n in counts.items())
+    return f"{total} trials: {parts}"
+
+
+def _cell(value: object) -> str:
+    """A Markdown table cell: missing values as an em dash, pipes and newlines escaped."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "—"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(frame: pd.DataFrame, columns: list[str]) -> str:
+    cols = [c for c in columns if c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in frame[cols].itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _fence(text: str) -> str:
+    """Wrap ``text`` in a code fence longer than any backtick run inside it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text.rstrip()}\n{fence}"
+
+
+def _trial_heading(row: pd.Series) -> str:
+    return f"### `{row['trial_id']}` — {row['state']}"
+
+
+def _problem_section(states: pd.DataFrame) -> list[str]:
+    """Failed, diverged (and unknown-status) trials, each with its full error message."""
+    bad = states[~states["state"].isin(["completed", INCOMPLETE])]
+    if bad.empty:
+        return ["No trial failed or diverged."]
+    lines: list[str] = []
+    for _, row in bad.iterrows():
+        lines.append(_trial_heading(row))
+        lines.append("")
+        details = [
+            ("sweep", row.get("sweep_name")),
+            ("optimizer", row.get("optimizer_label")),
+            ("model", row.get("model")),
+            ("dataset", row.get("dataset")),
+            ("seed index", row.get("seed_index")),
+            ("steps completed", row.get("steps_completed")),
+            ("directory", row.get("trial_path")),
+        ]
+        lines += [f"- {name}: {_cell(value)}" for name, value in details]
+        lines.append("")
+        error = row.get("error")
+        if error is None or pd.isna(error) or not str(error).strip():
+            lines.append("(no error message recorded)")
+        else:
+            lines.append(_fence(str(error)))
+        lines.append("")
+    return lines
+
+
+def _plot_section(plot_paths: list[Path], out_dir: Path, table: pd.DataFrame) -> list[str]:
+    if not plot_paths:
+        return ["No curves to plot (no completed trial with logged steps)."]
+    # File names are "<workload prefix>__<curve>.png" (analysis.plots); map prefixes back to the
+    # unslugged names for the headings.
+    names = {
+        workload_prefix(m, d): f"{m} on {d}" for m, d in zip(table["model"], table["dataset"], strict=True)
+    }
+    lines: list[str] = []
+    current = None
+    for path in plot_paths:
+        workload, _, curve = path.stem.rpartition("__")
+        if workload != current:
+            current = workload
+            lines += [f"### {names.get(workload, workload)}", ""]
+        rel = Path(os.path.relpath(path, out_dir)).as_posix()
+        lines += [f"![{curve.replace('_', ' ')}]({rel})", ""]
+    return lines
+
+
+def render_markdown(
+    results_path: Path,
+    out_dir: Path,
+    table: pd.DataFrame,
+    plot_paths: list[Path],
+    states: pd.DataFrame,
+    counts: dict[str, int],
+) -> str:
+    """The text of ``report.md``."""
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# specbench report",
+        "",
+        f"- results: `{results_path}`",
+        f"- generated: {now}",
+        f"- {_counts_line(counts)}",
+        "",
+        "## Optimizer comparison",
+        "",
+        "Mean ± sample standard deviation over the *completed* seeds of each optimizer; "
+        "diverged and failed trials are counted in `ok/div/fail`, not averaged (they are listed "
+        "below). Within each workload the best final eval metric comes first (↑ higher is "
+        "better, ↓ lower is better).",
+        "",
+        format_table(table, style="markdown"),
+        "",
+        "## Curves",
+        "",
+        "One line per optimizer: mean over completed seeds aligned by step, shaded min–max band.",
+        "",
+        *_plot_section(plot_paths, out_dir, table),
+        "## Failed and diverged trials",
+        "",
+        *_problem_section(states),
+        "",
+        "## Running or incomplete trials",
+        "",
+        "Trials with no runs row yet: still running, or stopped before recording their end.",
+        "",
+    ]
+    incomplete = states[states["state"] == INCOMPLETE]
+    if incomplete.empty:
+        lines.append("None.")
+    else:
+        lines.append(
+            _md_table(incomplete, ["sweep_name", "trial_id", "n_steps_logged", "last_step", "trial_path"])
+        )
+    lines += [
+        "",
+        "## All trials",
+        "",
+        _md_table(
+            states,
+            [
+                "sweep_name",
+                "trial_id",
+                "state",
+                "optimizer_label",
+                "model",
+                "dataset",
+                "seed_index",
+                "steps_completed",
+                "last_step",
+            ],
+        ),  # fmt: skip
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_report(
+    results_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None
+) -> Report:
+    """Read a sweep (or a folder of sweeps), write ``report.md`` and plots, return a :class:`Report`.
+
+    Args:
+        results_path: a sweep directory or a parent of several sweeps.
+        out_dir: where to write; default ``<results_path>/report/``. Plots go to
+            ``<out_dir>/plots/`` and are linked from ``report.md`` by relative paths.
+
+    Raises:
+        ResultsNotFound: no trials under ``results_path``.
+        SchemaVersionError: some file was written by a newer specbench.
+    """
+    root = Path(results_path).expanduser()
+    find_trial_dirs(root)  # fail early, with the clear message, before creating out_dir
+    root = root.resolve()
+    out = Path(out_dir) if out_dir is not None else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    runs = load_table(root, "runs")
+    steps = load_table(root, "steps", columns=STEPS_COLUMNS)
+    states = trial_states(root)
+    counts = _count_states(states)
+
+    table = optimizer_table(runs)
+    plot_paths = plot_loss_curves(steps, runs, out / "plots")
+    text = f"{format_table(table, style='plain')}\n\n{_counts_line(counts)}"
+
+    report_path = out / "report.md"
+    report_path.write_text(render_markdown(root, out, table, plot_paths, states, counts), encoding="utf-8")
+    return Report(
+        results_path=root,
+        out_dir=out,
+        report_path=report_path,
+        table=table,
+        text=text,
+        plot_paths=plot_paths,
+        trial_states=states,
+        state_counts=counts,
+    )

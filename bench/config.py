@@ -1,0 +1,225 @@
+"""Typed configuration: the sweep file and the fully resolved trial it expands into.
+
+Every section is a pydantic model with ``extra="forbid"`` so that a misspelt key is an error, and
+every field has a default and a description so that ``specbench config --show`` can list them.
+Cross-field rules that need the registries (unknown optimizer, model or dataset names, optimizer
+settings, ZeRO compatibility) live in :func:`semantic_problems`, which returns every problem at
+once instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LrSchedule(_Strict):
+    """Learning-rate schedule, handed to DeepSpeed's scheduler (``WarmupCosineLR``/``WarmupLR``/
+    ``WarmupDecayLR``). The optimizer's configured ``lr`` is the peak value."""
+
+    kind: Literal["constant", "cosine", "linear"] = Field(
+        "cosine", description="shape after warm-up: constant, cosine decay or linear decay"
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 over this many optimizer steps")
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="final lr as a fraction of the peak (cosine and linear)"
+    )
+
+
+class TrainingConfig(_Strict):
+    """The training loop of one trial (bench/trial.py) and its DeepSpeed configuration."""
+
+    steps: int = Field(200, gt=0, description="optimizer steps per trial")
+    micro_batch_size: int = Field(32, gt=0, description="samples per worker per forward pass")
+    grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="DeepSpeed training precision")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage")
+    grad_clip: float | None = Field(
+        1.0, description="gradient clipping by global norm (DeepSpeed gradient_clipping); null disables"
+    )
+    lr_schedule: LrSchedule = Field(default_factory=LrSchedule)
+    log_every: int = Field(10, gt=0, description="steps between rows of the steps table")
+    eval_every: int = Field(50, gt=0, description="steps between evaluations on the validation split")
+    eval_batch_size: int = Field(256, gt=0, description="per-worker batch size for evaluation")
+    report_every: int = Field(
+        0,
+        ge=0,
+        description="steps between progress reports to the driver (0: about 5 per trial); reports cost a "
+        "Ray round trip, so keep them rare",
+    )
+    warmup_steps_excluded: int = Field(
+        5, ge=0, description="first steps excluded from the median step time (JIT, allocator warm-up)"
+    )
+    divergence_loss: float = Field(
+        1e4, gt=0, description="a train loss above this (or non-finite) ends the trial as diverged"
+    )
+
+    @property
+    def global_batch_per_worker(self) -> int:
+        return self.micro_batch_size * self.grad_accum
+
+
+class ResourcesConfig(_Strict):
+    """What each trial asks of the Ray cluster."""
+
+    num_workers: int = Field(2, gt=0, description="DeepSpeed data-parallel workers (Ray Train workers) per trial")
+    use_gpu: bool = Field(False, description="one GPU per worker (nccl); false: CPU workers over gloo")
+    cpus_per_worker: float = Field(
+        0.49,
+        gt=0,
+        description="Ray CPU resource per worker; below 1 lets several 2-worker trials share a small machine",
+    )
+    max_concurrent_trials: int | None = Field(
+        None, gt=0, description="cap on trials running at once (default: as many as resources allow)"
+    )
+    threads_per_worker: int = Field(
+        1, gt=0, description="OMP/torch intra-op threads per CPU worker (DeepSpeed on CPU is 4x slower without 1)"
+    )
+
+
+class WorkloadConfig(_Strict):
+    """A model trained on a dataset. Names resolve through the registries in bench/models and
+    bench/data (``builtin:cnn``, ``timm:resnet18``, ``hf:gpt2``; ``sklearn:digits``,
+    ``builtin:text``, ``hf:<dataset>``, a local file)."""
+
+    model: str = Field(..., description="model spec, e.g. builtin:cnn, timm:resnet18, hf:gpt2")
+    dataset: str = Field(..., description="dataset spec, e.g. sklearn:digits, builtin:text, hf:cifar10, data.parquet")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model builder")
+    dataset_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the dataset loader")
+
+
+class OptimizerEntry(_Strict):
+    """One optimizer of the comparison: fixed settings plus an optional grid over settings."""
+
+    name: str = Field(..., description="registered optimizer name (adamw, spectral_newton, ...)")
+    settings: dict[str, Any] = Field(default_factory=dict, description="settings (see `specbench config --show`)")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="setting -> list of values; the sweep takes the Cartesian product"
+    )
+    label: str | None = Field(None, description="display name in reports (default: name plus grid values)")
+
+    @model_validator(mode="after")
+    def _grid_not_empty(self) -> OptimizerEntry:
+        for key, values in self.grid.items():
+            if len(values) == 0:
+                raise ValueError(f"grid.{key} is an empty list")
+            if key in self.settings:
+                raise ValueError(f"'{key}' is both a fixed setting and a grid axis")
+        return self
+
+
+class SweepConfig(_Strict):
+    """A whole sweep: optimizers × workloads × seeds."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name (results sub-directory)")
+    seed: int = Field(0, ge=0, description="root seed: every trial, rank and data-stream seed derives from it")
+    seeds: int = Field(1, gt=0, description="number of seeds per (optimizer setting, workload)")
+    storage: str = Field("results", description="results root; the sweep writes <storage>/<name>/")
+    workloads: list[WorkloadConfig] = Field(..., min_length=1)
+    optimizers: list[OptimizerEntry] = Field(..., min_length=1)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+
+class TrialSpec(_Strict):
+    """A fully resolved trial: everything a worker needs, nothing more (it runs without Ray)."""
+
+    sweep_name: str
+    trial_id: str
+    trial_index: int
+    seed_index: int
+    seed: int
+    optimizer: str
+    optimizer_label: str
+    optimizer_settings: dict[str, Any]
+    workload: WorkloadConfig
+    training: TrainingConfig
+    resources: ResourcesConfig
+    config_hash: str
+
+
+def semantic_problems(cfg: SweepConfig) -> list[str]:
+    """Every problem that needs the registries, as readable lines (empty when the sweep is valid).
+
+    Cheap checks only: nothing is downloaded, no model is built.
+    """
+    return _registry_problems(list(enumerate(cfg.workloads)), list(enumerate(cfg.optimizers)), cfg.training.zero_stage)
+
+
+def partial_semantic_problems(raw: dict[str, Any]) -> list[str]:
+    """Registry problems of the entries that are well-formed in a document that failed schema
+    validation elsewhere, so that one run of the validator reports every mistake."""
+    from pydantic import ValidationError
+
+    def valid(model, items) -> list[tuple[int, Any]]:
+        out = []
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            try:
+                out.append((i, model.model_validate(item)))
+            except ValidationError:
+                pass
+        return out
+
+    zero = 0
+    training = raw.get("training")
+    if isinstance(training, dict) and training.get("zero_stage") in (0, 1, 2, 3):
+        zero = training["zero_stage"]
+    return _registry_problems(valid(WorkloadConfig, raw.get("workloads")), valid(OptimizerEntry, raw.get("optimizers")),
+                              zero)
+
+
+def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: list[tuple[int, OptimizerEntry]],
+                       zero_stage: int) -> list[str]:
+    # Imported here so that parsing a config does not import torch-heavy registries needlessly.
+    import optimizers
+    from bench import data, models
+
+    problems: list[str] = []
+    for i, wl in workloads:
+        where = f"workloads[{i}]"
+        msg = models.check_spec(wl.model)
+        if msg:
+            problems.append(f"{where}.model: {msg}")
+        else:
+            problems.extend(f"{where}.model_args: {m}" for m in models.check_args(wl.model, wl.model_args))
+        msg = data.check_spec(wl.dataset)
+        if msg:
+            problems.append(f"{where}.dataset: {msg}")
+        else:
+            problems.extend(f"{where}.dataset_args: {m}" for m in data.check_args(wl.dataset, wl.dataset_args))
+
+    known = set(optimizers.available())
+    for i, entry in entries:
+        where = f"optimizers[{i}]"
+        if entry.name not in known:
+            problems.append(f"{where}.name: unknown optimizer '{entry.name}'; available: {', '.join(sorted(known))}")
+            continue
+        # Validate the fixed settings with every grid value substituted, so a bad grid value is
+        # reported too.
+        for combo in grid_points(entry.grid) or [{}]:
+            for m in optimizers.validate_settings(entry.name, {**entry.settings, **combo}):
+                line = f"{where} ({entry.name}): {m}"
+                if line not in problems:
+                    problems.append(line)
+        if zero_stage > 0 and optimizers.requires_full_matrices(entry.name):
+            problems.append(
+                f"{where} ({entry.name}): needs whole gradient matrices, but training.zero_stage="
+                f"{zero_stage} hands client optimizers one flat 1-D partition per rank "
+                "(the matrix structure is lost). Use zero_stage: 0 (plain data parallelism; the "
+                "per-matrix work is still sharded across ranks by the optimizer) or an element-wise "
+                "optimizer such as adamw."
+            )
+    return problems
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Cartesian product of a grid in a stable order (keys sorted, values in the given order)."""
+    import itertools
+
+    keys = sorted(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]

@@ -1,0 +1,125 @@
+"""``builtin:text`` — a byte-level language-modelling corpus that exists on every Python install.
+
+The documents are the source files of Python's own standard library (code, comments and
+docstrings: real, varied text), read in sorted file-name order from
+``sysconfig.get_paths()["stdlib"]`` until ``max_bytes`` are collected. No download, no fixture.
+The corpus depends on the Python version, so the bundle records its sha256 as ``fingerprint``
+and results can tell which corpus a run used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.data.argcheck import int_problems
+from bench.data.packing import pack_documents, split_blocks
+from bench.data.splits import fraction_problems
+from bench.data.task import DataBundle, TaskInfo
+from bench.data.tokenizer import ByteTokenizer
+
+__all__ = ["ByteTokenizer", "check_name", "load", "read_stdlib_corpus", "validate_args"]
+
+NAMES = ("text",)
+
+ALLOWED_ARGS: dict[str, str] = {
+    "seq_len": "tokens per example (default 64)",
+    "max_bytes": "corpus size cap in bytes (default 2000000)",
+    "val_fraction": "share of blocks held out for validation (default 0.05)",
+    "test_fraction": "share of blocks held out for the final test (default 0.05)",
+}
+
+DEFAULTS: dict[str, Any] = {
+    "seq_len": 64,
+    "max_bytes": 2_000_000,
+    "val_fraction": 0.05,
+    "test_fraction": 0.05,
+}
+
+
+def check_name(name: str) -> str | None:
+    """Problem with the part after ``builtin:``, or None."""
+    if name not in NAMES:
+        return f"unknown builtin dataset {name!r}; available: {', '.join(NAMES)}"
+    return None
+
+
+def validate_args(args: dict[str, Any]) -> list[str]:
+    """Problems with argument values (names are checked by the registry)."""
+    opts = {**DEFAULTS, **args}
+    return (
+        int_problems("seq_len", opts["seq_len"])
+        + int_problems("max_bytes", opts["max_bytes"])
+        + fraction_problems(opts["val_fraction"], opts["test_fraction"])
+    )
+
+
+def read_stdlib_corpus(max_bytes: int) -> list[tuple[str, bytes]]:
+    """``(file name, bytes)`` of the standard library's top-level ``*.py`` files, in sorted order,
+    capped at ``max_bytes`` in total (the last file is cut to fit).
+
+    Raw bytes, not decoded text: the byte tokenizer needs nothing more, and a file in an unusual
+    encoding cannot break the loader.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if p.is_file())
+    docs: list[tuple[str, bytes]] = []
+    budget = max_bytes
+    for path in files:
+        if budget <= 0:
+            break
+        data = path.read_bytes()[:budget]
+        if data:
+            docs.append((path.name, data))
+            budget -= len(data)
+    if not docs:
+        raise RuntimeError(
+            f"builtin:text found no Python source files under {root}; this Python install ships "
+            "its standard library without sources (use a local text file dataset instead)"
+        )
+    return docs
+
+
+def _corpus_sha256(docs: list[np.ndarray], eos_id: int) -> str:
+    """sha256 of the token stream (uint16, each document followed by the separator)."""
+    h = hashlib.sha256()
+    sep = np.array([eos_id], dtype="<u2").tobytes()
+    for doc in docs:
+        h.update(doc.astype("<u2").tobytes())
+        h.update(sep)
+    return h.hexdigest()
+
+
+def load(name: str, args: dict[str, Any], seed: int) -> DataBundle:
+    """Build the corpus, pack it into ``seq_len + 1`` blocks and split whole blocks by ``seed``."""
+    problem = check_name(name) or "; ".join(validate_args(args))
+    if problem:
+        raise ValueError(f"dataset 'builtin:{name}': {problem}")
+    opts = {**DEFAULTS, **args}
+    seq_len = int(opts["seq_len"])
+
+    tok = ByteTokenizer()
+    files = read_stdlib_corpus(int(opts["max_bytes"]))
+    docs = [tok.encode_array(data) for _, data in files]
+    blocks = pack_documents(docs, tok.eos_id, seq_len)
+    if len(blocks) < 3:
+        raise ValueError(
+            f"dataset 'builtin:{name}': max_bytes={opts['max_bytes']} gives only {len(blocks)} "
+            f"blocks of {seq_len + 1} tokens; raise max_bytes or lower seq_len"
+        )
+    train, val, test = split_blocks(blocks, float(opts["val_fraction"]), float(opts["test_fraction"]), seed)
+
+    task = TaskInfo(kind="lm", vocab_size=tok.vocab_size, seq_len=seq_len, eos_token_id=tok.eos_id)
+    meta = {
+        "source": "python stdlib sources",
+        "python_version": ".".join(map(str, sys.version_info[:3])),
+        "files": len(files),
+        "bytes": sum(len(data) for _, data in files),
+        "tokens": int(blocks.size),
+    }
+    return DataBundle(task, train, val, test, fingerprint=_corpus_sha256(docs, tok.eos_id), meta=meta)

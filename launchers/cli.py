@@ -1,0 +1,255 @@
+"""The ``specbench`` command line.
+
+Every user mistake (bad config, unreadable results, unwritable storage) ends in one readable
+message on stderr and exit status 2 before anything starts; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user mistake that is not a config-file problem (paths, flags)."""
+
+
+def _fail(message: str) -> int:
+    print(f"specbench: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _writable_dir(path: Path) -> None:
+    """Create ``path`` if needed and prove it is writable, or raise UsageError."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".specbench-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"storage path {path} is not writable ({exc.strerror or exc})") from None
+
+
+def _project_env() -> None:
+    """Quiet, reproducible defaults for every process this command starts."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # DeepSpeed JIT-compiles its CPU ops once; keep them in a per-user cache unless told otherwise.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "specbench" / "torch_extensions"))
+
+
+# ---------------------------------------------------------------------------------------- sweep
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from launchers.sweep import expand, load_config, sweep_fingerprint
+
+    cfg = load_config(args.config, {"storage": args.storage, "name": args.name})
+    storage = Path(cfg.storage)
+    _writable_dir(storage / cfg.name)
+    trials = expand(cfg)
+
+    from launchers import ray_runner
+
+    if not args.address:
+        problems = ray_runner.resource_problems(cfg.resources, *ray_runner.local_cluster_shape())
+        if problems:
+            from launchers.sweep import ConfigError
+
+            raise ConfigError(args.config, problems)
+    ray_runner.start_ray(args.address, verbose=args.verbose)
+    try:
+        if args.address:
+            problems = ray_runner.resource_problems(cfg.resources, *ray_runner.cluster_shape())
+            if problems:
+                from launchers.sweep import ConfigError
+
+                raise ConfigError(args.config, problems)
+        _write_sweep_record(storage / cfg.name, cfg, trials, sweep_fingerprint(cfg))
+        print(f"sweep '{cfg.name}': {len(trials)} trials → {(storage / cfg.name).resolve()}", file=sys.stderr)
+        from launchers.progress import SweepProgress
+
+        with SweepProgress(len(trials)) as progress:
+            errors = ray_runner.run_trials(cfg, trials, storage, on_event=progress.handle)
+    finally:
+        import ray
+
+        ray.shutdown()
+
+    from bench.trial import record_failure
+
+    by_id = {t.trial_id: t for t in trials}
+    for tid, err in errors.items():
+        if tid in by_id:
+            record_failure(by_id[tid], storage, err)
+    code = _print_report(storage / cfg.name)
+    if errors:
+        print(f"{len(errors)} trial(s) failed: {', '.join(sorted(errors))}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _write_sweep_record(sweep_dir: Path, cfg, trials, fingerprint: str) -> None:
+    from bench.results.writer import write_atomic_text
+
+    record = {
+        "name": cfg.name,
+        "fingerprint": fingerprint,
+        "config": cfg.model_dump(mode="json"),
+        "trials": [{"trial_id": t.trial_id, "optimizer_label": t.optimizer_label, "seed_index": t.seed_index,
+                    "model": t.workload.model, "dataset": t.workload.dataset} for t in trials],
+    }
+    write_atomic_text(json.dumps(record, indent=2, sort_keys=True), sweep_dir / "sweep.json")
+
+
+def _print_report(results: Path, out: Path | None = None) -> int:
+    from analysis import ResultsNotFound, ResultsReadError, SchemaVersionError, build_report
+
+    try:
+        report = build_report(results, out)
+    except (ResultsNotFound, ResultsReadError, SchemaVersionError) as exc:
+        return _fail(str(exc))
+    print(report.text)
+    print(f"\nreport: {report.report_path}  ({len(report.plot_paths)} plots in {report.out_dir / 'plots'})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from launchers.local import run_local
+    from launchers.sweep import expand, load_config
+
+    cfg = load_config(args.config, {"storage": args.storage, "name": args.name})
+    trials = expand(cfg)
+    if not 0 <= args.trial < len(trials):
+        raise UsageError(f"--trial {args.trial} is out of range: the sweep has trials 0..{len(trials) - 1}")
+    spec = trials[args.trial]
+    if args.workers is not None:
+        if args.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"num_workers": args.workers})})
+    storage = Path(cfg.storage)
+    _writable_dir(storage / cfg.name)
+    print(f"trial {spec.trial_index}: {spec.trial_id} ({spec.optimizer_label}, {spec.workload.model} on "
+          f"{spec.workload.dataset}, {spec.resources.num_workers} worker(s), no Ray)", file=sys.stderr)
+    ok = run_local(spec, storage)
+    if not ok:
+        print(f"trial {spec.trial_id} failed (see the traceback above)", file=sys.stderr)
+        return 1
+    print(f"results in {(storage / cfg.name / 'trials' / spec.trial_id).resolve()}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------- report
+def cmd_report(args: argparse.Namespace) -> int:
+    path = Path(args.results)
+    if not path.exists():
+        raise UsageError(f"results path {path} does not exist")
+    return _print_report(path, Path(args.out) if args.out else None)
+
+
+# --------------------------------------------------------------------------------------- config
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.config:
+        from launchers.sweep import expand, load_config
+
+        cfg = load_config(args.config)
+        if args.show:
+            print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        trials = expand(cfg)
+        print(f"config OK: {len(trials)} trials", file=sys.stderr)
+        for t in trials:
+            print(f"  [{t.trial_index}] {t.trial_id}  {t.optimizer_label}  {t.workload.model} / {t.workload.dataset}"
+                  f"  seed {t.seed_index}")
+        return 0
+    print(_describe_defaults())
+    return 0
+
+
+def _describe_defaults() -> str:
+    """Every section's keys with defaults and descriptions, plus every optimizer's settings."""
+    import optimizers
+    from bench.config import LrSchedule, OptimizerEntry, ResourcesConfig, SweepConfig, TrainingConfig, WorkloadConfig
+
+    lines: list[str] = []
+
+    def section(title: str, model) -> None:
+        lines.append(f"{title}:")
+        for name, field in model.model_fields.items():
+            default: Any = field.default if field.default_factory is None else field.default_factory()
+            if hasattr(default, "model_dump"):
+                default = "{...}"
+            shown = "(required)" if field.is_required() else json.dumps(default, default=str)
+            lines.append(f"  {name}: {shown}    # {field.description or ''}")
+        lines.append("")
+
+    section("(top level)", SweepConfig)
+    section("workloads[]", WorkloadConfig)
+    section("optimizers[]", OptimizerEntry)
+    section("training", TrainingConfig)
+    section("training.lr_schedule", LrSchedule)
+    section("resources", ResourcesConfig)
+    for name in optimizers.available():
+        lines.append(f"optimizers[].settings for name: {name}")
+        for field, default, desc in optimizers.describe(name):
+            lines.append(f"  {field}: {json.dumps(default, default=str)}    # {desc}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sweep", help="validate, expand and run a sweep on Ray, then report")
+    p.add_argument("config", help="sweep YAML file")
+    p.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: embedded local Ray")
+    p.add_argument("--storage", help="results root (overrides the config's storage)")
+    p.add_argument("--name", help="sweep name (overrides the config's name)")
+    p.add_argument("--verbose", action="store_true", help="show Ray and DeepSpeed logs")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("train", help="run one trial of a sweep without Ray (debugging)")
+    p.add_argument("config")
+    p.add_argument("--trial", type=int, default=0, help="trial index (see `specbench config CONFIG`)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: resources.num_workers)")
+    p.add_argument("--storage")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="tables and plots from a results directory")
+    p.add_argument("results", help="a sweep directory (<storage>/<name>) or a directory of sweeps")
+    p.add_argument("--out", help="where to write report.md and plots (default: <results>/report)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("config", help="validate a sweep file and list its trials, or show every default")
+    p.add_argument("config", nargs="?", help="sweep YAML file (omit with --show to list all defaults)")
+    p.add_argument("--show", action="store_true", help="print the resolved config with every default")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from launchers.sweep import ConfigError
+
+    _project_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Running a sweep on Ray: Ray Tune drives one Ray Train ``TorchTrainer`` per trial.
+
+Shape (STACK.md, measured on Ray 2.60 with Train V2):
+
+- each Tune trial is a small function holding 0.01 CPU that builds a ``TorchTrainer`` whose
+  workers (``ScalingConfig(num_workers, use_gpu, resources_per_worker)``) form the gloo/nccl
+  process group; ``TuneReportCallback`` forwards the workers' progress reports to Tune;
+- the workers call :func:`bench.trial.run_trial`, which writes the Parquet results itself (rank
+  0), so nothing depends on Ray's result plumbing (``Result.metrics`` can come back empty);
+- Ray Train's health-check poll is shortened, otherwise each report waits ≈ 2.5 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.config import ResourcesConfig, SweepConfig, TrialSpec
+
+#: Environment of every Ray process the sweep starts (driver side, trial actors and workers).
+WORKER_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+TRIAL_ACTOR_CPU = 0.01  # a Tune trial with 0 CPU is rejected; the trainer's workers hold the rest
+
+_EVENT_SINK: Callable[[TrialEvent], None] | None = None
+
+
+@dataclass
+class TrialEvent:
+    kind: str  # start | result | complete | error
+    trial_id: str
+    metrics: dict[str, Any]
+
+
+def resource_problems(res: ResourcesConfig, cluster: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
+    """Why a trial's request can never be scheduled on this cluster (empty when it can)."""
+    problems = []
+    cpu_total = cluster.get("CPU", 0.0)
+    need_cpu = res.num_workers * res.cpus_per_worker + TRIAL_ACTOR_CPU
+    if need_cpu > cpu_total + 1e-9:
+        problems.append(
+            f"resources: one trial needs {need_cpu:g} CPU ({res.num_workers} workers × {res.cpus_per_worker:g} "
+            f"+ {TRIAL_ACTOR_CPU}) but the cluster has {cpu_total:g}; lower num_workers or cpus_per_worker"
+        )
+    if not any(n.get("CPU", 0.0) >= res.cpus_per_worker for n in nodes):
+        problems.append(f"resources: no node has {res.cpus_per_worker:g} CPU for one worker")
+    if res.use_gpu:
+        gpus = cluster.get("GPU", 0.0)
+        if gpus < res.num_workers:
+            problems.append(
+                f"resources: use_gpu with {res.num_workers} workers needs {res.num_workers} GPUs but the "
+                f"cluster has {gpus:g}; set use_gpu: false to train on CPU workers over gloo"
+            )
+    return problems
+
+
+def local_cluster_shape() -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Resources an embedded Ray would have on this machine, known without starting it."""
+    import torch
+
+    res = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    return res, [res]
+
+
+def start_ray(address: str | None, verbose: bool = False) -> None:
+    """Join ``address`` or start Ray embedded on this machine, bound to localhost."""
+    import ray
+
+    os.environ.update(WORKER_ENV)
+    kwargs: dict[str, Any] = {
+        "runtime_env": {"env_vars": dict(WORKER_ENV)},
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+        "configure_logging": True,
+        "ignore_reinit_error": True,
+    }
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # Embedded: no dashboard (saves ~0.9 GiB), bounded object store, localhost only.
+        ray.init(
+            include_dashboard=False,
+            object_store_memory=int(os.environ.get("SPECBENCH_OBJECT_STORE_BYTES", 512 * 2**20)),
+            _node_ip_address="127.0.0.1",
+            **kwargs,
+        )
+
+
+def cluster_shape() -> tuple[dict[str, float], list[dict[str, float]]]:
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    return dict(ray.cluster_resources()), nodes
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Body of every Ray Train worker: run the trial on the process group Ray set up."""
+    import ray.train
+
+    from bench.distributed import configure_cpu_threads
+    from bench.trial import run_trial
+
+    warnings.filterwarnings("ignore")
+    spec = TrialSpec.model_validate(config["trial"])
+    if not spec.resources.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        configure_cpu_threads(spec.resources.threads_per_worker)
+    run_trial(spec, config["storage"], reporter=lambda metrics: ray.train.report(metrics))
+
+
+def _trial_fn(config: dict[str, Any]) -> None:
+    """One Tune trial: a TorchTrainer for the trial's workers."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    spec = TrialSpec.model_validate(config["trial"])
+    res = spec.resources
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.num_workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker={"CPU": res.cpus_per_worker} if not res.use_gpu else None,
+        ),
+        run_config=ray.train.RunConfig(
+            name=spec.trial_id,
+            storage_path=config["ray_storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+    trainer.fit()
+
+
+def run_trials(
+    cfg: SweepConfig,
+    trials: list[TrialSpec],
+    storage: Path,
+    on_event: Callable[[TrialEvent], None] | None = None,
+) -> dict[str, str]:
+    """Run ``trials`` on the connected Ray cluster; returns trial_id → error text for trials that
+    Ray reports as errored (their workers may not have written a result row)."""
+    from ray import tune
+
+    sweep_dir = (storage / cfg.name).resolve()
+    ray_storage = str(sweep_dir / "_ray")
+
+    class _Events(tune.Callback):
+        # Tune pickles its callbacks with the experiment state; the sink (a live progress display
+        # holding locks) is therefore looked up in a module global instead of stored here.
+        def _emit(self, kind: str, trial, result: dict[str, Any] | None = None) -> None:
+            if _EVENT_SINK is not None:
+                tid = trial.config["trial"]["trial_id"]
+                _EVENT_SINK(TrialEvent(kind, tid, dict(result or {})))
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._emit("start", trial)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self._emit("result", trial, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._emit("complete", trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._emit("error", trial)
+
+    param_space = {
+        "trial": tune.grid_search([t.model_dump(mode="json") for t in trials]),
+        "storage": str(storage.resolve()),
+        "ray_storage": ray_storage,
+    }
+    tuner = tune.Tuner(
+        tune.with_resources(_trial_fn, {"CPU": TRIAL_ACTOR_CPU}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=ray_storage,
+            verbose=0,
+            callbacks=[_Events()],
+        ),
+    )
+    global _EVENT_SINK
+    _EVENT_SINK = on_event
+    try:
+        grid = tuner.fit()
+    finally:
+        _EVENT_SINK = None
+    errors: dict[str, str] = {}
+    for result in grid:
+        if result.error is not None:
+            tid = result.config["trial"]["trial_id"] if result.config else "?"
+            errors[tid] = _short_error(result.error)
+    return errors
+
+
+def _short_error(exc: BaseException) -> str:
+    """The innermost message of a Ray error chain, on one line."""
+    text = str(exc).strip().splitlines()
+    tail = [line for line in text if line.strip()][-1:] or [type(exc).__name__]
+    return tail[0][:500]

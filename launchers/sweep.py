@@ -1,0 +1,142 @@
+"""Loading, validating and expanding a sweep file.
+
+Validation collects every problem (YAML syntax, unknown keys, wrong types, unknown registry
+names, incompatible settings) into one :class:`ConfigError` so the user fixes them in one go;
+the CLI prints it and exits with status 2 before anything starts.
+
+Expansion is the Cartesian product workloads × optimizer entries × grid points × seeds, in that
+nesting order. A trial id is ``<optimizer>-<8 hex of the resolved trial's hash>``: the hash
+covers everything that changes what the trial computes (workload, optimizer and settings,
+training, resources, seed) and nothing else, so the same trial keeps its id when unrelated
+entries are added to the sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from bench.config import SweepConfig, TrialSpec, grid_points, partial_semantic_problems, semantic_problems
+from bench.seeds import trial_seed
+
+
+class ConfigError(Exception):
+    """A user mistake in a sweep file: ``problems`` lists every one of them."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"invalid sweep config {self.source}: {len(self.problems)} problem(s)"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        out.append(f"{loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "missing")
+                                       and not isinstance(err.get("input"), (dict, list)) else ""))
+    return out
+
+
+def parse_config(raw: Any, source: str = "<config>", overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Validate a loaded YAML document (plus CLI overrides) into a :class:`SweepConfig`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the file must be a YAML mapping (key: value) at the top level"])
+    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    try:
+        cfg = SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, _pydantic_problems(exc) + partial_semantic_problems(raw)) from None
+    problems = semantic_problems(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    expand(cfg)  # duplicate trials are a config mistake too; report them before anything runs
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), ["file not found"])
+    try:
+        # safe_load: a config never constructs Python objects or runs code.
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(path), [f"malformed YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    return parse_config(raw, str(path), overrides)
+
+
+def _hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _label(name: str, entry_label: str | None, point: dict[str, Any]) -> str:
+    base = entry_label or name
+    if not point:
+        return base
+    return base + "(" + ",".join(f"{k}={v}" for k, v in point.items()) + ")"
+
+
+def expand(cfg: SweepConfig) -> list[TrialSpec]:
+    """Every trial of the sweep, in a stable order."""
+    trials: list[TrialSpec] = []
+    for workload in cfg.workloads:
+        for entry in cfg.optimizers:
+            for point in grid_points(entry.grid) or [{}]:
+                settings = {**entry.settings, **point}
+                for seed_index in range(cfg.seeds):
+                    seed = trial_seed(cfg.seed, seed_index)
+                    identity = {
+                        "workload": workload.model_dump(mode="json"),
+                        "optimizer": entry.name,
+                        "settings": settings,
+                        "training": cfg.training.model_dump(mode="json"),
+                        "world_size": cfg.resources.num_workers,
+                        "use_gpu": cfg.resources.use_gpu,
+                        "seed": seed,
+                    }
+                    digest = _hash(identity)
+                    trials.append(
+                        TrialSpec(
+                            sweep_name=cfg.name,
+                            trial_id=f"{entry.name}-{digest[:8]}",
+                            trial_index=len(trials),
+                            seed_index=seed_index,
+                            seed=seed,
+                            optimizer=entry.name,
+                            optimizer_label=_label(entry.name, entry.label, point),
+                            optimizer_settings=settings,
+                            workload=workload,
+                            training=cfg.training,
+                            resources=cfg.resources,
+                            config_hash=digest,
+                        )
+                    )
+    ids = [t.trial_id for t in trials]
+    if len(set(ids)) != len(ids):
+        # Identical trials (e.g. a duplicated optimizer entry) would overwrite each other's files.
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        raise ConfigError(cfg.name, [f"optimizers: the sweep contains identical trials ({', '.join(dupes)}); remove duplicates"])
+    return trials
+
+
+def sweep_fingerprint(cfg: SweepConfig) -> str:
+    """Hash of the sweep's resolved config (minus storage), stored with the results."""
+    return _hash(cfg.model_dump(mode="json", exclude={"storage"}))

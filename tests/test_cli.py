@@ -1,0 +1,83 @@
+"""The command line: user mistakes end in one message and exit status 2, with nothing started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO, tiny_sweep
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launchers.cli", *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=300
+    )
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def test_malformed_yaml(write_yaml, tmp_path):
+    path = write_yaml("name: x\nworkloads: [\n  - {model: builtin:cnn\n")
+    proc = run_cli("sweep", str(path), "--storage", str(tmp_path / "out"))
+    assert_usage_error(proc, "malformed YAML", "line")
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_problem_is_listed_and_nothing_is_created(write_yaml, tmp_path):
+    doc = tiny_sweep(optimizers=[{"name": "nope"}], workloads=[{"model": "builtin:cnn", "dataset": "nosuch:x"}])
+    doc["training"]["bogus"] = 1
+    path = write_yaml(doc)
+    proc = run_cli("sweep", str(path), "--storage", str(tmp_path / "out"))
+    assert_usage_error(proc, "unknown optimizer 'nope'", "nosuch:x", "training.bogus: unknown key", "3 problem(s)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_file():
+    assert_usage_error(run_cli("sweep", "does/not/exist.yaml"), "file not found")
+
+
+def test_impossible_resources_rejected_before_ray_starts(write_yaml, tmp_path):
+    doc = tiny_sweep()
+    doc["resources"].update(num_workers=64, cpus_per_worker=1.0)
+    proc = run_cli("sweep", str(write_yaml(doc)), "--storage", str(tmp_path / "out"))
+    assert_usage_error(proc, "resources: one trial needs 64.01 CPU")
+
+
+def test_gpu_request_without_gpus(write_yaml, tmp_path):
+    doc = tiny_sweep()
+    doc["resources"]["use_gpu"] = True
+    proc = run_cli("sweep", str(write_yaml(doc)), "--storage", str(tmp_path / "out"))
+    assert_usage_error(proc, "use_gpu")
+
+
+def test_unwritable_storage(write_yaml, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = run_cli("sweep", str(write_yaml(tiny_sweep())), "--storage", str(blocker / "sub"))
+    assert_usage_error(proc, "not writable")
+
+
+def test_report_on_missing_results(tmp_path):
+    assert_usage_error(run_cli("report", str(tmp_path / "nothing")), "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_usage_error(run_cli("report", str(tmp_path / "empty")))
+
+
+def test_train_trial_out_of_range(write_yaml, tmp_path):
+    proc = run_cli("train", str(write_yaml(tiny_sweep())), "--trial", "5", "--storage", str(tmp_path))
+    assert_usage_error(proc, "out of range")
+
+
+def test_config_lists_trials_and_show_lists_every_default(write_yaml):
+    proc = run_cli("config", str(write_yaml(tiny_sweep(seeds=2))))
+    assert proc.returncode == 0, proc.stderr
+    assert "config OK: 2 trials" in proc.stderr
+    show = run_cli("config", "--show")
+    assert show.returncode == 0, show.stderr
+    for key in ("micro_batch_size", "zero_stage", "warmup_steps", "cpus_per_worker", "damping", "alpha_policy"):
+        assert key in show.stdout
