@@ -28,6 +28,11 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning",
     "RAY_TRAIN_V2_ENABLED": "1",
+    # Tune's console tables would fight with our progress display; results live in Parquet.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Trials with fractional CPU start more worker processes than cores; that is intended here,
+    # so the raylet's "N worker processes started" warning is noise.
+    "RAY_worker_maximum_startup_concurrency": "64",
 }
 
 TRIAL_ACTOR_CPU = 0.01  # a Tune trial with 0 CPU is rejected; the trainer's workers hold the rest
@@ -77,10 +82,12 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
     import ray
 
     os.environ.update(WORKER_ENV)
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {
         "runtime_env": {"env_vars": dict(WORKER_ENV)},
         "log_to_driver": verbose,
-        "logging_level": logging.INFO if verbose else logging.WARNING,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
         "configure_logging": True,
         "ignore_reinit_error": True,
     }

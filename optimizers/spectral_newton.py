@@ -45,7 +45,13 @@ from .param_groups import (
     check_coverage,
     check_groups_disjoint,
 )
-from .spectral import FALLBACK_CHAINS, METHODS, compute_dtype, spectral_norm_estimate, spectral_transform_with_stats
+from .spectral import (
+    FALLBACK_CHAINS,
+    METHODS,
+    compute_dtype,
+    spectral_norm_estimate,
+    spectral_transform_with_stats,
+)
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "frobenius", "spectral")
 GROUP_KINDS: tuple[str, ...] = ("spectral", "adamw")
