@@ -1,10 +1,24 @@
 """specbench analysis: read the Parquet results of sweeps into tables, plots and reports.
 
-This package reads only Parquet files; it never imports the training code (``bench``,
-``optimizers``, ``launchers``), so results can be analysed on any machine with pandas, pyarrow
-and matplotlib.
+Curvature (PAPER.md §2–3): :mod:`analysis.fits` (power-law fits of one layer),
+:mod:`analysis.curvature` (the ``layer_fits`` table and its summaries),
+:mod:`analysis.curvature_plots`, :mod:`analysis.curvature_report` (the report section),
+:mod:`analysis.claims` (the paper's claims as checkable rules) and :mod:`analysis.paper_data`
+(the paper's published result files as ``layer_fits``).
+
+This package reads only Parquet, JSON and YAML files; it never imports the training code
+(``bench``, ``optimizers``, ``launchers``), so results can be analysed on any machine with
+pandas, pyarrow, scipy and matplotlib.
 """
 
+from analysis.claims import ClaimResult, exit_status, format_results, load_claims, verify
+from analysis.curvature import (
+    alpha_by_type,
+    layer_fits_from_curvature,
+    load_layer_fits,
+    participation_summary,
+    transfer_error_summary,
+)
 from analysis.dataset import (
     SCHEMA_VERSION,
     ResultsNotFound,
@@ -14,22 +28,37 @@ from analysis.dataset import (
     load_table,
     trial_states,
 )
+from analysis.fits import bic_profile, decomposition_fit, fit_layer, zeta_bound
 from analysis.plots import plot_loss_curves
 from analysis.report import Report, build_report
 from analysis.summary import format_table, optimizer_table, t_interval
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ClaimResult",
     "Report",
     "ResultsNotFound",
     "ResultsReadError",
     "SchemaVersionError",
+    "alpha_by_type",
+    "bic_profile",
     "build_report",
+    "decomposition_fit",
+    "exit_status",
     "find_trial_dirs",
+    "fit_layer",
+    "format_results",
     "format_table",
+    "layer_fits_from_curvature",
+    "load_claims",
+    "load_layer_fits",
     "load_table",
     "optimizer_table",
+    "participation_summary",
     "plot_loss_curves",
     "t_interval",
+    "transfer_error_summary",
     "trial_states",
+    "verify",
+    "zeta_bound",
 ]

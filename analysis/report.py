@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.curvature_report import CurvatureSection, curvature_section
 from analysis.dataset import INCOMPLETE, find_trial_dirs, load_table, trial_states
 from analysis.plots import plot_loss_curves, workload_prefix
 from analysis.summary import format_table, optimizer_table
@@ -36,9 +37,11 @@ class Report:
         report_path: the Markdown report.
         table: :func:`analysis.summary.optimizer_table` of the runs.
         text: the table formatted for a terminal, followed by the trial-state counts.
-        plot_paths: PNGs written.
+        plot_paths: PNGs written (training curves, then curvature figures).
         trial_states: :func:`analysis.dataset.trial_states` (one row per trial directory).
         state_counts: number of trials per state, e.g. ``{"completed": 4, "failed": 1}``.
+        curvature: the "Curvature" section (layer fits, tables, figures), or None when no trial
+            has ``curvature`` or ``layer_fits`` data.
     """
 
     results_path: Path
@@ -49,6 +52,7 @@ class Report:
     plot_paths: list[Path] = field(default_factory=list)
     trial_states: pd.DataFrame = field(default_factory=pd.DataFrame)
     state_counts: dict[str, int] = field(default_factory=dict)
+    curvature: CurvatureSection | None = None
 
 
 def _count_states(states: pd.DataFrame) -> dict[str, int]:
@@ -147,8 +151,9 @@ def render_markdown(
     plot_paths: list[Path],
     states: pd.DataFrame,
     counts: dict[str, int],
+    curvature_lines: list[str] | None = None,
 ) -> str:
-    """The text of ``report.md``."""
+    """The text of ``report.md`` (``curvature_lines``: the optional Curvature section)."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# specbench report",
@@ -171,6 +176,7 @@ def render_markdown(
         "One line per optimizer: mean over completed seeds aligned by step, shaded min–max band.",
         "",
         *_plot_section(plot_paths, out_dir, table),
+        *(curvature_lines or []),
         "## Failed and diverged trials",
         "",
         *_problem_section(states),
@@ -238,9 +244,17 @@ def build_report(
     table = optimizer_table(runs)
     plot_paths = plot_loss_curves(steps, runs, out / "plots")
     text = f"{format_table(table, style='plain')}\n\n{_counts_line(counts)}"
+    curvature = curvature_section(root, out, runs)
+    curvature_lines = None
+    if curvature is not None:
+        text += f"\n\n{curvature.text}"
+        curvature_lines = curvature.markdown
 
+    markdown = render_markdown(root, out, table, plot_paths, states, counts, curvature_lines)
+    if curvature is not None:
+        plot_paths = [*plot_paths, *curvature.plot_paths]
     report_path = out / "report.md"
-    report_path.write_text(render_markdown(root, out, table, plot_paths, states, counts), encoding="utf-8")
+    report_path.write_text(markdown, encoding="utf-8")
     return Report(
         results_path=root,
         out_dir=out,
@@ -250,4 +264,5 @@ def build_report(
         plot_paths=plot_paths,
         trial_states=states,
         state_counts=counts,
+        curvature=curvature,
     )

@@ -9,7 +9,7 @@ once instead of stopping at the first.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,6 +33,10 @@ class LrSchedule(_Strict):
 
 class TrainingConfig(_Strict):
     """The training loop of one trial (bench/trial.py) and its DeepSpeed configuration."""
+
+    #: Keys that change how a trial is run or recorded but not what it computes; they are left
+    #: out of the trial id so that, e.g., a different checkpoint interval still resumes a trial.
+    NON_IDENTITY: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "keep_checkpoint", "report_every"})
 
     steps: int = Field(200, gt=0, description="optimizer steps per trial")
     micro_batch_size: int = Field(32, gt=0, description="samples per worker per forward pass")
@@ -58,6 +62,14 @@ class TrainingConfig(_Strict):
     divergence_loss: float = Field(
         1e4, gt=0, description="a train loss above this (or non-finite) ends the trial as diverged"
     )
+    checkpoint_every: int = Field(
+        100,
+        ge=0,
+        description="steps between DeepSpeed checkpoints an interrupted or retried trial resumes from (0: none)",
+    )
+    keep_checkpoint: bool = Field(
+        False, description="keep the last checkpoint after the trial finishes (default: delete it to save disk)"
+    )
 
     @property
     def global_batch_per_worker(self) -> int:
@@ -76,6 +88,9 @@ class ResourcesConfig(_Strict):
     )
     max_concurrent_trials: int | None = Field(
         None, gt=0, description="cap on trials running at once (default: as many as resources allow)"
+    )
+    max_retries: int = Field(
+        2, ge=0, description="times a trial whose worker died is restarted (from its last checkpoint)"
     )
     threads_per_worker: int = Field(
         1, gt=0, description="OMP/torch intra-op threads per CPU worker (DeepSpeed on CPU is 4x slower without 1)"

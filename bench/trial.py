@@ -33,15 +33,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bench import checkpoint, metadata
 from bench import data as data_registry
-from bench import metadata
 from bench import models as model_registry
 from bench.batching import GlobalBatchSampler, fetch, shard_range
 from bench.config import TrialSpec
 from bench.deepspeed_config import deepspeed_config, lr_lambda
 from bench.distributed import all_reduce_sum, rank_and_world
 from bench.results import writer
-from bench.seeds import data_seed, model_init_seed, rank_seed, seed_everything
+from bench.seeds import data_seed, derive_seed, model_init_seed, rank_seed, seed_everything
 from bench.timing import median_after_warmup, synchronize, timed
 
 Reporter = Callable[[dict[str, Any]], None]
@@ -164,6 +164,22 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
             config=deepspeed_config(tcfg, world),
             dist_init_required=False,
         )
+        if rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_pid(out_dir, rank)
+        start_step = 0
+        resumed = checkpoint.load(engine, out_dir) if tcfg.checkpoint_every > 0 else None
+        if resumed is not None:
+            start_step = int(resumed["step"])
+            for key in ("best_metric", "best_step", "last_eval", "train_loss"):
+                if key in resumed:
+                    state[key] = resumed[key]
+            state["step"] = start_step
+            # Rows after the checkpoint are recomputed; keeping them would duplicate steps.
+            steps_rows.extend(r for r in _read_rows(out_dir / "steps.parquet") if r["step"] <= start_step)
+            state["resumed_from"] = start_step
+            # Per-rank randomness continues from a seed tied to the resume point.
+            seed_everything(derive_seed(rank_seed(spec.seed, rank), "resume", start_step))
         sampler = GlobalBatchSampler(
             num_samples=len(bundle.train), seed=data_seed(spec.seed), micro_batch=tcfg.micro_batch_size,
             grad_accum=tcfg.grad_accum, world_size=world, rank=rank,
@@ -174,7 +190,7 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
         interval_steps = 0
         engine.train()
 
-        for step in range(tcfg.steps):
+        for step in range(start_step, tcfg.steps):
             phases: dict[str, float] = {}
             loss_sum = 0.0
             with timed(device, phases, "step"):
@@ -242,6 +258,12 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
                 steps_rows.append(row)
                 if do_eval:
                     flush_steps()
+            if tcfg.checkpoint_every > 0 and (step + 1) % tcfg.checkpoint_every == 0 and not done:
+                flush_steps()  # rows up to this step must be on disk before the checkpoint is
+                checkpoint.save(engine, out_dir, step + 1, {
+                    "best_metric": state["best_metric"], "best_step": state["best_step"],
+                    "last_eval": list(state["last_eval"]), "train_loss": state["train_loss"],
+                })
             if reporter is not None and ((step + 1) % report_every == 0 and not done):
                 reporter({"step": step + 1, "steps": tcfg.steps, "train_loss": step_loss})
 
@@ -259,6 +281,8 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
     if rank == 0:
         flush_steps()
         _write_run_row(spec, out_dir, state, started_at, t_start, world)
+        if not tcfg.keep_checkpoint:
+            checkpoint.remove(out_dir)
     outcome = TrialOutcome(spec.trial_id, state["status"], state["step"], {"train_loss": state["train_loss"]})
     if reporter is not None:
         reporter({"step": state["step"], "steps": tcfg.steps, "train_loss": state["train_loss"],
@@ -266,11 +290,21 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
     return outcome
 
 
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of an existing per-trial Parquet file (empty when absent)."""
+    if not path.is_file():
+        return []
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).drop_columns(["schema_version"]).to_pylist()
+
+
 def _initial_state() -> dict[str, Any]:
     return {
         "status": "failed", "error": "", "step": 0, "best_metric": float("nan"), "best_step": -1,
         "last_eval": (float("nan"), float("nan")), "test": (float("nan"), float("nan")),
         "train_loss": float("nan"), "step_times": [], "task": None, "num_parameters": 0,
+        "resumed_from": 0,
     }
 
 
@@ -325,6 +359,7 @@ def _write_run_row(spec: TrialSpec, out_dir: Path, state: dict[str, Any], starte
         "wall_time_s": time.perf_counter() - t_start,
         "median_step_time_s": median_after_warmup(state["step_times"], tcfg.warmup_steps_excluded),
         "num_parameters": state["num_parameters"],
+        "resumed_from_step": state["resumed_from"],
         "started_at": started_at,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_hash": spec.config_hash,

@@ -46,12 +46,28 @@ def _project_env() -> None:
 
 # ---------------------------------------------------------------------------------------- sweep
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from launchers import sweep_state
     from launchers.sweep import expand, load_config, sweep_fingerprint
 
     cfg = load_config(args.config, {"storage": args.storage, "name": args.name})
     storage = Path(cfg.storage)
-    _writable_dir(storage / cfg.name)
+    sweep_dir = storage / cfg.name
+    fingerprint = sweep_fingerprint(cfg)
+    try:
+        moved = sweep_state.check_or_replace(sweep_dir, fingerprint, args.force_new)
+    except sweep_state.SweepMismatch as exc:
+        raise UsageError(str(exc)) from None
+    if moved is not None:
+        print(f"previous results moved to {moved}", file=sys.stderr)
+    _writable_dir(sweep_dir)
     trials = expand(cfg)
+    before = sweep_state.states(sweep_dir, [t.trial_id for t in trials])
+    pending = [t for t in trials if before[t.trial_id] not in sweep_state.FINISHED]
+    if len(pending) < len(trials):
+        print(f"resuming sweep '{cfg.name}': {sweep_state.summary_line(before)}; "
+              f"running {len(pending)} of {len(trials)} trials", file=sys.stderr)
+    if not pending:
+        return _print_report(sweep_dir)
 
     from launchers import ray_runner
 
@@ -69,12 +85,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 from launchers.sweep import ConfigError
 
                 raise ConfigError(args.config, problems)
-        _write_sweep_record(storage / cfg.name, cfg, trials, sweep_fingerprint(cfg))
-        print(f"sweep '{cfg.name}': {len(trials)} trials → {(storage / cfg.name).resolve()}", file=sys.stderr)
+        _write_sweep_record(sweep_dir, cfg, trials, fingerprint)
+        print(f"sweep '{cfg.name}': {len(pending)} trials → {sweep_dir.resolve()}", file=sys.stderr)
         from launchers.progress import SweepProgress
 
-        with SweepProgress(len(trials)) as progress:
-            errors = ray_runner.run_trials(cfg, trials, storage, on_event=progress.handle)
+        with SweepProgress(len(pending)) as progress:
+            errors = ray_runner.run_trials(cfg, pending, storage, on_event=progress.handle)
     finally:
         import ray
 
@@ -86,7 +102,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for tid, err in errors.items():
         if tid in by_id:
             record_failure(by_id[tid], storage, err)
-    code = _print_report(storage / cfg.name)
+    code = _print_report(sweep_dir)
     if errors:
         print(f"{len(errors)} trial(s) failed: {', '.join(sorted(errors))}", file=sys.stderr)
         return 1
@@ -152,6 +168,58 @@ def cmd_report(args: argparse.Namespace) -> int:
     return _print_report(path, Path(args.out) if args.out else None)
 
 
+# --------------------------------------------------------------------------------------- verify
+def cmd_verify(args: argparse.Namespace) -> int:
+    from analysis import ResultsNotFound, ResultsReadError, SchemaVersionError
+    from analysis.claims import ClaimsError, exit_status, format_results, verify, verify_published
+
+    if not args.results and not args.published:
+        raise UsageError("give a RESULTS directory, or --published DIR to check the paper's own result files")
+    if args.results and not Path(args.results).exists():
+        raise UsageError(f"results path {args.results} does not exist")
+    try:
+        results = (verify_published(args.published, args.claims) if args.published
+                   else verify(Path(args.results), args.claims))
+    except (ResultsNotFound, ResultsReadError, SchemaVersionError, ClaimsError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    print(format_results(results, allow_missing=args.allow_missing))
+    return exit_status(results, allow_missing=args.allow_missing)
+
+
+# --------------------------------------------------------------------------------------- status
+def cmd_status(args: argparse.Namespace) -> int:
+    from launchers import sweep_state
+
+    sweep_dir = Path(args.name) if Path(args.name).is_dir() and not args.storage else Path(args.storage or "results") / args.name
+    record = sweep_state.read_record(sweep_dir)
+    if record is None:
+        raise UsageError(f"no sweep at {sweep_dir} (expected {sweep_dir / 'sweep.json'})")
+    trials = record["trials"]
+    st = sweep_state.states(sweep_dir, [t["trial_id"] for t in trials])
+    print(f"sweep '{record['name']}' at {sweep_dir.resolve()}: {sweep_state.summary_line(st)}")
+    for t in trials:
+        print(f"  {st[t['trial_id']]:<12} {t['trial_id']:<28} {t['optimizer_label']}  {t['model']} / {t['dataset']}"
+              f"  seed {t['seed_index']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- consolidate
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    from analysis import ResultsNotFound, ResultsReadError, SchemaVersionError
+    from analysis.consolidate import consolidate
+
+    path = Path(args.results)
+    if not path.exists():
+        raise UsageError(f"results path {path} does not exist")
+    try:
+        written = consolidate(path, Path(args.out) if args.out else None)
+    except (ResultsNotFound, ResultsReadError, SchemaVersionError) as exc:
+        return _fail(str(exc))
+    for table, (file, rows) in written.items():
+        print(f"{table:<12} {rows:>8} rows → {file}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------- config
 def cmd_config(args: argparse.Namespace) -> int:
     if args.config:
@@ -173,7 +241,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _describe_defaults() -> str:
     """Every section's keys with defaults and descriptions, plus every optimizer's settings."""
     import optimizers
-    from bench.config import LrSchedule, OptimizerEntry, ResourcesConfig, SweepConfig, TrainingConfig, WorkloadConfig
+    from bench.config import (
+        LrSchedule,
+        OptimizerEntry,
+        ResourcesConfig,
+        SweepConfig,
+        TrainingConfig,
+        WorkloadConfig,
+    )
 
     lines: list[str] = []
 
@@ -212,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="results root (overrides the config's storage)")
     p.add_argument("--name", help="sweep name (overrides the config's name)")
     p.add_argument("--verbose", action="store_true", help="show Ray and DeepSpeed logs")
+    p.add_argument("--force-new", action="store_true",
+                   help="results of a different config exist under this name: move them aside and start afresh")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="run one trial of a sweep without Ray (debugging)")
@@ -226,6 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="a sweep directory (<storage>/<name>) or a directory of sweeps")
     p.add_argument("--out", help="where to write report.md and plots (default: <results>/report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("verify", help="check the paper's claims against a results directory (PASS/FAIL/NO DATA)")
+    p.add_argument("results", nargs="?", help="a sweep directory with curvature / layer_fits tables")
+    p.add_argument("--claims", help="claims YAML (default: configs/paper/claims.yaml)")
+    p.add_argument("--allow-missing", action="store_true", help="exit 0 when claims have NO DATA but none FAIL")
+    p.add_argument("--published", metavar="DIR", help="check the paper's published JSON result files instead")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("status", help="list the trials of a sweep by state")
+    p.add_argument("name", help="sweep name (under --storage) or a sweep directory")
+    p.add_argument("--storage", help="results root (default: results)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("consolidate", help="rebuild one Parquet file per table from the per-trial files")
+    p.add_argument("results", help="a sweep directory")
+    p.add_argument("--out", help="output directory (default: <results>/consolidated)")
+    p.set_defaults(func=cmd_consolidate)
 
     p = sub.add_parser("config", help="validate a sweep file and list its trials, or show every default")
     p.add_argument("config", nargs="?", help="sweep YAML file (omit with --show to list all defaults)")

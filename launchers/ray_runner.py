@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,7 +147,8 @@ def _trial_fn(config: dict[str, Any]) -> None:
             name=spec.trial_id,
             storage_path=config["ray_storage"],
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            # A dead worker restarts the whole worker group; run_trial resumes from the checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=res.max_retries),
         ),
     )
     trainer.fit()
@@ -195,7 +197,9 @@ def run_trials(
         param_space=param_space,
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent_trials),
         run_config=tune.RunConfig(
-            name="tune",
+            # A fresh Tune experiment per invocation: resuming is ours (Parquet + checkpoints),
+            # not Tune's, so an earlier invocation's experiment state is never restored.
+            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=ray_storage,
             verbose=0,
             callbacks=[_Events()],

@@ -107,7 +107,7 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                         "workload": workload.model_dump(mode="json"),
                         "optimizer": entry.name,
                         "settings": settings,
-                        "training": cfg.training.model_dump(mode="json"),
+                        "training": cfg.training.model_dump(mode="json", exclude=set(cfg.training.NON_IDENTITY)),
                         "world_size": cfg.resources.num_workers,
                         "use_gpu": cfg.resources.use_gpu,
                         "seed": seed,

@@ -83,7 +83,8 @@ def _apply_eig(
 ) -> torch.Tensor:
     """ΔW = G V diag(1/(σ^α + d)) Vᵀ, the shared last step of ``gram`` and ``polar``."""
     w = _inverse_weights(sigma, alpha, damping)
-    return (G @ (V * w.unsqueeze(-2))) @ V.mT
+    # Form the n × n factor first: one m×n×n product instead of two.
+    return G @ ((V * w.unsqueeze(-2)) @ V.mT)
 
 
 def _gram(G: torch.Tensor, alpha: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,6 +157,16 @@ def _polar(
     return out, torch.ones(G.shape[0], dtype=torch.bool, device=G.device), steps
 
 
+def _finite_per_matrix(X: torch.Tensor) -> torch.Tensor:
+    """(B,) mask of matrices with only finite entries.
+
+    Tests the sum of each matrix, which is non-finite iff some entry is (±inf, NaN), or if the
+    sum overflows: only for entries near the dtype's maximum, where every method would overflow
+    anyway. One reduction instead of a full boolean tensor.
+    """
+    return torch.isfinite(X.sum(dim=(-2, -1)))
+
+
 def _attempt(
     method: str, G: torch.Tensor, alpha: torch.Tensor, damping: float
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -166,7 +177,7 @@ def _attempt(
         fn = {"svd": _svd, "gram": _gram, "solve": _solve}[method]
         out, ok = fn(G, alpha, damping)
         steps = 0
-    ok = ok & torch.isfinite(out).flatten(1).all(dim=1)
+    ok = ok & _finite_per_matrix(out)
     return out, ok, steps
 
 
@@ -226,22 +237,36 @@ def spectral_transform_with_stats(
     if wide:
         Gw = Gw.mT
     alpha_b = alpha_t.reshape(B, 1)  # broadcasts against (B, k) singular values
-    result = torch.zeros_like(Gw)
-    finite_in = torch.isfinite(Gw).flatten(1).all(dim=1)
-    pending = torch.nonzero(finite_in).flatten()
-    zeroed = int(B - pending.numel())  # a non-finite input cannot be rescued by any method
-    fallbacks = zeroed
+    chain = FALLBACK_CHAINS[method]
+    finite_in = _finite_per_matrix(Gw)
+    result: torch.Tensor | None = None
+    first: tuple[torch.Tensor, torch.Tensor] | None = None
     ns_steps = 0
-    for i, step_method in enumerate(FALLBACK_CHAINS[method]):
-        if pending.numel() == 0:
-            break
-        out, ok, steps = _attempt_isolated(step_method, Gw[pending], alpha_b[pending], damping)
-        ns_steps = max(ns_steps, steps)
-        result[pending[ok]] = out[ok]
-        pending = pending[~ok]
-        if i == 0:
-            fallbacks += int(pending.numel())
-    zeroed += int(pending.numel())
+    if bool(finite_in.all()):
+        # Fast path (the normal case): the whole batch succeeds with the requested method.
+        out, ok, ns_steps = _attempt_isolated(chain[0], Gw, alpha_b, damping)
+        if bool(ok.all()):
+            result = out
+        else:
+            first = (out, ok)
+    fallbacks = zeroed = 0
+    if result is None:
+        result = torch.zeros_like(Gw)
+        pending = torch.nonzero(finite_in).flatten()
+        zeroed = fallbacks = int(B - pending.numel())  # non-finite input: no method can rescue it
+        for i, step_method in enumerate(chain):
+            if pending.numel() == 0:
+                break
+            if i == 0 and first is not None:  # already computed on the whole (finite) batch
+                out, ok = first
+            else:
+                out, ok, steps = _attempt_isolated(step_method, Gw[pending], alpha_b[pending], damping)
+                ns_steps = max(ns_steps, steps)
+            result[pending[ok]] = out[ok]
+            pending = pending[~ok]
+            if i == 0:
+                fallbacks += int(pending.numel())
+        zeroed += int(pending.numel())
     if wide:
         result = result.mT
     update = result.reshape(*batch_shape, m, n).to(G.dtype)

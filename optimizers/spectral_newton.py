@@ -15,6 +15,13 @@ DeepSpeed and LR schedulers see one optimizer. Matrices of equal shape (after or
 matrix tall, which T permits since it commutes with transposition) are transformed in one
 batched call per step.
 
+Update scale: ``rms_match=None`` (default) applies the paper's raw update, whose size is set by
+T and the scale of G relative to d (for raw gradients with σ ≪ √d, T ≈ σ/d: SGD-like with
+lr/d; T never exceeds 1/(2√d) per direction, at σ = √d for α = 2). ``rms_match=ρ`` rescales every
+update matrix to RMS(Δ) = ‖Δ‖_F/√(mn) = ρ exactly. For a full-rank orthogonal Δ = U Vᵀ this is
+Muon/Moonlight's ``0.2·√max(m, n)`` factor with ρ = 0.2, chosen there to match AdamW's typical
+update RMS so that AdamW learning rates carry over.
+
 Learning rates: each group's ``lr`` is its real learning rate: the spectral group starts at
 ``lr``, the AdamW groups at ``adamw_lr``. ``torch.optim.lr_scheduler`` schedulers (LambdaLR,
 cosine, OneCycle with per-group maxima, DeepSpeed's WarmupCosineLR) record every group's initial
@@ -46,7 +53,6 @@ from .param_groups import (
     check_groups_disjoint,
 )
 from .spectral import (
-    FALLBACK_CHAINS,
     METHODS,
     compute_dtype,
     spectral_norm_estimate,
@@ -149,7 +155,7 @@ def _normalize_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
 class SpectralNewton(torch.optim.Optimizer):
     """Spectral Newton with an AdamW side-car for non-matrix parameters (PAPER.md §5).
 
-    Args (defaults are the registry's; see ``optimizers.registry.SpectralNewtonSettings``):
+    Args (defaults are the registry's; see ``optimizers.settings.SpectralNewtonSettings``):
         params: param groups (dicts with ``params``, ``kind`` = spectral | adamw, optional
             ``param_names``/``layer_types``) or a flat iterable of tensors / (name, tensor)
             pairs (matrices → spectral, the rest → AdamW). :meth:`from_model` builds groups
@@ -212,7 +218,6 @@ class SpectralNewton(torch.optim.Optimizer):
         self.normalize = normalize
         self.rms_match = rms_match
         self.power_iters = int(power_iters)
-        self.fallback_chain = FALLBACK_CHAINS[method]
 
         groups = _normalize_groups(params)
         check_groups_disjoint(groups)
@@ -241,8 +246,10 @@ class SpectralNewton(torch.optim.Optimizer):
                             f"method 'solve' needs alpha = 2, but parameter {n!r} ({t}) gets alpha {a} "
                             f"under alpha_policy {alpha_policy!r}; use method 'gram' or 'polar'"
                         )
-        self._last_metrics = {"spectral_time_s": 0.0, "fallbacks": 0.0}
+        self._last_timer: _SpectralTimer | None = None
+        self._last_fallbacks = 0
         self.last_step_stats: dict[str, float] = {}
+        """Details of the last step: fallbacks, zeroed, matrices, ns_steps (max over buckets)."""
 
     # --- construction from a model ------------------------------------------------------------
 
@@ -307,8 +314,13 @@ class SpectralNewton(torch.optim.Optimizer):
 
     def step_metrics(self) -> dict[str, float]:
         """``spectral_time_s``: seconds inside spectral transforms during the last step;
-        ``fallbacks``: matrices whose requested method failed in the last step."""
-        return dict(self._last_metrics)
+        ``fallbacks``: matrices whose requested method failed in the last step.
+
+        On CUDA the time comes from events resolved here, so ``step()`` itself never waits for
+        the GPU to report timings.
+        """
+        seconds = self._last_timer.seconds() if self._last_timer is not None else 0.0
+        return {"spectral_time_s": seconds, "fallbacks": float(self._last_fallbacks)}
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -333,7 +345,7 @@ class SpectralNewton(torch.optim.Optimizer):
                 )
             else:
                 self._spectral_group_step(group, timer, stats)
-        self._last_metrics = {"spectral_time_s": timer.seconds(), "fallbacks": float(stats["fallbacks"])}
+        self._last_timer, self._last_fallbacks = timer, stats["fallbacks"]
         self.last_step_stats = {k: float(v) for k, v in stats.items()}
         return loss
 

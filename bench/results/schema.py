@@ -46,6 +46,7 @@ RUNS = pa.schema(
         ("test_metric", pa.float64()),
         ("wall_time_s", pa.float64()),
         ("median_step_time_s", pa.float64()),
+        ("resumed_from_step", pa.int64()),
         ("num_parameters", pa.int64()),
         ("started_at", pa.string()),
         ("finished_at", pa.string()),

@@ -1,0 +1,35 @@
+"""Curvature probes (PAPER.md §1): per-layer σ_k, exact h_k, Kronecker factors and their
+alignment, on a fixed probe batch, with the cost of measuring them.
+
+Modules, one concept each:
+
+- `settings` — `ProbeSettings` (pydantic, ``extra="forbid"``);
+- `probe_batch` — `ProbeBatch`: the fixed batch, micro-batches, rank shards and the SUM
+  all-reduce that makes a distributed probe equal to a single-process one;
+- `layers` — which layers are probed (`select_layers`), forward order, and `UnsupportedLayer`;
+- `factors` — hooks: inputs A (im2col for convs), errors δ, C_A, C_δ, concentration sums; the
+  scaling conventions;
+- `hvp` — exact ⟨D, H D⟩ by double backprop, batched over directions or looped;
+- `curvature` — the two passes and the per-(layer, k) rows;
+- `profiling` — time and peak memory per phase;
+- `runner` — `run_probe`, `ProbeResult`, `mean_loss_for_task`.
+"""
+
+from bench.probes.curvature import CURVATURE_COLUMNS
+from bench.probes.layers import ProbedLayer, UnsupportedLayer, select_layers
+from bench.probes.probe_batch import ProbeBatch
+from bench.probes.runner import ProbeResult, eval_mode, mean_loss_for_task, run_probe
+from bench.probes.settings import ProbeSettings
+
+__all__ = [
+    "CURVATURE_COLUMNS",
+    "ProbeBatch",
+    "ProbeResult",
+    "ProbeSettings",
+    "ProbedLayer",
+    "UnsupportedLayer",
+    "eval_mode",
+    "mean_loss_for_task",
+    "run_probe",
+    "select_layers",
+]

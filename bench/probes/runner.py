@@ -1,0 +1,129 @@
+"""The curvature probe's entry point: `run_probe` (PAPER.md §1 quantities for every layer).
+
+    from bench.probes import ProbeSettings, mean_loss_for_task, run_probe
+    result = run_probe(engine.module, mean_loss_for_task(task.kind), bundle.train,
+                       ProbeSettings(batch_size=2048), device)
+    result.curvature_rows   # → `curvature` table (add trial_id, step)
+    result.profile_rows     # → `profile` table (add trial_id, step)
+    result.unsupported      # layers not (fully) probed, with reasons
+
+Every rank of an initialised process group must call `run_probe` at the same point with the same
+arguments; each processes its share of the probe batch and all get the same (global) rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.utils.data import Dataset
+
+from bench.batching import fetch
+from bench.probes.curvature import SHARED, LossFn, measure_curvature, probe_tensors
+from bench.probes.layers import UnsupportedLayer, filter_layers, order_by_forward, select_layers
+from bench.probes.probe_batch import ProbeBatch
+from bench.probes.profiling import PhaseProfiler
+from bench.probes.settings import ProbeSettings
+
+__all__ = ["ProbeResult", "ProbeSettings", "eval_mode", "mean_loss_for_task", "run_probe"]
+
+
+@dataclass
+class ProbeResult:
+    """What one probe produced (identical on every rank).
+
+    Attributes:
+        curvature_rows: one dict per (layer, k) with the columns of
+            `bench.probes.curvature.CURVATURE_COLUMNS`, values float64 (ints for shape/k/depth).
+        profile_rows: per probed module and phase (grad_svd, hvp, factor_accumulation, eigh, total),
+            plus shared phases under layer ``"*"`` (order, grad_pass, hvp_graph, allreduce, total).
+        unsupported: weight-bearing modules not probed (``partial=False``) or probed without
+            Kronecker quantities (``partial=True``), each with a reason.
+    """
+
+    curvature_rows: list[dict[str, Any]] = field(default_factory=list)
+    profile_rows: list[dict[str, Any]] = field(default_factory=list)
+    unsupported: list[UnsupportedLayer] = field(default_factory=list)
+
+    def unsupported_rows(self) -> list[dict[str, Any]]:
+        """``unsupported`` as plain dicts (name, layer_type, reason, partial)."""
+        return [vars(u).copy() for u in self.unsupported]
+
+
+def mean_loss_for_task(kind: str) -> LossFn:
+    """The trial's loss as a probe loss: cross-entropy, mean over samples (LM: over tokens).
+
+    Unlike the training loop's loss it does not cast logits to float32, so a float64 probe stays
+    float64. LM sequences have equal length, so the token mean is a mean of per-sequence means,
+    which is what the micro-batch weighting of the probe assumes.
+    """
+    if kind == "lm":
+        return lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    if kind == "classification":
+        return lambda out, y: F.cross_entropy(out, y)
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every module in eval mode (BatchNorm uses running statistics, dropout is off: the
+    probed loss is a deterministic function of the weights), then restore each module's own
+    ``training`` flag, which ``model.train(flag)`` alone would not do for mixed states."""
+    flags = {mod: mod.training for mod in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for mod, flag in flags.items():
+            mod.training = flag
+
+
+def run_probe(
+    model: nn.Module,
+    loss_fn: LossFn,
+    dataset: Dataset | ProbeBatch,
+    settings: ProbeSettings | None = None,
+    device: torch.device | str | None = None,
+) -> ProbeResult:
+    """Measure the PAPER.md §1 quantities of every probeable layer of ``model``.
+
+    Args:
+        model: the bare module (for DeepSpeed, ``engine.module``), on ``device``. It is not
+            modified: parameters are read through ``torch.func.functional_call``, ``.grad`` is not
+            touched, and train/eval flags are restored.
+        loss_fn: ``(output, target) -> scalar``, the **mean** of a per-sample loss over the
+            micro-batch (see :func:`mean_loss_for_task`).
+        dataset: a split without random augmentation (the probe batch is drawn from it with
+            ``settings.seed``), or a ready `ProbeBatch`.
+        settings: `ProbeSettings` (defaults when None).
+        device: where the micro-batches go (default: the device of the model's first parameter).
+    """
+    settings = settings or ProbeSettings()
+    started = time.perf_counter()
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    batch = dataset if isinstance(dataset, ProbeBatch) else ProbeBatch.from_dataset(
+        dataset, settings.batch_size, settings.seed)
+    profiler = PhaseProfiler(device)
+    with eval_mode(model):
+        selection = select_layers(model, settings.max_factor_dim)
+        with profiler.measure(SHARED, "order"):
+            # Forward order (depth) from one sample, the same on every rank: cheap and collective-free.
+            x0, _ = fetch(batch.dataset, [batch.indices[0]])
+            if x0.is_floating_point():
+                x0 = x0.to(settings.torch_dtype)
+            tensors = probe_tensors(model, set(), settings.torch_dtype)
+            selection = order_by_forward(
+                model, selection, lambda: functional_call(model, tensors, (x0.to(device),), strict=False))
+        selection = filter_layers(selection, settings.layers, settings.max_layers)
+        out = measure_curvature(model, loss_fn, batch, selection, settings, device, profiler, started)
+    return ProbeResult(out.curvature_rows, out.profile_rows, selection.unsupported + out.unsupported)
