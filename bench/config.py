@@ -108,13 +108,55 @@ class WorkloadConfig(_Strict):
     dataset_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the dataset loader")
 
 
+class SearchDim(_Strict):
+    """One axis of an optimizer's tuning search space: a range (``low``/``high``, optionally log
+    scale or integer) or a list of ``values``."""
+
+    low: float | None = Field(None, description="lower end of a numeric range")
+    high: float | None = Field(None, description="upper end of a numeric range")
+    log: bool = Field(False, description="sample the range uniformly in log space")
+    integer: bool = Field(False, description="round sampled values to integers")
+    values: list[Any] | None = Field(None, description="a categorical axis: these values")
+
+    @model_validator(mode="after")
+    def _range_or_values(self) -> SearchDim:
+        if self.values is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either values or low/high, not both")
+            if not self.values:
+                raise ValueError("values is empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a search axis needs low and high (or values)")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale axis needs low > 0")
+        return self
+
+
+class TuningConfig(_Strict):
+    """Equal tuning budgets: every optimizer with a ``search`` space gets ``budget`` settings,
+    sampled by a scrambled Halton sequence (quasi-random, seeded) or taken from a full grid of
+    its ``values`` axes. Every setting runs with every seed; reports pick the best setting per
+    optimizer on the validation metric and report its seeds on the test metric."""
+
+    method: Literal["halton", "grid"] = Field("halton", description="halton (quasi-random) or grid (values axes only)")
+    budget: int = Field(0, ge=0, description="settings per optimizer with a search space (0: no tuning)")
+    seed: int | None = Field(None, description="seed of the Halton sequence (default: the sweep seed)")
+
+
 class OptimizerEntry(_Strict):
-    """One optimizer of the comparison: fixed settings plus an optional grid over settings."""
+    """One optimizer of the comparison: fixed settings plus an optional grid over settings, or a
+    search space sampled under the sweep's tuning budget."""
 
     name: str = Field(..., description="registered optimizer name (adamw, spectral_newton, ...)")
     settings: dict[str, Any] = Field(default_factory=dict, description="settings (see `specbench config --show`)")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="setting -> list of values; the sweep takes the Cartesian product"
+    )
+    search: dict[str, SearchDim] = Field(
+        default_factory=dict, description="setting -> search axis, sampled under tuning.budget"
     )
     label: str | None = Field(None, description="display name in reports (default: name plus grid values)")
 
@@ -125,6 +167,11 @@ class OptimizerEntry(_Strict):
                 raise ValueError(f"grid.{key} is an empty list")
             if key in self.settings:
                 raise ValueError(f"'{key}' is both a fixed setting and a grid axis")
+        if self.search and self.grid:
+            raise ValueError("use either grid or search for one optimizer, not both")
+        for key in self.search:
+            if key in self.settings:
+                raise ValueError(f"'{key}' is both a fixed setting and a search axis")
         return self
 
 
@@ -139,6 +186,24 @@ class SweepConfig(_Strict):
     optimizers: list[OptimizerEntry] = Field(..., min_length=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+
+    @model_validator(mode="after")
+    def _budget_matches_search(self) -> SweepConfig:
+        searching = [e.name for e in self.optimizers if e.search]
+        if searching and self.tuning.budget == 0:
+            raise ValueError(f"optimizers {', '.join(searching)} have a search space but tuning.budget is 0")
+        if self.tuning.method == "grid":
+            for e in self.optimizers:
+                if any(dim.values is None for dim in e.search.values()):
+                    raise ValueError(f"tuning.method grid needs 'values' axes; {e.name} has a low/high range")
+                size = len(grid_points({k: list(d.values or []) for k, d in e.search.items()}))
+                if e.search and size != self.tuning.budget:
+                    raise ValueError(
+                        f"{e.name}'s search grid has {size} points but tuning.budget is {self.tuning.budget}: "
+                        "equal budgets need equal grid sizes"
+                    )
+        return self
 
 
 class TrialSpec(_Strict):
@@ -156,6 +221,8 @@ class TrialSpec(_Strict):
     training: TrainingConfig
     resources: ResourcesConfig
     config_hash: str
+    tuning_index: int = -1
+    search_space: dict[str, Any] = Field(default_factory=dict)
 
 
 def semantic_problems(cfg: SweepConfig) -> list[str]:
@@ -214,9 +281,9 @@ def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: lis
         if entry.name not in known:
             problems.append(f"{where}.name: unknown optimizer '{entry.name}'; available: {', '.join(sorted(known))}")
             continue
-        # Validate the fixed settings with every grid value substituted, so a bad grid value is
-        # reported too.
-        for combo in grid_points(entry.grid) or [{}]:
+        # Validate the fixed settings with every grid value (and every search-axis bound or value)
+        # substituted, so a bad value is reported too.
+        for combo in grid_points(entry.grid) + _search_corners(entry.search) or [{}]:
             for m in optimizers.validate_settings(entry.name, {**entry.settings, **combo}):
                 line = f"{where} ({entry.name}): {m}"
                 if line not in problems:
@@ -230,6 +297,56 @@ def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: lis
                 "optimizer such as adamw."
             )
     return problems
+
+
+def _search_corners(search: dict[str, SearchDim]) -> list[dict[str, Any]]:
+    """One setting per axis extreme (or value), for validating a search space cheaply."""
+    out = []
+    for key, dim in search.items():
+        for value in dim.values if dim.values is not None else [dim.low, dim.high]:
+            out.append({k: (value if k == key else _any_value(d)) for k, d in search.items()})
+    return out
+
+
+def _any_value(dim: SearchDim) -> Any:
+    return dim.values[0] if dim.values is not None else dim.low
+
+
+def search_points(search: dict[str, SearchDim], method: str, budget: int, seed: int) -> list[dict[str, Any]]:
+    """``budget`` settings from a search space.
+
+    ``halton``: the first ``budget`` points of a scrambled Halton sequence in [0, 1)^d (scipy's
+    ``qmc.Halton``, seeded), mapped per axis: linear or log-linear between low and high,
+    ``values[floor(u·len)]`` for categorical axes. Quasi-random points cover the space more evenly
+    than random ones for the small budgets optimizer comparisons can afford.
+    ``grid``: the Cartesian product of the ``values`` axes; it must have exactly ``budget`` points
+    so that every optimizer gets the same budget.
+    """
+    import math
+
+    keys = sorted(search)
+    if method == "grid":
+        points = grid_points({k: list(search[k].values or []) for k in keys})
+        if len(points) != budget:
+            raise ValueError(f"the grid has {len(points)} points but tuning.budget is {budget}")
+        return points
+    from scipy.stats import qmc
+
+    unit = qmc.Halton(d=len(keys), scramble=True, seed=seed).random(budget)
+    points = []
+    for row in unit:
+        point: dict[str, Any] = {}
+        for u, key in zip(row, keys, strict=True):
+            dim = search[key]
+            if dim.values is not None:
+                point[key] = dim.values[min(int(u * len(dim.values)), len(dim.values) - 1)]
+                continue
+            lo, hi = float(dim.low), float(dim.high)  # type: ignore[arg-type]
+            value = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if dim.log else lo + u * (hi - lo)
+            # Four significant digits: readable labels, and no setting differs below measurability.
+            point[key] = int(round(value)) if dim.integer else float(f"{value:.4g}")
+        points.append(point)
+    return points
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:

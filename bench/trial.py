@@ -336,6 +336,8 @@ def _write_run_row(spec: TrialSpec, out_dir: Path, state: dict[str, Any], starte
         "optimizer": spec.optimizer,
         "optimizer_label": spec.optimizer_label,
         "optimizer_settings": json.dumps(spec.optimizer_settings, sort_keys=True),
+        "tuning_index": spec.tuning_index,
+        "search_space": json.dumps(spec.search_space, sort_keys=True),
         "model": spec.workload.model,
         "dataset": spec.workload.dataset,
         "task": kind,

@@ -21,8 +21,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from bench.config import SweepConfig, TrialSpec, grid_points, partial_semantic_problems, semantic_problems
-from bench.seeds import trial_seed
+from bench.config import (
+    SweepConfig,
+    TrialSpec,
+    grid_points,
+    partial_semantic_problems,
+    search_points,
+    semantic_problems,
+)
+from bench.seeds import derive_seed, trial_seed
 
 
 class ConfigError(Exception):
@@ -97,9 +104,18 @@ def _label(name: str, entry_label: str | None, point: dict[str, Any]) -> str:
 def expand(cfg: SweepConfig) -> list[TrialSpec]:
     """Every trial of the sweep, in a stable order."""
     trials: list[TrialSpec] = []
+    tuning_seed = cfg.tuning.seed if cfg.tuning.seed is not None else cfg.seed
     for workload in cfg.workloads:
         for entry in cfg.optimizers:
-            for point in grid_points(entry.grid) or [{}]:
+            if entry.search:
+                points = search_points(entry.search, cfg.tuning.method, cfg.tuning.budget,
+                                       derive_seed(tuning_seed, "tuning", entry.name))
+                indices = list(range(len(points)))
+            else:
+                points = grid_points(entry.grid) or [{}]
+                indices = [-1] * len(points)
+            space = {k: v.model_dump(exclude_none=True) for k, v in entry.search.items()}
+            for tuning_index, point in zip(indices, points, strict=True):
                 settings = {**entry.settings, **point}
                 for seed_index in range(cfg.seeds):
                     seed = trial_seed(cfg.seed, seed_index)
@@ -127,6 +143,8 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                             training=cfg.training,
                             resources=cfg.resources,
                             config_hash=digest,
+                            tuning_index=tuning_index,
+                            search_space=space,
                         )
                     )
     ids = [t.trial_id for t in trials]
@@ -138,5 +156,8 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
 
 
 def sweep_fingerprint(cfg: SweepConfig) -> str:
-    """Hash of the sweep's resolved config (minus storage), stored with the results."""
-    return _hash(cfg.model_dump(mode="json", exclude={"storage"}))
+    """Hash of what the user wrote (minus storage), stored with the results to recognise the
+    same sweep on a re-run. Only keys set in the file count, so a specbench upgrade that adds a
+    setting with a default does not orphan existing results (trial ids still change whenever
+    what a trial computes changes)."""
+    return _hash(cfg.model_dump(mode="json", exclude_unset=True, exclude={"storage"}))

@@ -103,3 +103,47 @@ def test_duplicate_trials_are_rejected():
 def test_grid_points_order():
     assert grid_points({"b": [1, 2], "a": ["x"]}) == [{"a": "x", "b": 1}, {"a": "x", "b": 2}]
     assert grid_points({}) == [{}]
+
+
+def test_halton_tuning_gives_every_optimizer_the_same_budget_within_bounds():
+    doc = tiny_sweep(
+        seeds=2,
+        tuning={"method": "halton", "budget": 4},
+        optimizers=[
+            {"name": "adamw", "search": {"lr": {"low": 1e-4, "high": 1e-1, "log": True},
+                                          "weight_decay": {"values": [0.0, 0.1]}}},
+            {"name": "spectral_newton", "search": {"lr": {"low": 0.01, "high": 0.2, "log": True}}},
+        ],
+    )
+    cfg = parse_config(doc)
+    trials = expand(cfg)
+    for name in ("adamw", "spectral_newton"):
+        mine = [t for t in trials if t.optimizer == name]
+        assert len(mine) == 4 * 2
+        assert sorted({t.tuning_index for t in mine}) == [0, 1, 2, 3]
+        lrs = {t.optimizer_settings["lr"] for t in mine}
+        assert len(lrs) == 4  # quasi-random points are distinct
+        assert mine[0].search_space["lr"]["log"] is True
+    adamw = [t for t in trials if t.optimizer == "adamw"]
+    assert all(1e-4 <= t.optimizer_settings["lr"] <= 1e-1 for t in adamw)
+    assert {t.optimizer_settings["weight_decay"] for t in adamw} <= {0.0, 0.1}
+    # The sample is a function of the seed: same config, same points; another seed, others.
+    assert [t.optimizer_settings for t in expand(parse_config(doc))] == [t.optimizer_settings for t in trials]
+    other = expand(parse_config(dict(doc, tuning={"method": "halton", "budget": 4, "seed": 99})))
+    assert [t.optimizer_settings for t in other] != [t.optimizer_settings for t in trials]
+
+
+def test_tuning_mistakes_are_reported():
+    no_budget = tiny_sweep(optimizers=[{"name": "adamw", "search": {"lr": {"low": 1e-3, "high": 1e-2}}}])
+    assert any("tuning.budget is 0" in p for p in problems_of(no_budget))
+    unequal = tiny_sweep(
+        tuning={"method": "grid", "budget": 2},
+        optimizers=[{"name": "adamw", "search": {"lr": {"values": [0.1, 0.2, 0.3]}}}],
+    )
+    assert any("3 points but tuning.budget is 2" in p for p in problems_of(unequal))
+    bad_axis = tiny_sweep(tuning={"budget": 2},
+                          optimizers=[{"name": "adamw", "search": {"lr": {"low": 0.0, "high": 1.0, "log": True}}}])
+    assert any("log-scale" in p for p in problems_of(bad_axis))
+    bad_value = tiny_sweep(tuning={"budget": 2},
+                           optimizers=[{"name": "spectral_newton", "search": {"method": {"values": ["svd", "qr"]}}}])
+    assert any("qr" in p for p in problems_of(bad_value))

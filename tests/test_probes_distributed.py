@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_probes_oracle import CE, make_data, make_model, settings
+from test_probes_oracle import CE, make_data, make_model, one_thread, settings  # noqa: F401 - autouse fixture
 
 from bench.distributed import free_port, init_process_group
 from bench.probes import run_probe

@@ -8,7 +8,17 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from test_probes_oracle import CE, everything, gradient_svd, layer_frame, make_data, make_model, settings
+from test_probes_oracle import (  # noqa: F401 - one_thread is an autouse fixture
+    CE,
+    everything,
+    gradient_svd,
+    layer_frame,
+    make_data,
+    make_model,
+    one_thread,
+    probed,
+    settings,
+)
 from torch import nn
 
 from bench.probes import run_probe
@@ -77,8 +87,7 @@ def brute_force_rows(model, module_name, dataset, stride=1):
      ("cnn", "conv_c", 1), ("cnn", "conv_a", 2)],
 )
 def test_factors_match_brute_force(kind, layer, stride):
-    model, data = make_model(kind), make_data(kind)
-    result = run_probe(model, CE, data, settings(layers=[layer], spatial_subsample=stride), "cpu")
+    model, data, result = probed(kind, stride)
     df = layer_frame(result, layer)
     k = len(df)
     a, d, positions = brute_force_rows(model, layer, data, stride)
@@ -115,9 +124,9 @@ def test_factors_match_brute_force(kind, layer, stride):
 
 
 def test_micro_batching_does_not_change_results():
-    model, data = make_model("cnn"), make_data("cnn")
+    model, data, result = probed("cnn")
     one = pd.DataFrame(run_probe(model, CE, data, settings(micro_batch_size=24), "cpu").curvature_rows)
-    many = pd.DataFrame(run_probe(model, CE, data, settings(micro_batch_size=5), "cpu").curvature_rows)
+    many = pd.DataFrame(result.curvature_rows)  # micro-batches of 7, 7, 7, 3
     assert list(one.layer) == list(many.layer) and len(one) >= 14
     num = one.select_dtypes("number").columns
     np.testing.assert_allclose(many[num].to_numpy(float), one[num].to_numpy(float), rtol=1e-10, atol=1e-14)

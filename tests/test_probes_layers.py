@@ -11,7 +11,7 @@ import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
-from test_probes_oracle import CE, make_data, make_model, settings
+from test_probes_oracle import CE, make_data, make_model, one_thread, settings  # noqa: F401 - autouse fixture
 from torch import nn
 from torch.utils.data import TensorDataset
 

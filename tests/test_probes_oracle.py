@@ -6,6 +6,8 @@ models that the other ``test_probes_*`` files import.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,6 +50,17 @@ class TinyCNN(nn.Module):
         return self.head(x.mean(-1))
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the tensors here are tiny, and on a loaded 2-core machine OpenMP
+    threads spinning at barriers make the suite several times slower. Imported (and so also
+    autouse) by every other test_probes_* module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_data(kind: str, n: int = 24, seed: int = 0) -> TensorDataset:
     gen = torch.Generator().manual_seed(seed)
     if kind == "mlp":
@@ -67,6 +80,14 @@ def make_model(kind: str, seed: int = 0) -> nn.Module:
 def settings(**kw) -> ProbeSettings:
     base = {"batch_size": 24, "micro_batch_size": 7, "dtype": "float64", "top_k": 20}
     return ProbeSettings(**{**base, **kw})
+
+
+@functools.cache
+def probed(kind: str, subsample: int = 1):
+    """(model, data, probe result) of a tiny model with every layer probed, computed once per
+    session (the suite must stay fast on a loaded 2-core machine)."""
+    model, data = make_model(kind), make_data(kind)
+    return model, data, run_probe(model, CE, data, settings(spatial_subsample=subsample), "cpu")
 
 
 def everything(dataset: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,23 +154,21 @@ def check_h_against_dense(model, dataset, result, module_name, rows, loss_fn, la
 
 @pytest.mark.parametrize("layer", ["fc1", "fc2", "head"])
 def test_h_matches_dense_hessian_mlp(layer):
-    model, data = make_model("mlp"), make_data("mlp")
-    result = run_probe(model, CE, data, settings(), "cpu")
+    model, data, result = probed("mlp")
     m = dict(model.named_modules())[layer].out_features
     check_h_against_dense(model, data, result, layer, (0, m), CE)
 
 
 @pytest.mark.parametrize("layer", ["conv_a", "conv_b", "conv_c"])
 def test_h_matches_dense_hessian_cnn(layer):
-    model, data = make_model("cnn"), make_data("cnn")
-    result = run_probe(model, CE, data, settings(layers=[layer]), "cpu")
+    model, data, result = probed("cnn")
     m = dict(model.named_modules())[layer].out_channels
     check_h_against_dense(model, data, result, layer, (0, m), CE)
 
 
 def test_batched_and_loop_hvp_agree():
-    model, data = make_model("cnn"), make_data("cnn")
-    a = pd.DataFrame(run_probe(model, CE, data, settings(hvp_method="batched"), "cpu").curvature_rows)
+    model, data, result = probed("cnn")
+    a = pd.DataFrame(result.curvature_rows)  # auto: batched, falling back per layer
     b = pd.DataFrame(run_probe(model, CE, data, settings(hvp_method="loop"), "cpu").curvature_rows)
     np.testing.assert_allclose(a.h, b.h, rtol=1e-12, atol=1e-15)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from test_probes_oracle import check_h_against_dense, settings
+from test_probes_oracle import check_h_against_dense, one_thread, settings  # noqa: F401 - autouse fixture
 from torch.utils.data import TensorDataset
 
 from bench.data import TaskInfo

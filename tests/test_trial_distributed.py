@@ -95,3 +95,15 @@ def test_parquet_reads_back_what_the_trial_logged(tmp_path):
     assert run["config.training.steps"] == 6
     hw = json.loads(run["hardware_json"])
     assert hw["cpu_count"] >= 1
+
+
+def test_same_trial_twice_gives_identical_losses(tmp_path):
+    """One sweep seed fixes model init, data order and per-rank randomness: two runs of the same
+    trial on the same hardware are bitwise identical in fp32 on CPU."""
+    spec = _spec({"name": "spectral_newton", "settings": {"lr": 0.05}}, workers=2, micro=8)
+    assert run_local(spec, tmp_path / "a")
+    assert run_local(spec, tmp_path / "b")
+    a = _steps(tmp_path / "a", spec).to_pandas()
+    b = _steps(tmp_path / "b", spec).to_pandas()
+    assert np.array_equal(a["train_loss"].to_numpy(), b["train_loss"].to_numpy())
+    assert np.array_equal(a["eval_loss"].to_numpy(), b["eval_loss"].to_numpy(), equal_nan=True)

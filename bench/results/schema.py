@@ -24,6 +24,8 @@ RUNS = pa.schema(
         ("optimizer", pa.string()),
         ("optimizer_label", pa.string()),
         ("optimizer_settings", pa.string()),  # JSON of the resolved settings
+        ("tuning_index", pa.int32()),  # setting index within the tuning budget; -1 without tuning
+        ("search_space", pa.string()),  # JSON of the optimizer's search space ('{}' without tuning)
         ("model", pa.string()),
         ("dataset", pa.string()),
         ("task", pa.string()),  # classification | lm

@@ -1,0 +1,317 @@
+"""Owner-rank sharding of matrix optimizers at ZeRO stage 0 — the distribution, kept apart from the
+math (the optimizers only ask "do I own this matrix?" and call :meth:`OwnerSharding.sync_`).
+
+At ZeRO-0 every rank holds the full all-reduced gradient after ``engine.backward``, so every rank
+*could* compute every matrix update: that is ``distribution: redundant``. ``sharded`` splits the
+matrix work over the ranks instead:
+
+**Assignment.** Each matrix parameter is owned by exactly one rank. Its cost is estimated as
+c = m·n·min(m, n) for its out × rest matrix view (m = shape[0], n = numel/m) — the flop count, up to
+a constant, of an SVD, a Gram eigendecomposition or a Newton–Schulz iteration on that matrix.
+Matrices are assigned by longest-processing-time-first (LPT): sorted by decreasing cost (ties:
+list order), each goes to the rank with the least cost assigned so far (ties: lowest rank). The
+assignment is a pure function of the shapes and the world size, so every rank computes the same
+one without communicating; LPT's makespan is at most (4/3 − 1/(3·world)) × the optimum.
+
+**Step.** Every rank runs the per-matrix work (momentum, preconditioning, weight decay, update)
+only for the matrices it owns, so optimizer state exists only for those; the non-matrix
+parameters (AdamW side-car, element-wise and cheap) are updated redundantly on every rank. Then
+the owners' new parameter values are broadcast (:meth:`OwnerSharding.sync_`). Sending values
+rather than updates works for any wrapped library optimizer and leaves every replica bitwise equal.
+
+**Buckets.** For each owner rank in rank order, its parameters in list order, split by (dtype,
+device), are packed consecutively into flat buffers of at most ``bucket_cap_mb`` MiB (a parameter
+larger than the cap gets a buffer of its own). One ``broadcast`` per bucket from its owner; all
+are issued asynchronously in the same order on every rank, then waited for, then the receivers
+copy the slices into their parameters. The plan depends only on shapes, dtypes and the assignment,
+so it is identical on all ranks. Broadcast rather than all-gather: LPT balances cost, not bytes,
+so the ranks' payloads differ and an all-gather would pad every contribution to the largest.
+
+**Metrics.** ``comm_time_s`` (wall time of the bucketed broadcasts, including the copies),
+``bytes_communicated`` (payload bytes of all buckets this step: each is sent by its owner and
+received by the world − 1 other ranks; plus 8·world bytes of the load collective) and
+``load_imbalance`` = max/mean over ranks of the per-rank compute seconds of the matrix work. The
+latter needs one extra collective: an ``all_gather`` of one float64 per rank per step, issued
+whenever world > 1 (in both modes, so sharded and redundant runs are comparable); on CUDA, reading
+this rank's compute seconds waits for its compute to finish.
+
+**Checkpoints.** DeepSpeed calls ``optimizer.state_dict()`` on every rank at ZeRO-0 and saves rank
+0's copy, so :meth:`OwnerSharding.gather_state` collects the owners' state entries
+(``all_gather_object`` of CPU copies — a collective) into one full state dict, and
+:meth:`OwnerSharding.drop_unowned` discards the entries a rank does not own after loading.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .timing import StepTimer
+
+DISTRIBUTIONS: tuple[str, ...] = ("sharded", "redundant")
+DEFAULT_BUCKET_CAP_MB = 25.0
+
+
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """(m, n) of the out × rest matrix view of a parameter of ``shape`` (conv: out × in·kh·kw)."""
+    if len(shape) == 0:
+        return 1, 1
+    m = int(shape[0])
+    return m, int(math.prod(shape[1:])) if len(shape) > 1 else 1
+
+
+def matrix_cost(shape: Sequence[int]) -> float:
+    """Estimated cost m·n·min(m, n) of one matrix update (SVD / eigh / Newton–Schulz flops)."""
+    m, n = matrix_shape(shape)
+    return float(m) * n * min(m, n)
+
+
+def lpt_assign(costs: Sequence[float], world: int) -> list[int]:
+    """Owner rank of each item by longest-processing-time-first; deterministic (see module doc)."""
+    if world < 1:
+        raise ValueError(f"world size must be ≥ 1 (got {world})")
+    order = sorted(range(len(costs)), key=lambda i: (-float(costs[i]), i))
+    heap: list[tuple[float, int]] = [(0.0, r) for r in range(world)]
+    owners = [0] * len(costs)
+    for i in order:
+        load, r = heapq.heappop(heap)  # least loaded; equal loads → lowest rank
+        owners[i] = r
+        heapq.heappush(heap, (load + float(costs[i]), r))
+    return owners
+
+
+def rank_loads(costs: Sequence[float], owners: Sequence[int], world: int) -> list[float]:
+    """Total assigned cost per rank."""
+    loads = [0.0] * world
+    for c, r in zip(costs, owners, strict=True):
+        loads[r] += float(c)
+    return loads
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One flat broadcast buffer: parameters (by index) of one owner, one dtype and device."""
+
+    owner: int
+    indices: tuple[int, ...]
+    numels: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def numel(self) -> int:
+        return sum(self.numels)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+def plan_buckets(
+    params: Sequence[torch.Tensor], owners: Sequence[int], world: int, cap_bytes: int
+) -> list[Bucket]:
+    """Bucket plan (see module doc): per owner in rank order, per (dtype, device), consecutive
+    parameters packed up to ``cap_bytes`` each."""
+    buckets: list[Bucket] = []
+    for r in range(world):
+        open_: dict[tuple[torch.dtype, torch.device], tuple[list[int], int]] = {}
+        for i, p in enumerate(params):
+            if owners[i] != r:
+                continue
+            key = (p.dtype, p.device)
+            size = p.numel() * p.element_size()
+            members, used = open_.get(key, ([], 0))
+            if members and used + size > cap_bytes:
+                buckets.append(_bucket(r, members, params, key))
+                members, used = [], 0
+            members.append(i)
+            open_[key] = (members, used + size)
+        for key, (members, _) in open_.items():
+            if members:
+                buckets.append(_bucket(r, members, params, key))
+    return buckets
+
+
+def _bucket(owner: int, members: list[int], params: Sequence[torch.Tensor], key: tuple[Any, Any]) -> Bucket:
+    return Bucket(owner, tuple(members), tuple(params[i].numel() for i in members), key[0], key[1])
+
+
+def _to_cpu(value: Any) -> Any:
+    """A copy of ``value`` with every tensor moved to the CPU (for pickling across ranks)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+class OwnerSharding:
+    """Owner assignment, bucketed broadcast and metrics for an ordered list of matrix parameters.
+
+    ``mode`` is ``sharded`` or ``redundant``; with no initialised process group, or world size
+    1, both are the same (every matrix is owned by the only rank, nothing is communicated). The
+    world and rank are read lazily (first :meth:`setup`), so the optimizer may be built before
+    the process group exists.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        mode: str = "sharded",
+        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+        group: Any = None,
+    ) -> None:
+        if mode not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)} (got {mode!r})")
+        if not bucket_cap_mb > 0:
+            raise ValueError(f"bucket_cap_mb must be > 0 (got {bucket_cap_mb})")
+        self.params = list(params)
+        self.mode = mode
+        self.cap_bytes = max(1, int(bucket_cap_mb * 2**20))
+        self.group = group
+        self._index = {id(p): i for i, p in enumerate(self.params)}
+        self._ready = False
+        self.world, self.rank, self.sharded = 1, 0, False
+        self.costs = [matrix_cost(p.shape) for p in self.params]
+        self.owners: list[int] = [0] * len(self.params)
+        self.buckets: list[Bucket] = []
+        self._comm_timer: StepTimer | None = None
+        self._bytes = 0
+        self._gathered_seconds: list[torch.Tensor] | None = None
+
+    # --- assignment ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Read world/rank and build the assignment and the bucket plan (idempotent)."""
+        if self._ready:
+            return
+        if dist.is_available() and dist.is_initialized():
+            self.world = dist.get_world_size(self.group)
+            self.rank = dist.get_rank(self.group)
+        self.sharded = self.mode == "sharded" and self.world > 1
+        if self.sharded:
+            self.owners = lpt_assign(self.costs, self.world)
+            self.buckets = plan_buckets(self.params, self.owners, self.world, self.cap_bytes)
+        else:
+            self.owners = [self.rank] * len(self.params)
+        self._ready = True
+
+    def owns(self, p: torch.Tensor) -> bool:
+        """True if this rank computes the update of matrix parameter ``p``."""
+        self.setup()
+        return self.owners[self._index[id(p)]] == self.rank
+
+    def owned_indices(self) -> list[int]:
+        self.setup()
+        return [i for i, r in enumerate(self.owners) if r == self.rank]
+
+    def loads(self) -> list[float]:
+        """Estimated cost assigned to each rank."""
+        self.setup()
+        return rank_loads(self.costs, self.owners, self.world)
+
+    # --- communication ------------------------------------------------------------------------
+
+    def _src(self, owner: int) -> int:
+        return owner if self.group is None else dist.get_global_rank(self.group, owner)
+
+    def sync_(self) -> None:
+        """Broadcast the owners' new parameter values to every rank (no-op unless sharded)."""
+        self.setup()
+        timer = StepTimer()
+        nbytes = 0
+        if self.sharded and self.buckets:
+            with timer.measure(self.buckets[0].device):
+                pending = []
+                for b in self.buckets:
+                    if b.owner == self.rank:
+                        buf = torch.cat([self.params[i].detach().reshape(-1) for i in b.indices])
+                    else:
+                        buf = torch.empty(b.numel, dtype=b.dtype, device=b.device)
+                    work = dist.broadcast(buf, src=self._src(b.owner), group=self.group, async_op=True)
+                    pending.append((b, buf, work))
+                for b, buf, work in pending:
+                    work.wait()
+                    nbytes += b.nbytes
+                    if b.owner == self.rank:
+                        continue
+                    for i, chunk in zip(b.indices, buf.split(list(b.numels)), strict=True):
+                        p = self.params[i]
+                        p.detach().copy_(chunk.view(p.shape))
+        self._comm_timer, self._bytes = timer, nbytes
+
+    def _collective_device(self) -> torch.device:
+        backend = dist.get_backend(self.group)
+        if backend == "nccl" and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def record_load(self, seconds: float) -> None:
+        """All-gather this rank's compute seconds (when world > 1) for ``load_imbalance``."""
+        self.setup()
+        if self.world == 1:
+            self._gathered_seconds = None
+            return
+        t = torch.tensor([float(seconds)], dtype=torch.float64, device=self._collective_device())
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t, group=self.group)
+        self._gathered_seconds = out
+
+    def load_imbalance(self) -> float:
+        """max/mean of the ranks' compute seconds in the last step (1.0 on one rank)."""
+        if not self._gathered_seconds:
+            return 1.0
+        values = torch.cat(self._gathered_seconds).tolist()
+        mean = sum(values) / len(values)
+        return max(values) / mean if mean > 0 else 1.0
+
+    def metrics(self) -> dict[str, float]:
+        """``comm_time_s``, ``load_imbalance`` and ``bytes_communicated`` of the last step."""
+        comm = self._comm_timer.seconds() if self._comm_timer is not None else 0.0
+        extra = 8 * self.world if self._gathered_seconds else 0
+        return {
+            "comm_time_s": comm,
+            "load_imbalance": self.load_imbalance(),
+            "bytes_communicated": float(self._bytes + extra),
+        }
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def gather_state(self, state: Mapping[int, Any], keys: Sequence[int]) -> dict[int, Any]:
+        """Merge the owners' entries of an index-keyed optimizer state (collective when sharded).
+
+        ``keys[i]`` is the state-dict key of matrix parameter ``i``. Entries for other keys
+        (e.g. the AdamW side-car, identical on every rank) are taken from this rank.
+        """
+        self.setup()
+        merged = dict(state)
+        if not self.sharded:
+            return merged
+        mine = {keys[i]: _to_cpu(state[keys[i]]) for i in self.owned_indices() if keys[i] in state}
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, mine, group=self.group)
+        for r, part in enumerate(parts):
+            if r != self.rank and part:
+                merged.update(part)
+        return merged
+
+    def drop_unowned(self, state: dict[Any, Any], tensors: Sequence[Any] | None = None) -> None:
+        """Delete the state entries of matrices this rank does not own (after a full load).
+
+        ``tensors[i]`` is the state key of matrix ``i`` (default: the parameters themselves).
+        """
+        self.setup()
+        if not self.sharded:
+            return
+        keys = self.params if tensors is None else list(tensors)
+        for i, r in enumerate(self.owners):
+            if r != self.rank:
+                state.pop(keys[i], None)
