@@ -30,7 +30,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ def available() -> list[str]:
     return [*TIMM_MODELS, *GPT2_MODELS, *LLAMA_CONFIGS]
 
 
-@lru_cache(maxsize=None)
+@cache
 def get(name: str, source: str = "auto") -> ShapeSet:
     """The shape set ``name``.
 
