@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.specbench-installed
-# DeepSpeed JIT-compiles two CPU ops on first use (~30 s); keep them in one cache across runs.
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/specbench/torch_extensions
+# DeepSpeed JIT-compiles two CPU ops on first use (~30 s); cache them per venv (two venvs sharing
+# one cache would rebuild each other's ops every time).
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test install lint clean

@@ -1,5 +1,8 @@
 """specbench analysis: read the Parquet results of sweeps into tables, plots and reports.
 
+Optimizer comparisons: :mod:`analysis.comparison` (best setting per optimizer under a tuning
+budget, time to target, AlgoPerf performance profiles) and :mod:`analysis.comparison_plots`.
+
 Curvature (PAPER.md §2–3): :mod:`analysis.fits` (power-law fits of one layer),
 :mod:`analysis.curvature` (the ``layer_fits`` table and its summaries),
 :mod:`analysis.curvature_plots`, :mod:`analysis.curvature_report` (the report section),
@@ -12,6 +15,13 @@ pandas, pyarrow, scipy and matplotlib.
 """
 
 from analysis.claims import ClaimResult, exit_status, format_results, load_claims, verify
+from analysis.comparison import (
+    best_settings,
+    performance_profile,
+    profile_scores,
+    summarize_time_to_target,
+    time_to_target,
+)
 from analysis.curvature import (
     alpha_by_type,
     layer_fits_from_curvature,
@@ -34,13 +44,14 @@ from analysis.report import Report, build_report
 from analysis.summary import format_table, optimizer_table, t_interval
 
 __all__ = [
-    "SCHEMA_VERSION",
     "ClaimResult",
     "Report",
     "ResultsNotFound",
     "ResultsReadError",
+    "SCHEMA_VERSION",
     "SchemaVersionError",
     "alpha_by_type",
+    "best_settings",
     "bic_profile",
     "build_report",
     "decomposition_fit",
@@ -55,8 +66,12 @@ __all__ = [
     "load_table",
     "optimizer_table",
     "participation_summary",
+    "performance_profile",
     "plot_loss_curves",
+    "profile_scores",
+    "summarize_time_to_target",
     "t_interval",
+    "time_to_target",
     "transfer_error_summary",
     "trial_states",
     "verify",

@@ -16,13 +16,22 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.comparison import ComparisonSection, comparison_section
 from analysis.curvature_report import CurvatureSection, curvature_section
 from analysis.dataset import INCOMPLETE, find_trial_dirs, load_table, trial_states
 from analysis.plots import plot_loss_curves, workload_prefix
 from analysis.summary import format_table, optimizer_table
 
 #: Steps columns the curves need; reading only these keeps memory low on long runs.
-STEPS_COLUMNS = ["trial_id", "step", "wall_time_s", "train_loss", "eval_metric"]
+STEPS_COLUMNS = [
+    "trial_id",
+    "step",
+    "wall_time_s",
+    "train_loss",
+    "eval_metric",
+    "samples_seen",
+    "tokens_seen",
+]
 #: Order in which trial states are listed (anything else follows alphabetically).
 STATE_ORDER = ["completed", "diverged", "failed", INCOMPLETE]
 
@@ -42,6 +51,8 @@ class Report:
         state_counts: number of trials per state, e.g. ``{"completed": 4, "failed": 1}``.
         curvature: the "Curvature" section (layer fits, tables, figures), or None when no trial
             has ``curvature`` or ``layer_fits`` data.
+        comparison: the "Comparisons" section (best setting per optimizer, time to target,
+            performance profile), or None with fewer than two optimizers.
     """
 
     results_path: Path
@@ -53,6 +64,7 @@ class Report:
     trial_states: pd.DataFrame = field(default_factory=pd.DataFrame)
     state_counts: dict[str, int] = field(default_factory=dict)
     curvature: CurvatureSection | None = None
+    comparison: ComparisonSection | None = None
 
 
 def _count_states(states: pd.DataFrame) -> dict[str, int]:
@@ -152,8 +164,10 @@ def render_markdown(
     states: pd.DataFrame,
     counts: dict[str, int],
     curvature_lines: list[str] | None = None,
+    comparison_lines: list[str] | None = None,
 ) -> str:
-    """The text of ``report.md`` (``curvature_lines``: the optional Curvature section)."""
+    """The text of ``report.md`` (``curvature_lines`` / ``comparison_lines``: the optional
+    Curvature and Comparisons sections)."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# specbench report",
@@ -176,6 +190,7 @@ def render_markdown(
         "One line per optimizer: mean over completed seeds aligned by step, shaded min–max band.",
         "",
         *_plot_section(plot_paths, out_dir, table),
+        *(comparison_lines or []),
         *(curvature_lines or []),
         "## Failed and diverged trials",
         "",
@@ -250,7 +265,22 @@ def build_report(
         text += f"\n\n{curvature.text}"
         curvature_lines = curvature.markdown
 
-    markdown = render_markdown(root, out, table, plot_paths, states, counts, curvature_lines)
+    comparison = comparison_section(runs, steps, out)
+    if comparison is not None:
+        text += f"\n\n{comparison.text}"
+
+    markdown = render_markdown(
+        root,
+        out,
+        table,
+        plot_paths,
+        states,
+        counts,
+        curvature_lines,
+        comparison.markdown if comparison is not None else None,
+    )
+    if comparison is not None:
+        plot_paths = [*plot_paths, *comparison.plot_paths]
     if curvature is not None:
         plot_paths = [*plot_paths, *curvature.plot_paths]
     report_path = out / "report.md"
@@ -265,4 +295,5 @@ def build_report(
         trial_states=states,
         state_counts=counts,
         curvature=curvature,
+        comparison=comparison,
     )

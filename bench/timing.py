@@ -34,3 +34,34 @@ def median_after_warmup(values: list[float], warmup: int) -> float:
     """Median of ``values`` without the first ``warmup`` entries (all of them if too few)."""
     kept = values[warmup:] if len(values) > warmup else values
     return float(median(kept)) if kept else float("nan")
+
+
+class CallTimer:
+    """Accumulates the synchronised wall time of every call of one bound method, by replacing
+    the method on that one object (the object's behaviour is unchanged).
+
+    Used for DeepSpeed's gradient all-reduce (``engine.allreduce_gradients``, which covers the
+    ZeRO 0–2 reduction epilogue): DeepSpeed's own ``wall_clock_breakdown`` timers measure it too,
+    but they print a line on every step, which would flood the logs of long trials.
+    """
+
+    def __init__(self, obj: object, method: str, device: torch.device):
+        self.seconds = 0.0
+        self._device = device
+        original = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            synchronize(self._device)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                synchronize(self._device)
+                self.seconds += time.perf_counter() - start
+
+        setattr(obj, method, timed)
+
+    def pop(self) -> float:
+        """Seconds accumulated since the last call, and reset."""
+        value, self.seconds = self.seconds, 0.0
+        return value

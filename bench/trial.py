@@ -42,7 +42,7 @@ from bench.deepspeed_config import deepspeed_config, lr_lambda
 from bench.distributed import all_reduce_sum, rank_and_world
 from bench.results import writer
 from bench.seeds import data_seed, derive_seed, model_init_seed, rank_seed, seed_everything
-from bench.timing import median_after_warmup, synchronize, timed
+from bench.timing import CallTimer, median_after_warmup, synchronize, timed
 
 Reporter = Callable[[dict[str, Any]], None]
 
@@ -180,6 +180,7 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
             state["resumed_from"] = start_step
             # Per-rank randomness continues from a seed tied to the resume point.
             seed_everything(derive_seed(rank_seed(spec.seed, rank), "resume", start_step))
+        allreduce_timer = CallTimer(engine, "allreduce_gradients", device)
         sampler = GlobalBatchSampler(
             num_samples=len(bundle.train), seed=data_seed(spec.seed), micro_batch=tcfg.micro_batch_size,
             grad_accum=tcfg.grad_accum, world_size=world, rank=rank,
@@ -204,9 +205,10 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
                     loss_sum += float(loss.detach())
                 with timed(device, phases, "opt"):
                     engine.step()
-                # DeepSpeed's own timer of the gradient all-reduce (wall_clock_breakdown); it is
-                # inside our fwd_bwd time, so it is subtracted there to keep the phases disjoint.
-                comm = engine.get_wall_clock_timers().get("bwd_allreduce", 0.0) / 1000.0
+                # The gradient all-reduce runs inside engine.backward at the accumulation
+                # boundary: it is inside our fwd_bwd time, so it is subtracted there to keep the
+                # phases disjoint.
+                comm = allreduce_timer.pop()
                 (total_loss, nonfinite) = all_reduce_sum(
                     [loss_sum / tcfg.grad_accum, 0.0 if math.isfinite(loss_sum) else 1.0], device
                 )

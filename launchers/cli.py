@@ -186,6 +186,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return exit_status(results, allow_missing=args.allow_missing)
 
 
+# ------------------------------------------------------------------------------ profile / cost
+def cmd_profile(args: argparse.Namespace) -> int:
+    from launchers.profile_runner import cli_profile
+
+    return int(cli_profile(args) or 0)
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from analysis.cost_report import cost_cli
+
+    if args.ranks < 1:
+        raise UsageError("--ranks must be at least 1")
+    return int(cost_cli(args.model, args.ranks, args.device, args.method, args.dtype, not args.replicated) or 0)
+
+
 # --------------------------------------------------------------------------------------- status
 def cmd_status(args: argparse.Namespace) -> int:
     from launchers import sweep_state
@@ -303,6 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="a sweep directory (<storage>/<name>) or a directory of sweeps")
     p.add_argument("--out", help="where to write report.md and plots (default: <results>/report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("profile", help="time the spectral kernels on every Ray node (writes the profile table)")
+    p.add_argument("config", help="profile YAML (configs/profile/)")
+    p.add_argument("--address", help="Ray cluster to join; default: embedded local Ray")
+    p.add_argument("--storage", help="results root (overrides the config)")
+    p.add_argument("--name", help="job name (overrides the config)")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("cost", help="predicted per-step spectral cost of a model on N devices, from a device profile")
+    p.add_argument("--model", required=True, help="e.g. gpt2-small, llama-7b, llama-70b, llama-405b")
+    p.add_argument("--ranks", type=int, required=True, help="devices the per-matrix work is sharded over")
+    p.add_argument("--device", required=True, help="a name in analysis/device_profiles/ (cpu-2core, h200) or a JSON path")
+    p.add_argument("--method", default="damped_solve", help="kernel: damped_solve, gram_eigh, ns5, svd, ...")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--replicated", action="store_true", help="every rank computes every matrix (no sharding)")
+    p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("verify", help="check the paper's claims against a results directory (PASS/FAIL/NO DATA)")
     p.add_argument("results", nargs="?", help="a sweep directory with curvature / layer_fits tables")

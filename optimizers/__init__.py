@@ -1,11 +1,16 @@
-"""Optimizers for specbench: Spectral Newton (PAPER.md §5), AdamW, parameter grouping by layer type.
+"""Optimizers for specbench: Spectral Newton (PAPER.md §5), AdamW, the matrix baselines Muon,
+Shampoo and SOAP, parameter grouping by layer type, owner-rank sharding at ZeRO-0.
 
 Public API (docs/ARCHITECTURE.md): :func:`build`, :func:`available`, :func:`settings_model`,
 :func:`validate_settings`, :func:`requires_full_matrices`, :func:`describe`; layer types in
-:mod:`optimizers.layer_types`; the spectral math in :mod:`optimizers.spectral`.
+:mod:`optimizers.layer_types`; the spectral math in :mod:`optimizers.spectral`; distribution of the
+matrix work over data-parallel ranks in :mod:`optimizers.distributed`; step-time benchmark in
+:mod:`optimizers.benchmark` (``python -m optimizers.benchmark``).
 """
 
+from .distributed import OwnerSharding, lpt_assign, matrix_cost
 from .layer_types import LAYER_TYPES, tag_modules, tag_parameters
+from .muon import Muon
 from .registry import (
     OptimizerSpec,
     available,
@@ -17,15 +22,23 @@ from .registry import (
     validate_settings,
 )
 from .spectral import spectral_transform, spectral_transform_with_stats, transfer
+from .shampoo import Shampoo
+from .soap import SOAP
 from .spectral_newton import SpectralNewton
 
 __all__ = [
     "LAYER_TYPES",
+    "SOAP",
+    "Muon",
     "OptimizerSpec",
+    "OwnerSharding",
+    "Shampoo",
     "SpectralNewton",
     "available",
     "build",
     "describe",
+    "lpt_assign",
+    "matrix_cost",
     "register",
     "requires_full_matrices",
     "settings_model",

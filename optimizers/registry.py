@@ -16,7 +16,10 @@ import torch
 from torch import nn
 
 from .adamw import build_adamw
-from .settings import AdamWSettings, SpectralNewtonSettings
+from .muon import Muon
+from .settings import AdamWSettings, MuonSettings, ShampooSettings, SOAPSettings, SpectralNewtonSettings
+from .shampoo import Shampoo
+from .soap import SOAP
 from .spectral_newton import SpectralNewton
 
 
@@ -41,6 +44,16 @@ def _build_spectral_newton(model: nn.Module, s: pydantic.BaseModel) -> torch.opt
     return SpectralNewton.from_model(model, **s.model_dump())
 
 
+def _builder(cls: type, settings_cls: type[pydantic.BaseModel]) -> Callable[..., torch.optim.Optimizer]:
+    """Builder of a matrix optimizer: grouping keys go to ``from_model``, the rest to the class."""
+
+    def build_(model: nn.Module, s: pydantic.BaseModel) -> torch.optim.Optimizer:
+        assert isinstance(s, settings_cls)
+        return cls.from_model(model, **s.model_dump())
+
+    return build_
+
+
 _REGISTRY: dict[str, OptimizerSpec] = {}
 
 
@@ -53,6 +66,9 @@ def register(spec: OptimizerSpec) -> None:
 
 register(OptimizerSpec("adamw", AdamWSettings, _build_adamw, requires_full_matrices=False))
 register(OptimizerSpec("spectral_newton", SpectralNewtonSettings, _build_spectral_newton, requires_full_matrices=True))
+register(OptimizerSpec("muon", MuonSettings, _builder(Muon, MuonSettings), requires_full_matrices=True))
+register(OptimizerSpec("shampoo", ShampooSettings, _builder(Shampoo, ShampooSettings), requires_full_matrices=True))
+register(OptimizerSpec("soap", SOAPSettings, _builder(SOAP, SOAPSettings), requires_full_matrices=True))
 
 
 def available() -> list[str]:

@@ -2,17 +2,20 @@
 described). Field names are the config keys and the ``build()`` keyword arguments.
 
 ``momentum`` is shared by every optimizer so that one sweep axis can cover them all: for AdamW it
-is β₁ (the first-moment decay), for Spectral Newton the μ of its momentum buffer.
+is β₁ (the first-moment decay), for Spectral Newton, Muon and Shampoo the μ of the momentum
+buffer, for SOAP its β₁. Every matrix optimizer also has ``distribution`` (sharded | redundant)
+and ``bucket_cap_mb`` (:mod:`optimizers.distributed`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .alpha_policy import DEFAULT_ALPHA_TABLE
+from .distributed import DEFAULT_BUCKET_CAP_MB
 from .layer_types import LAYER_TYPES
 from .param_groups import DEFAULT_ADAMW_TYPES, NO_DECAY_TYPES
 
@@ -22,6 +25,43 @@ def _check_types(values: list[str]) -> list[str]:
     if bad:
         raise ValueError(f"unknown layer type {bad[0]!r}; must be one of {', '.join(LAYER_TYPES)}")
     return values
+
+
+def _check_betas(v: tuple[float, float]) -> tuple[float, float]:
+    if not all(0 <= b < 1 for b in v):
+        raise ValueError(f"each beta must be in [0, 1) (got {list(v)})")
+    return v
+
+
+Distribution = Literal["sharded", "redundant"]
+
+
+def _distribution_field() -> Any:
+    return Field(
+        "sharded",
+        description="sharded: each matrix is computed by one owner rank (LPT on m·n·min(m,n)) and the new values "
+        "are broadcast in buckets; redundant: every rank computes every matrix. Same on one process.",
+    )
+
+
+def _bucket_field() -> Any:
+    return Field(DEFAULT_BUCKET_CAP_MB, gt=0, description="Largest broadcast buffer (MiB) of the sharded mode.")
+
+
+def _adamw_fields() -> dict[str, Any]:
+    return {
+        "adamw_lr": Field(1e-3, gt=0, description="Learning rate of the AdamW groups; schedulers scale it with lr."),
+        "adamw_betas": Field((0.9, 0.999), description="(β₁, β₂) of the AdamW groups."),
+        "adamw_eps": Field(1e-8, gt=0, description="ε of the AdamW groups."),
+        "adamw_types": Field(
+            default_factory=lambda: list(DEFAULT_ADAMW_TYPES),
+            description="Layer types updated by AdamW instead of the matrix optimizer (non-matrix parameters "
+            "always are).",
+        ),
+        "no_decay_types": Field(
+            default_factory=lambda: list(NO_DECAY_TYPES), description="Layer types with no weight decay."
+        ),
+    }
 
 
 class AdamWSettings(BaseModel):
@@ -95,15 +135,11 @@ class SpectralNewtonSettings(BaseModel):
         + ".",
     )
     power_iters: int = Field(10, ge=1, description="Power iterations estimating σ₁ for normalize=spectral.")
+    distribution: Distribution = _distribution_field()
+    bucket_cap_mb: float = _bucket_field()
 
     _types = field_validator("adamw_types", "no_decay_types")(_check_types)
-
-    @field_validator("adamw_betas")
-    @classmethod
-    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in v):
-            raise ValueError(f"each beta must be in [0, 1) (got {list(v)})")
-        return v
+    _betas = field_validator("adamw_betas")(_check_betas)
 
     @field_validator("alpha_table")
     @classmethod
@@ -128,3 +164,123 @@ class SpectralNewtonSettings(BaseModel):
             if odd:
                 raise ValueError(f"method 'solve' needs alpha = 2 but alpha_table gives {odd}; use gram or polar")
         return self
+
+
+class MuonSettings(BaseModel):
+    """Muon (timm.optim.Muon, timm 1.0.31) on matrices, conv kernels as out × (in·kh·kw); AdamW for biases,
+    norms, embeddings and the head (optimizers/muon.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(0.02, gt=0, description="Learning rate of the Muon (matrix) group (Keller Jordan's 0.02).")
+    momentum: float = Field(0.95, ge=0, lt=1, description="μ of the EMA momentum buf ← μ·buf + (1 − μ)·g.")
+    nesterov: bool = Field(True, description="Orthogonalise (1 − μ)·g + μ·buf (Nesterov) instead of buf.")
+    weight_decay: float = Field(
+        0.0, ge=0, description="Decoupled weight decay λ for all groups except biases/norms: p ← p·(1 − lr·λ)."
+    )
+    ns_steps: int = Field(5, ge=1, le=50, description="Newton–Schulz iterations (bf16).")
+    ns_coefficients: Literal["original", "quintic", "polar_express", "polar_express_safer"] = Field(
+        "original",
+        description="Newton–Schulz coefficient preset: original = (3.4445, −4.7750, 2.0315), Keller Jordan's and "
+        "torch.optim.Muon's; the others are timm's per-step schedules.",
+    )
+    adjust_lr: Literal["original", "match_rms_adamw", "spectral", "none"] = Field(
+        "original",
+        description="Update scale s(m, n) of the orthogonalised m × n update: original √max(1, m/n) (Keller Jordan, "
+        "torch default); match_rms_adamw 0.2·√max(m, n) (Moonlight: AdamW's update RMS); spectral √(m/n) "
+        "(Bernstein); none 1.",
+    )
+    adamw_lr: float = _adamw_fields()["adamw_lr"]
+    adamw_betas: tuple[float, float] = _adamw_fields()["adamw_betas"]
+    adamw_eps: float = _adamw_fields()["adamw_eps"]
+    adamw_types: list[str] = _adamw_fields()["adamw_types"]
+    no_decay_types: list[str] = _adamw_fields()["no_decay_types"]
+    distribution: Distribution = _distribution_field()
+    bucket_cap_mb: float = _bucket_field()
+
+    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
+    _betas = field_validator("adamw_betas")(_check_betas)
+
+
+class ShampooSettings(BaseModel):
+    """Shampoo (Gupta et al. 2018 with Anil et al. 2020's frequency, blocking, grafting; the suite's own
+    implementation, optimizers/shampoo.py); AdamW for biases, norms, embeddings and the head."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(0.01, gt=0, description="Learning rate of the Shampoo (matrix) group.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="μ of M ← μ·M + P on the grafted update P (0 disables).")
+    nesterov: bool = Field(True, description="Apply μ·M + P (Nesterov) instead of M.")
+    weight_decay: float = Field(
+        0.0, ge=0, description="Decoupled weight decay λ for all groups except biases/norms: p ← p·(1 − lr·λ)."
+    )
+    beta2: float = Field(
+        1.0, gt=0, le=1, description="Statistics decay: 1 sums G Gᵀ (Gupta et al.); < 1 an EMA with weight 1 − β₂."
+    )
+    epsilon: float = Field(1e-6, ge=0, description="Ridge ε of (S + εI)^(−1/2k) (times λ_max(S) if epsilon_relative).")
+    epsilon_relative: bool = Field(
+        True, description="Scale ε by each statistic's largest eigenvalue (scale-free); false: absolute εI (Gupta)."
+    )
+    preconditioning_frequency: int = Field(
+        10, ge=1, description="Inverse roots recomputed every F steps; until step F the graft direction is used."
+    )
+    max_preconditioner_dim: int = Field(
+        1024, ge=1, description="Dimensions larger than this are split into blocks with their own factors."
+    )
+    graft: Literal["adagrad", "sgd", "none"] = Field(
+        "adagrad", description="Layer-wise grafting: rescale the update to the norm of AdaGrad's / SGD's, or none."
+    )
+    graft_eps: float = Field(1e-8, ge=0, description="δ of the AdaGrad graft G / (√ΣG² + δ).")
+    conv_view: Literal["matrix", "tensor"] = Field(
+        "matrix",
+        description="Conv kernels as out × (in·kh·kw) matrices (suite convention) or order-4 tensors with one "
+        "factor per dimension (Gupta et al.).",
+    )
+    adamw_lr: float = _adamw_fields()["adamw_lr"]
+    adamw_betas: tuple[float, float] = _adamw_fields()["adamw_betas"]
+    adamw_eps: float = _adamw_fields()["adamw_eps"]
+    adamw_types: list[str] = _adamw_fields()["adamw_types"]
+    no_decay_types: list[str] = _adamw_fields()["no_decay_types"]
+    distribution: Distribution = _distribution_field()
+    bucket_cap_mb: float = _bucket_field()
+
+    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
+    _betas = field_validator("adamw_betas")(_check_betas)
+
+
+class SOAPSettings(BaseModel):
+    """SOAP (pytorch_optimizer.SOAP, pytorch-optimizer 4.1.0; reference defaults of Vyas et al. 2024) on
+    matrices; AdamW for biases, norms, embeddings and the head (optimizers/soap.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(3e-3, gt=0, description="Learning rate of the SOAP (matrix) group.")
+    momentum: float = Field(0.95, ge=0, lt=1, description="β₁ of SOAP's first moment (shared key across optimizers).")
+    beta2: float = Field(0.95, ge=0, lt=1, description="β₂ of SOAP's second moment in the rotated basis.")
+    shampoo_beta: float | None = Field(
+        None, ge=0, lt=1, description="Decay of the Shampoo factors L, R (null: β₂, the reference's default)."
+    )
+    eps: float = Field(1e-8, gt=0, description="ε added to √V.")
+    weight_decay: float = Field(
+        0.01, ge=0, description="Decoupled weight decay λ (SOAP's reference 0.01; also the decayed AdamW groups)."
+    )
+    precondition_frequency: int = Field(10, ge=1, description="Eigenbasis refresh (power iteration + QR) every f steps.")
+    max_precond_dim: int = Field(10000, ge=1, description="Dimensions larger than this are not rotated.")
+    merge_dims: bool = Field(False, description="Merge tensor dimensions up to max_precond_dim before preconditioning.")
+    normalize_grads: bool = Field(False, description="Normalise each update to unit RMS.")
+    correct_bias: bool = Field(True, description="Adam bias correction √(1 − β₂ᵗ)/(1 − β₁ᵗ).")
+    conv_view: Literal["matrix", "tensor"] = Field(
+        "matrix",
+        description="Conv kernels as out × (in·kh·kw) matrices (suite convention) or as 4-D tensors with one "
+        "rotation per dimension (the reference).",
+    )
+    adamw_lr: float = _adamw_fields()["adamw_lr"]
+    adamw_betas: tuple[float, float] = _adamw_fields()["adamw_betas"]
+    adamw_eps: float = _adamw_fields()["adamw_eps"]
+    adamw_types: list[str] = _adamw_fields()["adamw_types"]
+    no_decay_types: list[str] = _adamw_fields()["no_decay_types"]
+    distribution: Distribution = _distribution_field()
+    bucket_cap_mb: float = _bucket_field()
+
+    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
+    _betas = field_validator("adamw_betas")(_check_betas)

@@ -22,6 +22,12 @@ update matrix to RMS(Δ) = ‖Δ‖_F/√(mn) = ρ exactly. For a full-rank orth
 Muon/Moonlight's ``0.2·√max(m, n)`` factor with ρ = 0.2, chosen there to match AdamW's typical
 update RMS so that AdamW learning rates carry over.
 
+Distribution (``distribution``, :mod:`optimizers.distributed`): with ``sharded`` (the default) and
+a process group of world > 1, each matrix is transformed only by its owner rank (LPT on
+m·n·min(m, n)), which alone keeps its momentum buffer, and the new values are broadcast in
+buckets; ``redundant`` makes every rank transform every matrix. The AdamW side-car always runs
+on every rank.
+
 Learning rates: each group's ``lr`` is its real learning rate: the spectral group starts at
 ``lr``, the AdamW groups at ``adamw_lr``. ``torch.optim.lr_scheduler`` schedulers (LambdaLR,
 cosine, OneCycle with per-group maxima, DeepSpeed's WarmupCosineLR) record every group's initial
@@ -34,7 +40,6 @@ them per-group lists or use a multiplicative schedule.
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -44,6 +49,7 @@ from torch import nn
 
 from .adamw import adamw_step_
 from .alpha_policy import AlphaResolver
+from .distributed import DEFAULT_BUCKET_CAP_MB, OwnerSharding
 from .param_groups import (
     DEFAULT_ADAMW_TYPES,
     NO_DECAY_TYPES,
@@ -58,51 +64,13 @@ from .spectral import (
     spectral_norm_estimate,
     spectral_transform_with_stats,
 )
+from .timing import StepTimer
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "frobenius", "spectral")
 GROUP_KINDS: tuple[str, ...] = ("spectral", "adamw")
 
 
-class _SpectralTimer:
-    """Accumulates time spent in the spectral transforms during one step.
-
-    On CUDA it records events (no host synchronisation inside the step) and resolves them when
-    :meth:`seconds` is read; elsewhere it uses ``time.perf_counter``.
-    """
-
-    def __init__(self) -> None:
-        self.cpu_seconds = 0.0
-        self.events: list[tuple[Any, Any]] = []
-
-    def measure(self, device: torch.device) -> _TimerContext:
-        return _TimerContext(self, device)
-
-    def seconds(self) -> float:
-        total = self.cpu_seconds
-        for start, end in self.events:
-            end.synchronize()
-            total += start.elapsed_time(end) / 1000.0
-        return total
-
-
-class _TimerContext:
-    def __init__(self, timer: _SpectralTimer, device: torch.device) -> None:
-        self.timer, self.cuda = timer, device.type == "cuda"
-
-    def __enter__(self) -> None:
-        if self.cuda:
-            self.start = torch.cuda.Event(enable_timing=True)
-            self.start.record()
-        else:
-            self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self.timer.events.append((self.start, end))
-        else:
-            self.timer.cpu_seconds += time.perf_counter() - self.t0
+_SpectralTimer = StepTimer  # the timer of the spectral transforms (optimizers.timing)
 
 
 def _normalize_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
@@ -173,6 +141,8 @@ class SpectralNewton(torch.optim.Optimizer):
         alpha_table: per-layer-type α overrides on top of the paper-seeded defaults.
         adamw_lr, adamw_betas, adamw_eps: AdamW hyperparameters of ``adamw`` groups.
         power_iters: power iterations for ``normalize='spectral'``.
+        distribution: ``sharded`` | ``redundant`` (see the module docstring).
+        bucket_cap_mb: largest broadcast buffer of the sharded mode, MiB.
     """
 
     def __init__(
@@ -193,6 +163,8 @@ class SpectralNewton(torch.optim.Optimizer):
         adamw_betas: tuple[float, float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
         power_iters: int = 10,
+        distribution: str = "sharded",
+        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
     ) -> None:
         if lr <= 0 or adamw_lr <= 0:
             raise ValueError(f"learning rates must be > 0 (got lr={lr}, adamw_lr={adamw_lr})")
@@ -246,7 +218,10 @@ class SpectralNewton(torch.optim.Optimizer):
                             f"method 'solve' needs alpha = 2, but parameter {n!r} ({t}) gets alpha {a} "
                             f"under alpha_policy {alpha_policy!r}; use method 'gram' or 'polar'"
                         )
-        self._last_timer: _SpectralTimer | None = None
+        self.sharding = OwnerSharding(
+            [p for g in self.param_groups if g["kind"] == "spectral" for p in g["params"]], distribution, bucket_cap_mb
+        )
+        self._last_timer: StepTimer | None = None
         self._last_fallbacks = 0
         self.last_step_stats: dict[str, float] = {}
         """Details of the last step: fallbacks, zeroed, matrices, ns_steps (max over buckets)."""
@@ -298,8 +273,14 @@ class SpectralNewton(torch.optim.Optimizer):
         raise KeyError(name)
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict plus the measured α values (so a resumed run keeps them)."""
+        """torch's state dict plus the measured α values (so a resumed run keeps them).
+
+        When sharded, the owners' momentum buffers are gathered so that every rank returns the
+        full state (a collective: call it on every rank, as DeepSpeed does).
+        """
         sd = super().state_dict()
+        index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        sd["state"] = self.sharding.gather_state(sd["state"], [index[id(p)] for p in self.sharding.params])
         sd["measured_alpha"] = dict(self.alpha_resolver.measured)
         return sd
 
@@ -307,20 +288,27 @@ class SpectralNewton(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         measured = state_dict.pop("measured_alpha", {})
         super().load_state_dict(state_dict)
+        self.sharding.drop_unowned(self.state)
         self.alpha_resolver.measured = {}
         self.alpha_resolver.set_measured(measured)
 
     # --- metrics ------------------------------------------------------------------------------
 
     def step_metrics(self) -> dict[str, float]:
-        """``spectral_time_s``: seconds inside spectral transforms during the last step;
-        ``fallbacks``: matrices whose requested method failed in the last step.
+        """``spectral_time_s``: seconds inside this rank's spectral transforms during the last
+        step; ``fallbacks``: matrices whose requested method failed in the last step (this rank's);
+        ``comm_time_s``, ``load_imbalance``, ``bytes_communicated``: see
+        :mod:`optimizers.distributed`.
 
         On CUDA the time comes from events resolved here, so ``step()`` itself never waits for
-        the GPU to report timings.
+        the GPU to report timings (except, with world > 1, for the load-imbalance collective).
         """
         seconds = self._last_timer.seconds() if self._last_timer is not None else 0.0
-        return {"spectral_time_s": seconds, "fallbacks": float(self._last_fallbacks)}
+        return {
+            "spectral_time_s": seconds,
+            "fallbacks": float(self._last_fallbacks),
+            **self.sharding.metrics(),
+        }
 
     # --- the step -----------------------------------------------------------------------------
 
@@ -331,7 +319,8 @@ class SpectralNewton(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        timer = _SpectralTimer()
+        timer = StepTimer()
+        self.sharding.setup()
         stats = {"fallbacks": 0, "zeroed": 0, "matrices": 0, "ns_steps": 0}
         for group in self.param_groups:
             if group["kind"] == "adamw":
@@ -345,6 +334,9 @@ class SpectralNewton(torch.optim.Optimizer):
                 )
             else:
                 self._spectral_group_step(group, timer, stats)
+        self.sharding.sync_()
+        if self.sharding.world > 1:
+            self.sharding.record_load(timer.seconds())
         self._last_timer, self._last_fallbacks = timer, stats["fallbacks"]
         self.last_step_stats = {k: float(v) for k, v in stats.items()}
         return loss
@@ -362,7 +354,7 @@ class SpectralNewton(torch.optim.Optimizer):
         buf.mul_(mu).add_(g)
         return g.add(buf, alpha=mu) if group["nesterov"] else buf
 
-    def _spectral_group_step(self, group: dict[str, Any], timer: _SpectralTimer, stats: dict[str, int]) -> None:
+    def _spectral_group_step(self, group: dict[str, Any], timer: StepTimer, stats: dict[str, int]) -> None:
         params: Sequence[torch.Tensor] = group["params"]
         names: Sequence[str] = group["param_names"]
         types: Sequence[str] = group["layer_types"]
@@ -384,6 +376,8 @@ class SpectralNewton(torch.optim.Optimizer):
                 )
             if p.grad.is_sparse:
                 raise RuntimeError(f"parameter {name!r}: SpectralNewton does not support sparse gradients")
+            if not self.sharding.owns(p):
+                continue  # another rank transforms it; its new value arrives in sharding.sync_()
             u = self._update_input(p, group)
             mat = u.reshape(u.shape[0], -1)  # conv: out × (in·kh·kw); GPT-2 Conv1D: in × out, T is
             transposed = mat.shape[0] < mat.shape[1]  # transpose-equivariant so storage order is moot

@@ -281,8 +281,9 @@ def test_zero_flat_partition_is_refused_clearly(net: TinyNet) -> None:
 
 
 def test_registry_listing() -> None:
-    assert optimizers.available() == ["adamw", "spectral_newton"]
-    assert optimizers.requires_full_matrices("spectral_newton") is True
+    assert optimizers.available() == ["adamw", "muon", "shampoo", "soap", "spectral_newton"]
+    for name in ("spectral_newton", "muon", "shampoo", "soap"):
+        assert optimizers.requires_full_matrices(name) is True
     assert optimizers.requires_full_matrices("adamw") is False
     for name in optimizers.available():
         model = optimizers.settings_model(name)
@@ -301,7 +302,7 @@ def test_validate_settings_messages() -> None:
     assert v("spectral_newton", {"method": "qr"}) == [
         "optimizers.spectral_newton.method: must be one of svd, gram, solve, polar (got 'qr')"
     ]
-    assert v("x", {}) == ["unknown optimizer 'x'; available: adamw, spectral_newton"]
+    assert v("x", {}) == ["unknown optimizer 'x'; available: adamw, muon, shampoo, soap, spectral_newton"]
     (msg,) = v("spectral_newton", {"learning_rate": 0.1})
     assert msg.startswith("optimizers.spectral_newton.learning_rate: unknown setting") and "lr" in msg
     assert v("adamw", {"lr": -1}) == ["optimizers.adamw.lr: must be > 0.0 (got -1)"]
@@ -393,7 +394,10 @@ def test_lowers_tiny_cnn_loss_on_random_data(name: str, settings: dict) -> None:
     assert loss.item() < 0.8 * first
     if name == "spectral_newton":
         metrics = opt.step_metrics()
-        assert set(metrics) == {"spectral_time_s", "fallbacks"} and metrics["fallbacks"] == 0.0
+        assert set(metrics) == {
+            "spectral_time_s", "fallbacks", "comm_time_s", "load_imbalance", "bytes_communicated"
+        } and metrics["fallbacks"] == 0.0
+        assert metrics["load_imbalance"] == 1.0 and metrics["bytes_communicated"] == 0.0
 
 
 @pytest.mark.parametrize("name", ["adamw", "spectral_newton"])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -29,7 +31,17 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_two_ranks_equal_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the children inherit the imported modules (spawn re-imports torch in each, which takes
+    # most of this test's time on a loaded machine); they use one intra-op thread and make
+    # their own gloo group, so nothing of the parent's threads is needed after the fork.
+    ctx = mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False,
+                             start_method="fork")
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=2):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("the two probe ranks did not finish within 180 s")
     model, data = make_model("cnn"), make_data("cnn")
     single = pd.DataFrame(run_probe(model, CE, data, settings(micro_batch_size=5, spatial_subsample=2),
                                     "cpu").curvature_rows)

@@ -143,6 +143,8 @@ def test_profile_rows():
     assert phases.method["hvp"] in {"batched", "loop", "batched->loop"}
     assert (prof.seconds >= 0).all() and set(prof[prof.layer == "*"].phase) >= {"grad_pass", "hvp_graph", "total"}
     assert (prof.memory_kind == "cpu_peak_rss_growth").all() and (prof.ranks == 1).all()
+    assert (prof.op == "curvature_probe").all() and (prof.device == "cpu").all()
+    assert phases.compute_dtype["eigh"] == "fp64" and phases["shape"]["hvp"] == "7x5"
 
 
 def test_settings_and_probe_batch():

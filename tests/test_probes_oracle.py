@@ -170,7 +170,9 @@ def test_batched_and_loop_hvp_agree():
     model, data, result = probed("cnn")
     a = pd.DataFrame(result.curvature_rows)  # auto: batched, falling back per layer
     b = pd.DataFrame(run_probe(model, CE, data, settings(hvp_method="loop"), "cpu").curvature_rows)
+    c = pd.DataFrame(run_probe(model, CE, data, settings(hvp_method="batched", hvp_batch=2), "cpu").curvature_rows)
     np.testing.assert_allclose(a.h, b.h, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(c.h, b.h, rtol=1e-12, atol=1e-15)
 
 
 def test_model_is_left_untouched():

@@ -1,18 +1,21 @@
 """Per-layer curvature quantities of PAPER.md §1 on a fixed probe batch.
 
 For each probed layer with weight matrix W (m × n, the out × in view of
-`optimizers.layer_types.matrix_view`) and the **mean** loss L of the B probe samples:
+`optimizers.layer_types.matrix_view`) and the **mean** loss L of the probe batch — the mean over
+its N loss terms (N = B samples for a classifier, B·T tokens for a language model; see
+:func:`loss_terms`):
 
-1. **gradient pass** — G = ∇_W L accumulated over micro-batches (S_j = b_j · mean loss_j, so
-   G = Σ_j ∇S_j / B), summed over ranks; SVD G = U Σ Vᵀ; K = min(top_k, numerical rank of G),
+1. **gradient pass** — G = ∇_W L accumulated over micro-batches (S_j = N_j · mean loss_j, so
+   G = Σ_j ∇S_j / N), summed over ranks; SVD G = U Σ Vᵀ; K = min(top_k, numerical rank of G),
    with the numerical rank counting σ > σ_1 · max(m, n) · eps(probe dtype); σ_k is also kept up to
    ``gamma_window`` for the γ fits of §2.
 2. **curvature pass** — per micro-batch one forward and one ``create_graph`` backward, then for
    each layer K double backwards give h_k = vec(D_k)ᵀ H vec(D_k) (`bench.probes.hvp`) with
    D_k = u_k v_kᵀ embedded in the weight tensor (zeros outside the q/k/v block for fused QKV
-   views). Module hooks on the same pass accumulate the Kronecker factors and the concentration
-   sums (`bench.probes.factors`, which documents the δ and C_δ scaling).
-3. **factor spectra** — C_δ = δᵀδ/B, C_A = AᵀA/R, eigenvalues λ^δ, λ^A descending (eigvalsh), and
+   views); h_k = Σ_j ⟨D_k, ∇²S_j D_k⟩ / N. Module hooks on the same pass accumulate the Kronecker
+   factors and the concentration sums (`bench.probes.factors`, which documents the δ and C_δ
+   scaling).
+3. **factor spectra** — C_δ = δᵀδ/N, C_A = AᵀA/R, eigenvalues λ^δ, λ^A descending (eigvalsh), and
 
        h^kron_k = (u_kᵀ C_δ u_k)(v_kᵀ C_A v_k)
        ρ^δ_k = u_kᵀ C_δ u_k / λ^δ_k,  ρ^A_k = v_kᵀ C_A v_k / λ^A_k   (rank-matched; NaN if λ ≤ 0)
@@ -55,7 +58,7 @@ SHARED = "*"
 CURVATURE_COLUMNS: tuple[str, ...] = (
     "layer", "layer_type", "module", "depth", "shape_m", "shape_n", "k", "sigma", "h", "h_kron",
     "rho_delta", "rho_A", "phi", "lambda_delta", "lambda_A", "lam", "chi", "concentration",
-    "samples", "positions", "grad_check",
+    "samples", "loss_terms", "positions", "grad_check",
 )
 
 #: Phases of the per-module profile rows.
@@ -64,6 +67,13 @@ LAYER_PHASES = ("grad_svd", "hvp", "factor_accumulation", "eigh")
 SHARED_PHASES = ("order", "grad_pass", "hvp_graph", "allreduce")
 
 _NAN = math.nan
+
+
+def loss_terms(target: torch.Tensor) -> int:
+    """N_j, the number of terms the micro-batch's mean loss averages: one per target element
+    (a class label per image, a next token per position). S_j = N_j · loss_j is then the sum of
+    the per-term losses, and the probe's mean loss is L = Σ_j S_j / Σ_j N_j."""
+    return int(target.numel())
 
 
 @dataclass
@@ -121,17 +131,23 @@ def _directions(spectra: list[_Spectrum], module: nn.Module, weight: torch.Tenso
     return torch.stack([from_matrix_view(dm[i], weight.shape, module) for i in range(dm.shape[0])])
 
 
-def _svd(g: torch.Tensor, layer: ProbedLayer, settings: ProbeSettings) -> _Spectrum | None:
-    """Top singular triplets of one layer's mean-loss gradient (None for a zero gradient)."""
+def _svd(g: torch.Tensor, layer: ProbedLayer, settings: ProbeSettings) -> tuple[torch.Tensor, ...]:
+    """Leading singular triplets of one layer's mean-loss gradient and the sizes to keep.
+
+    Returns ``(sigma, u, v, k, k_sigma)`` with up to ``max(top_k, gamma_window)`` triplets and
+    K = min(top_k, rank), Kσ = min(max(K, gamma_window), rank) (0, 0 for a zero gradient); the
+    numerical rank counts σ > σ_1 · max(m, n) · eps(probe dtype).
+    """
     start, stop = layer.rows
-    u, s, vh = torch.linalg.svd(g[start:stop], full_matrices=False)
+    block = g[start:stop]
+    u, s, vh = torch.linalg.svd(block, full_matrices=False)
+    cap = min(max(settings.top_k, settings.gamma_window or 0), s.numel())
     if s.numel() == 0 or not float(s[0]) > 0.0:
-        return None
-    tol = float(s[0]) * max(g.shape[0], g.shape[1]) * torch.finfo(settings.torch_dtype).eps
+        return s[:cap], u[:, :cap], vh[:cap].T, 0, 0
+    tol = float(s[0]) * max(block.shape) * torch.finfo(settings.torch_dtype).eps
     rank = int((s > tol).sum())
     k = min(settings.top_k, rank)
-    k_sigma = min(max(k, settings.gamma_window or 0), rank)
-    return _Spectrum(layer, s[:k_sigma].clone(), u[:, :k].clone(), vh[:k].T.clone())
+    return s[:cap], u[:, :cap], vh[:cap].T, k, min(max(k, settings.gamma_window or 0), rank)
 
 
 def _descending_eigvals(c: torch.Tensor) -> torch.Tensor:
@@ -175,53 +191,62 @@ def measure_curvature(
     def forward(x: torch.Tensor) -> torch.Tensor:
         return functional_call(model, tensors, (x,), strict=False, tie_weights=True)
 
-    # ---- 1. gradient pass: G = Σ_j ∇S_j / B ------------------------------------------------
+    # ---- 1. gradient pass: G = Σ_j ∇S_j / N ------------------------------------------------
     gsum = {mod: torch.zeros(*matrix_view(tensors[p], None, modules[mod]).shape, dtype=torch.float64,
                              device=device) for mod, p in pnames.items()}
     used = torch.zeros(len(by_module), dtype=torch.float64, device=device)
-    count = torch.zeros(1, dtype=torch.float64, device=device)
+    count = torch.zeros(2, dtype=torch.float64, device=device)  # [samples B, loss terms N]
     mods = list(by_module)
     for x, y in batch.micro_batches(settings.micro_batch_size, device, dtype):
         with prof.measure(SHARED, "grad_pass"):
-            s = x.shape[0] * loss_fn(forward(x), y)
+            s = loss_terms(y) * loss_fn(forward(x), y)
             grads = torch.autograd.grad(s, [tensors[pnames[m]] for m in mods], allow_unused=True)
             for i, (mod, g) in enumerate(zip(mods, grads, strict=True)):
                 if g is not None:
                     gsum[mod] += matrix_view(g, None, modules[mod]).to(torch.float64)
                     used[i] = 1.0
-        count += x.shape[0]
+        count += torch.tensor([x.shape[0], loss_terms(y)], dtype=torch.float64, device=device)
     with prof.measure(SHARED, "allreduce"):
         all_reduce_sum_([*gsum.values(), used, count])
-    samples = float(count.item())
-    if samples <= 0:
+    samples, terms = (float(c) for c in count.tolist())
+    if samples <= 0 or terms <= 0:
         raise ValueError("the probe batch is empty")
 
-    spectra: dict[str, list[_Spectrum]] = {}
+    svds: list[tuple[str, ProbedLayer, tuple[torch.Tensor, ...]]] = []
     for i, mod in enumerate(mods):
         if used[i] == 0:
             result.unsupported += [UnsupportedLayer(layer.name, layer.layer_type, "the weight does not "
                                                     "reach the loss (no gradient)") for layer in by_module[mod]]
             continue
         with prof.measure(mod, "grad_svd"):
-            g = gsum[mod] / samples
-            for layer in by_module[mod]:
-                spec = _svd(g, layer, settings)
-                if spec is None:
-                    result.unsupported.append(UnsupportedLayer(
-                        layer.name, layer.layer_type, "the gradient is exactly zero on the probe batch"))
-                    continue
-                spectra.setdefault(mod, []).append(spec)
-        del g
+            g = gsum[mod] / terms
+            svds += [(mod, layer, _svd(g, layer, settings)) for layer in by_module[mod]]
+            del g
     with prof.measure(SHARED, "allreduce"):
-        # Identical directions on every rank (see probe_batch.broadcast_).
-        broadcast_([t for specs in spectra.values() for s in specs for t in (s.sigma, s.u, s.v)])
+        # Rank 0 decides K and Kσ and its singular vectors are used everywhere: every rank holds the
+        # same all-reduced G, but a σ at the rank tolerance or a degenerate σ could still make two
+        # ranks' SVDs disagree, and the HVP directions must be identical on all ranks for the sums
+        # to mean anything (and for the tensors of the collectives to have equal sizes).
+        sizes = torch.tensor([[k, ks] for *_, (_, _, _, k, ks) in svds], dtype=torch.float64,
+                             device=device).reshape(-1, 2)
+        broadcast_([sizes])
+        spectra: dict[str, list[_Spectrum]] = {}
+        for (mod, layer, (sig, u, v, _, _)), (k, ks) in zip(svds, sizes.long().tolist(), strict=True):
+            if ks == 0:
+                result.unsupported.append(UnsupportedLayer(
+                    layer.name, layer.layer_type, "the gradient is exactly zero on the probe batch"))
+                continue
+            spectra.setdefault(mod, []).append(
+                _Spectrum(layer, sig[:ks].clone(), u[:, :k].contiguous(), v[:, :k].contiguous()))
+        broadcast_([t for specs in spectra.values() for sp in specs for t in (sp.sigma, sp.u, sp.v)])
+    del svds
     gsum.clear()
 
     # ---- 2. curvature pass: HVPs, Kronecker factors, concentration ------------------------------
     factors: dict[str, ModuleFactors] = {}
     methods: dict[str, HVPMethod] = {}
     for mod, specs in spectra.items():
-        methods[mod] = HVPMethod(mod, settings.hvp_method)
+        methods[mod] = HVPMethod(mod, settings.hvp_method, settings.hvp_batch)
         views = [
             ViewSums(s.layer, s.u.to(dtype), s.v.to(dtype),
                      torch.zeros(s.layer.shape[0], s.layer.shape[0], dtype=torch.float64, device=device),
@@ -235,7 +260,7 @@ def measure_curvature(
     try:
         for x, y in batch.micro_batches(settings.micro_batch_size, device, dtype):
             with prof.measure(SHARED, "hvp_graph"):
-                s = x.shape[0] * loss_fn(forward(x), y)
+                s = loss_terms(y) * loss_fn(forward(x), y)
                 weights = [tensors[pnames[m]] for m in spectra]
                 outs = [o for f in factors.values() for o in f.outputs]
                 grads = torch.autograd.grad(s, weights + outs, create_graph=True, allow_unused=True)
@@ -269,13 +294,13 @@ def measure_curvature(
     for mod, specs in spectra.items():
         fac = factors.get(mod)
         kron: dict[str, dict[str, torch.Tensor]] = {}
-        if fac is not None:
+        if fac is not None and float(fac.counts[1]) > 0:
             with prof.measure(mod, "eigh"):
                 rows_full, rows_kept = float(fac.counts[0]), float(fac.counts[1])
                 c_a = fac.saa / rows_kept
                 lam_a = _descending_eigvals(c_a)
                 for view in fac.views:
-                    c_d = view.sdd * (rows_full / rows_kept) / samples
+                    c_d = view.sdd * (rows_full / rows_kept) / terms
                     lam_d = _descending_eigvals(c_d)
                     spec = next(s for s in specs if s.layer is view.layer)
                     k = spec.k
@@ -283,8 +308,8 @@ def measure_curvature(
                     qa = torch.einsum("ik,ij,jk->k", spec.v, c_a, spec.v)
                     rho_d, rho_a = _ratio(qd, lam_d[:k]), _ratio(qa, lam_a[:k])
                     conc = _ratio(rows_kept * view.x2y2, view.x2 * view.y2)
-                    check = (view.xy * (rows_full / rows_kept) / samples - spec.sigma[:k]).abs().max()
-                    scale = (view.xy.abs().sum() * (rows_full / rows_kept) / samples).clamp_min(
+                    check = (view.xy * (rows_full / rows_kept) / terms - spec.sigma[:k]).abs().max()
+                    scale = (view.xy.abs().sum() * (rows_full / rows_kept) / terms).clamp_min(
                         float(spec.sigma[0]))
                     kron[view.layer.name] = {
                         "h_kron": qd * qa, "rho_delta": rho_d, "rho_A": rho_a, "phi": rho_d * rho_a,
@@ -294,22 +319,22 @@ def measure_curvature(
                     }
         for spec in specs:
             layer = spec.layer
-            h = spec.h_sum / samples
+            h = spec.h_sum / terms
             kv = kron.get(layer.name)
             if kv is not None and settings.spatial_subsample == 1 and float(kv["grad_check"]) > tol:
                 result.unsupported.append(UnsupportedLayer(
                     layer.name, layer.layer_type, f"hooks saw inputs/output gradients inconsistent with "
-                    f"the weight gradient (|δᵀA/B − G| along u_k, v_k is {float(kv['grad_check']):.2e} of "
+                    f"the weight gradient (|δᵀA/N − G| along u_k, v_k is {float(kv['grad_check']):.2e} of "
                     "its scale): the module changes its input in place or applies its weight outside "
                     "the hooked call; Kronecker columns are NaN", partial=True))
                 kv = None
-            result.curvature_rows += _rows(layer, spec, h, kv, samples)
+            result.curvature_rows += _rows(layer, spec, h, kv, samples, terms)
     result.profile_rows = _profile_rows(prof, spectra, methods, settings, device, time.perf_counter() - t0)
     return result
 
 
 def _rows(layer: ProbedLayer, spec: _Spectrum, h: torch.Tensor, kv: dict[str, torch.Tensor] | None,
-          samples: float) -> list[dict[str, Any]]:
+          samples: float, terms: float) -> list[dict[str, Any]]:
     """One curvature row per k ≤ Kσ; h and Kronecker columns are NaN beyond K (γ window)."""
     rows = []
     for i in range(spec.sigma.numel()):
@@ -327,7 +352,7 @@ def _rows(layer: ProbedLayer, spec: _Spectrum, h: torch.Tensor, kv: dict[str, to
             "rho_delta": col("rho_delta"), "rho_A": col("rho_A"), "phi": col("phi"),
             "lambda_delta": col("lambda_delta"), "lambda_A": col("lambda_A"), "lam": col("lam"),
             "chi": h_i / h_kron if (in_k and h_kron != 0.0 and not math.isnan(h_kron)) else _NAN,
-            "concentration": col("concentration"), "samples": samples,
+            "concentration": col("concentration"), "samples": samples, "loss_terms": terms,
             "positions": float(kv["positions"]) if kv is not None else _NAN,
             "grad_check": float(kv["grad_check"]) if kv is not None else _NAN,
         })
@@ -336,11 +361,23 @@ def _rows(layer: ProbedLayer, spec: _Spectrum, h: torch.Tensor, kv: dict[str, to
 
 def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], methods: dict[str, HVPMethod],
                   settings: ProbeSettings, device: torch.device, wall: float) -> list[dict[str, Any]]:
-    """Profile rows: per probed module (q/k/v views share their fused module's row) and shared."""
+    """Rows of the ``profile`` table (``op = "curvature_probe"``, columns of
+    `bench.results.schema.PROFILE`): per probed module — q/k/v views share their fused module's
+    rows, since one double backward serves all three — phases grad_svd, hvp, factor_accumulation,
+    eigh and their sum ``total``; and shared work under layer ``"*"``: order, grad_pass (first
+    pass forward+backward), hvp_graph (second pass forward + create_graph backward), allreduce
+    and ``total`` (wall time of the whole probe). ``k`` is the number of directions."""
     _, world = rank_and_world()
-    common = {"op": "curvature_probe", "dtype": settings.dtype, "device": str(device), "ranks": world,
-              "batch_size": settings.batch_size, "micro_batch_size": settings.micro_batch_size,
-              "memory_kind": prof.memory_kind}
+    short = {"float32": "fp32", "float64": "fp64"}[settings.dtype]
+    common = {
+        "op": "curvature_probe", "status": "ok", "dtype": short, "compute_dtype": short,
+        "device": device.type, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "ranks": world, "threads": torch.get_num_threads(), "top_k": settings.top_k,
+        "batch_size": settings.batch_size, "micro_batch_size": settings.micro_batch_size,
+        "memory_kind": prof.memory_kind, "torch_version": torch.__version__,
+    }
+    # SVD and eigendecompositions always run in float64 (see the module docstring).
+    f64 = {"grad_svd": "fp64", "eigh": "fp64"}
     rows: list[dict[str, Any]] = []
     for mod, specs in spectra.items():
         m = sum(s.layer.shape[0] for s in specs)
@@ -353,7 +390,8 @@ def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], meth
             total += sec
             peak = mem if math.isnan(peak) else (peak if math.isnan(mem) else max(peak, mem))
             method = {"hvp": methods[mod].label, "grad_svd": "svd", "eigh": "eigvalsh"}.get(phase, "hooks")
-            rows.append({**base, "phase": phase, "method": method, "seconds": sec, "peak_memory_bytes": mem})
+            rows.append({**base, "phase": phase, "method": method, "seconds": sec, "peak_memory_bytes": mem,
+                         "compute_dtype": f64.get(phase, short)})
         rows.append({**base, "phase": "total", "method": "", "seconds": total, "peak_memory_bytes": peak})
     base = {**common, "layer": SHARED, "layer_type": "", "shape": "", "shape_m": 0, "shape_n": 0, "k": 0}
     for phase in SHARED_PHASES:

@@ -1,31 +1,34 @@
 """Kronecker factors from module hooks: inputs A, back-propagated errors δ (PAPER.md §1).
 
-Notation: the probe batch has B samples; a layer call produces R rows, one per sample and
-position (conv: output spatial position; sequence models: token; plain MLPs: R = B). P = R / B
-is the number of positions per sample. With spatial subsampling, R' ≤ R rows are kept.
+Notation: the probe's mean loss L averages N loss terms — one per sample for a classifier
+(N = B), one per target token for a language model (N = B·T). A layer call produces rows, one per
+sample and position (conv: output spatial position; sequence models: token; plain MLPs: one
+per sample), R rows in all; with spatial subsampling R' ≤ R of them are kept.
 
 - A (rows × n): the layer input; for convs the im2col patch of each output position
   (``F.unfold``, channel-major then kh, kw, which is the column order of ``weight.reshape(out, -1)``).
-- δ (rows × m): **decision (scaling)** δ_r = B · ∂L/∂out_r, where L is the mean loss of the whole
-  probe batch. Because the probe runs on micro-batch losses S_j = b_j · (micro-batch mean loss),
-  whose sum over micro-batches is B·L, this is simply ∂S_j/∂out_r: the gradient of the
-  per-sample loss ℓ_i (for LMs: the sequence's mean token loss) w.r.t. the layer output at row r.
-  It does not depend on B, on the micro-batch size or on the number of ranks. With it the weight
-  gradient is exactly G = δᵀA / B.
-- C_δ = δᵀδ / B (m × m: summed over each sample's positions, averaged over samples) and
-  C_A = AᵀA / R (n × n: averaged over rows). For one row per sample (R = B) both are the
-  ``/B`` of PAPER.md §1. For P > 1 this is the KFC normalisation (Grosse & Martens, 2016) under
-  which h^kron = (uᵀC_δu)(vᵀC_Av) is the Kronecker approximation of the empirical Fisher of the
-  mean loss, i.e. of the same Hessian that h measures, so χ = h / h^kron ≈ 1 when the
-  Kronecker model holds. Dividing both by R instead would scale h^kron, Λ and χ of a layer by
-  the constant P (slopes in k, ρ and Φ are unchanged). With subsampling (R' of R rows kept):
-  C_δ = (R/R') · Σ_kept δδᵀ / B and C_A = Σ_kept aaᵀ / R', unbiased for the full-row values.
+- δ (rows × m): **decision (scaling)** δ_r = N · ∂L/∂out_r. The probe runs on micro-batch sums
+  S_j = N_j · (micro-batch mean loss) whose total is N·L, so δ_r = ∂S_j/∂out_r: the gradient of
+  the summed loss terms w.r.t. the layer output at row r — for a classifier the per-sample loss
+  gradient (the "δ scaled by B" of the spec), for an LM head the per-token loss gradient. It does not
+  depend on B, on the micro-batch size or on the number of ranks, and the weight gradient is
+  exactly G = δᵀA / N.
+- C_δ = δᵀδ / N (m × m) and C_A = AᵀA / R (n × n). When every loss term owns one row (MLPs,
+  classifier heads, LM layers: R = N) both are the plain means of PAPER.md §1. When a term spans
+  P > 1 rows (conv positions of one image) this is the KFC normalisation (Grosse & Martens,
+  2016): h^kron = (uᵀC_δu)(vᵀC_Av) is then the Kronecker approximation of the empirical Fisher of
+  the mean loss — the Fisher of the loss terms, under "spatially uncorrelated derivatives" —
+  i.e. of the same Hessian that h measures, so χ = h / h^kron ≈ 1 where the Kronecker model
+  holds (measured: χ ≈ 1.0 on the heads of the builtin CNN and transformer). Dividing C_δ by R
+  instead would scale h^kron, Λ and χ of a conv layer by the constant P; slopes in k, ρ and Φ
+  are unchanged by either choice. With subsampling: C_δ = (R/R') · Σ_kept δδᵀ / N and
+  C_A = Σ_kept aaᵀ / R', unbiased for the full-row values.
 - Concentration ratio along D_k = u_k v_kᵀ, with x_r = u_kᵀδ_r, y_r = v_kᵀa_r over the kept rows:
-  mean_r(x²y²) / (mean_r(x²) · mean_r(y²)). Under the "spatially uncorrelated derivatives"
-  assumption P·mean_r(x²y²) is the empirical-Fisher curvature along D_k, so the ratio is that
-  curvature over h^kron (exactly so for P = 1); 1 means the Kronecker independence holds.
-- Consistency check: Σ_r x_r y_r · (R/R') / B = u_kᵀ G v_k = σ_k exactly when nothing is subsampled;
-  a mismatch means the hooks saw something other than what the weight multiplied.
+  mean_r(x²y²) / (mean_r(x²) · mean_r(y²)). Under the same assumption (R/N)·mean_r(x²y²) is the
+  empirical-Fisher curvature along D_k, so the ratio is that curvature over h^kron (exactly so
+  when R = N); 1 means the Kronecker independence holds along D_k.
+- Consistency check: Σ_r x_r y_r · (R/R') / N = u_kᵀ G v_k = σ_k exactly when nothing is
+  subsampled; a mismatch means the hooks saw something other than what the weight multiplied.
 
 Rows are formed as soon as the forward hook fires (A is reduced to AᵀA and to its K projections
 y and then dropped), so im2col patches never outlive their layer call.

@@ -33,33 +33,40 @@ def _forms(directions: torch.Tensor, hd: torch.Tensor) -> torch.Tensor:
 
 
 def quadratic_forms(
-    grad: torch.Tensor, weight: torch.Tensor, directions: torch.Tensor, method: str = "batched"
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    directions: torch.Tensor,
+    method: str = "batched",
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """⟨D_k, ∇_W⟨grad, D_k⟩⟩ for the K directions ``directions`` (K × weight.shape), float64.
 
     ``grad`` must be ∇_W S built with ``create_graph=True``; the graph is retained so other
     layers can reuse it. Returns zeros when ``grad`` does not depend on ``weight`` (a loss
-    linear in W has no curvature).
+    linear in W has no curvature). ``chunk`` caps the directions per batched call (memory).
     """
     k = directions.shape[0]
+    out = torch.zeros(k, dtype=torch.float64, device=directions.device)
     if not grad.requires_grad:
-        return torch.zeros(k, dtype=torch.float64, device=directions.device)
+        return out
     if method == "batched":
-        with warnings.catch_warnings():
-            # vmap falls back to a per-direction loop for ops without a batching rule and says so
-            # once per op; that is a speed remark, not a problem with the result.
-            warnings.filterwarnings("ignore", message=".*[Pp]erformance drop.*")
-            warnings.filterwarnings("ignore", message=".*batching rule.*")
-            (hd,) = torch.autograd.grad(
-                grad, weight, grad_outputs=directions, retain_graph=True, allow_unused=True,
-                is_grads_batched=True,
-            )
-        if hd is None:
-            return torch.zeros(k, dtype=torch.float64, device=directions.device)
-        return _forms(directions, hd)
+        step = k if chunk is None else max(1, chunk)
+        for start in range(0, k, step):
+            block = directions[start : start + step]
+            with warnings.catch_warnings():
+                # vmap falls back to a per-direction loop for ops without a batching rule and
+                # says so once per op; that is a speed remark, not a problem with the result.
+                warnings.filterwarnings("ignore", message=".*[Pp]erformance drop.*")
+                warnings.filterwarnings("ignore", message=".*batching rule.*")
+                (hd,) = torch.autograd.grad(
+                    grad, weight, grad_outputs=block, retain_graph=True, allow_unused=True,
+                    is_grads_batched=True,
+                )
+            if hd is not None:
+                out[start : start + step] = _forms(block, hd)
+        return out
     if method != "loop":
         raise ValueError(f"unknown HVP method {method!r}")
-    out = torch.zeros(k, dtype=torch.float64, device=directions.device)
     for i in range(k):
         (hd,) = torch.autograd.grad(grad, weight, grad_outputs=directions[i], retain_graph=True, allow_unused=True)
         if hd is not None:
@@ -70,8 +77,9 @@ def quadratic_forms(
 class HVPMethod:
     """The method one layer uses: ``auto`` starts batched and switches to ``loop`` on failure."""
 
-    def __init__(self, layer: str, setting: str) -> None:
+    def __init__(self, layer: str, setting: str, chunk: int | None = None) -> None:
         self.layer = layer
+        self.chunk = chunk
         self.current = "loop" if setting == "loop" else "batched"
         self.fallback_allowed = setting == "auto"
         self.fell_back = False
@@ -84,7 +92,7 @@ class HVPMethod:
     def run(self, grad: torch.Tensor, weight: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
         if self.current == "batched":
             try:
-                return quadratic_forms(grad, weight, directions, "batched")
+                return quadratic_forms(grad, weight, directions, "batched", self.chunk)
             except Exception as exc:  # noqa: BLE001 - any failure of the batched path falls back
                 if not self.fallback_allowed:
                     raise

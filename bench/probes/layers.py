@@ -160,6 +160,7 @@ def _layers_of_module(
     m_total, n = int(view.shape[0]), int(view.shape[1])
     kind: Literal["linear", "conv"] = "conv" if isinstance(mod, nn.modules.conv._ConvNd) else "linear"
     pname = f"{path}.weight" if path else "weight"
+    label = path or "<root>"  # a bare Linear/conv passed as the model has the empty module path
     kron, note = True, ""
     if kind == "conv" and mod.groups > 1:
         kron = False
@@ -168,18 +169,18 @@ def _layers_of_module(
                 "not apply; σ_k and h_k are exact, Kronecker columns are NaN")
     if tag == "attn_qkv":
         if m_total % 3:
-            return [], [UnsupportedLayer(path, tag, f"fused QKV output width {m_total} is not "
+            return [], [UnsupportedLayer(label, tag, f"fused QKV output width {m_total} is not "
                                          "divisible by 3 (unequal q/k/v widths are not known here)")]
         # qkv_split on the out × in view (module=None: already out-major) gives the row blocks.
         views = qkv_split(view, "attn_qkv", None)
         layers, start = [], 0
         for key in ("q", "k", "v"):
             m = int(views[key].shape[0])
-            layers.append(ProbedLayer(f"{path}.{key}", path, pname, f"attn_{key}", kind,
+            layers.append(ProbedLayer(f"{label}.{key}", path, pname, f"attn_{key}", kind,
                                       (start, start + m), (m, n), kron, note))
             start += m
     else:
-        layers = [ProbedLayer(path, path, pname, tag, kind, (0, m_total), (m_total, n), kron, note)]
+        layers = [ProbedLayer(label, path, pname, tag, kind, (0, m_total), (m_total, n), kron, note)]
     partial: list[UnsupportedLayer] = []
     big = [f"{s}={d}" for s, d in (("m", layers[0].shape[0]), ("n", n)) if d > max_factor_dim]
     if kron and big:

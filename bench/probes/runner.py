@@ -32,7 +32,7 @@ from bench.probes.probe_batch import ProbeBatch
 from bench.probes.profiling import PhaseProfiler
 from bench.probes.settings import ProbeSettings
 
-__all__ = ["ProbeResult", "ProbeSettings", "eval_mode", "mean_loss_for_task", "run_probe"]
+__all__ = ["ProbeResult", "ProbeSettings", "eval_mode", "exact_float32", "mean_loss_for_task", "run_probe"]
 
 
 @dataclass
@@ -61,8 +61,8 @@ def mean_loss_for_task(kind: str) -> LossFn:
     """The trial's loss as a probe loss: cross-entropy, mean over samples (LM: over tokens).
 
     Unlike the training loop's loss it does not cast logits to float32, so a float64 probe stays
-    float64. LM sequences have equal length, so the token mean is a mean of per-sequence means,
-    which is what the micro-batch weighting of the probe assumes.
+    float64. Both are means over the target's elements, which is what the probe's micro-batch
+    weighting assumes (`bench.probes.curvature.loss_terms`).
     """
     if kind == "lm":
         return lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
@@ -85,6 +85,25 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             mod.training = flag
 
 
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """Turn off TF32 for the probe's matrix products and convolutions, then restore the flags.
+
+    cuDNN convolutions default to TF32 on Ampere and later GPUs (10-bit mantissa), which made a
+    float32 probe's conv gradients and HVPs disagree with its exact float32 factor products by
+    up to 1e-3 relative (measured on an H200); the probe is a measurement and should be as exact
+    as its dtype says. No effect on CPU.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
 def run_probe(
     model: nn.Module,
     loss_fn: LossFn,
@@ -98,8 +117,9 @@ def run_probe(
         model: the bare module (for DeepSpeed, ``engine.module``), on ``device``. It is not
             modified: parameters are read through ``torch.func.functional_call``, ``.grad`` is not
             touched, and train/eval flags are restored.
-        loss_fn: ``(output, target) -> scalar``, the **mean** of a per-sample loss over the
-            micro-batch (see :func:`mean_loss_for_task`).
+        loss_fn: ``(output, target) -> scalar``, the **mean** of the loss over the elements of
+            ``target`` (one term per class label, or per next token; see
+            :func:`mean_loss_for_task` and `bench.probes.curvature.loss_terms`).
         dataset: a split without random augmentation (the probe batch is drawn from it with
             ``settings.seed``), or a ready `ProbeBatch`.
         settings: `ProbeSettings` (defaults when None).
@@ -114,7 +134,7 @@ def run_probe(
     batch = dataset if isinstance(dataset, ProbeBatch) else ProbeBatch.from_dataset(
         dataset, settings.batch_size, settings.seed)
     profiler = PhaseProfiler(device)
-    with eval_mode(model):
+    with eval_mode(model), exact_float32():
         selection = select_layers(model, settings.max_factor_dim)
         with profiler.measure(SHARED, "order"):
             # Forward order (depth) from one sample, the same on every rank: cheap and collective-free.

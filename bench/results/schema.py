@@ -82,3 +82,65 @@ STEPS = pa.schema(
 )
 
 TABLES = {"runs": RUNS, "steps": STEPS}
+
+#: One row per measurement of the estimation-cost profiler (``bench.profile``) and of the
+#: curvature probe's phases. ``op`` says which: ``kernel`` (one spectral kernel on one shape,
+#: ``bench.profile.kernels.measure_kernel``), ``shape`` (catalogue: a model's shapes with counts
+#: and per-method FLOPs, for whole-model predictions), ``collective`` (a communication op,
+#: ``bytes`` moved) or ``curvature_probe`` (a probe phase, ``bench.probes``). Other columns
+#: (``labels``, ``predicted_seconds``, ``batch_size``…) are added dynamically.
+PROFILE = pa.schema(
+    [
+        ("schema_version", pa.int32()),
+        ("sweep_name", pa.string()),
+        ("trial_id", pa.string()),  # the measurement job id (one per node) or the training trial
+        ("step", pa.int64()),  # training step of a probe row; null for profiler rows
+        ("op", pa.string()),  # kernel | shape | collective | curvature_probe
+        ("phase", pa.string()),
+        ("method", pa.string()),  # svd, svd:gesvdj, gram_eigh, damped_solve, ns5, transform:gram…
+        ("status", pa.string()),  # ok | error | unsupported | skipped | catalog
+        ("error", pa.string()),
+        ("model", pa.string()),  # op=shape: the model the catalogue row belongs to
+        ("shape_set", pa.string()),
+        ("shape_name", pa.string()),
+        ("layer", pa.string()),
+        ("layer_type", pa.string()),
+        ("shape", pa.string()),  # "m x n" as "768x2304"
+        ("shape_m", pa.int64()),
+        ("shape_n", pa.int64()),
+        ("k", pa.int64()),
+        ("count", pa.int64()),  # matrices of this shape in the model
+        ("batch", pa.int64()),  # matrices per timed call
+        ("dtype", pa.string()),  # input dtype (fp32 | bf16)
+        ("compute_dtype", pa.string()),  # what the arithmetic ran in (decompositions upcast bf16)
+        ("upcast", pa.bool_()),
+        ("device", pa.string()),  # cpu | cuda
+        ("device_name", pa.string()),
+        ("node_id", pa.string()),
+        ("hostname", pa.string()),
+        ("ranks", pa.int32()),
+        ("threads", pa.int32()),
+        ("repeats", pa.int32()),
+        ("warmup", pa.int32()),
+        ("seconds", pa.float64()),  # median of the timed calls (probe rows: the phase's time)
+        ("seconds_min", pa.float64()),
+        ("seconds_p25", pa.float64()),
+        ("seconds_p75", pa.float64()),
+        ("flops", pa.float64()),  # closed form, bench.profile.flops
+        ("flops_per_s", pa.float64()),
+        ("ceiling_seconds", pa.float64()),  # same-size matmul, same job
+        ("ceiling_flops_per_s", pa.float64()),
+        ("efficiency", pa.float64()),  # flops_per_s / ceiling_flops_per_s
+        ("peak_memory_bytes", pa.float64()),
+        ("memory_kind", pa.string()),  # cuda_max_allocated_delta | analytic_workspace | cpu_peak_rss_growth
+        ("workspace_bytes", pa.float64()),  # analytic estimate, every device
+        ("bytes", pa.float64()),  # op=collective: payload bytes
+        ("ns_steps", pa.int32()),
+        ("top_k", pa.int32()),
+        ("niter", pa.int32()),
+        ("torch_version", pa.string()),
+        ("started_at", pa.string()),
+    ]
+)
+
+TABLES["profile"] = PROFILE

@@ -1,0 +1,216 @@
+"""The profile config: which shapes, methods and dtypes to measure, and how.
+
+Pydantic models with ``extra="forbid"`` (a misspelt key is an error) and a description for
+every field. :func:`load_profile_config` returns a validated :class:`ProfileConfig` or raises
+:class:`ProfileConfigError` carrying *every* problem at once (schema errors plus unknown shape
+sets, shape names and methods), so that the CLI can print one list and exit 2 before anything
+starts. This module imports neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bench.profile import shapes as shape_sets
+
+#: Method names (mirrors ``bench.profile.kernels.METHODS``, kept here so that validating a
+#: config does not import torch; a test checks the two agree).
+METHODS: tuple[str, ...] = (
+    "matmul", "svd", "svd:gesvd", "svd:gesvdj", "svd:gesvda", "svd_lowrank", "gram_eigh",
+    "damped_solve", "ns5", "transform:gram", "transform:solve", "transform:polar", "transform:svd",
+)  # fmt: skip
+
+
+class ProfileConfigError(ValueError):
+    """Every problem of a profile config file (``problems``), rendered one per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"invalid profile config {self.source}: {len(self.problems)} problem(s)"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CustomShape(_Strict):
+    """A matrix shape given explicitly (tests, one-off measurements)."""
+
+    name: str = Field(..., description="label of the shape")
+    m: int = Field(..., gt=0, description="rows (output side)")
+    n: int = Field(..., gt=0, description="columns (input side)")
+    count: int = Field(1, gt=0, description="matrices of this shape in the (custom) model")
+
+
+class ProfileEntry(_Strict):
+    """One group of measurements: shapes × methods × dtypes."""
+
+    shape_sets: list[str] = Field(
+        default_factory=list, description=f"named shape sets ({', '.join(shape_sets.available())})"
+    )
+    shapes: list[str] | None = Field(
+        None, description="keep only these shape names of the sets (the `name` column of "
+        "`python -m bench.profile.shapes`); null keeps all"
+    )
+    custom_shapes: list[CustomShape] = Field(default_factory=list, description="extra explicit shapes")
+    methods: list[str] = Field(..., min_length=1, description=f"kernels to time ({', '.join(METHODS)}; 'all')")
+    dtypes: list[Literal["fp32", "bf16"]] = Field(
+        default_factory=lambda: ["fp32"], description="input dtypes; decompositions upcast bf16 to fp32"
+    )
+    batch: int = Field(1, gt=0, description="matrices per call (a batched call over a count)")
+    max_elements: int | None = Field(
+        None, gt=0, description="skip shapes with more than this many entries (m·n); null: no limit"
+    )
+    max_call_seconds: float | None = Field(
+        None, gt=0, description="override of the top-level max_call_seconds for this entry"
+    )
+
+    def method_list(self) -> list[str]:
+        """``methods`` with ``all`` expanded, order kept, duplicates dropped."""
+        out: list[str] = []
+        for m in self.methods:
+            for x in (METHODS if m == "all" else (m,)):
+                if x not in out:
+                    out.append(x)
+        return out
+
+
+class ProfileResources(_Strict):
+    """What each per-node measurement job asks of Ray."""
+
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per job (the job's torch threads default to this)")
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per job on nodes that have GPUs (0: CPU only)")
+
+
+class ProfileConfig(_Strict):
+    """A kernel profile: measured once per Ray node (or once by ``python -m bench.profile.runner``)."""
+
+    name: str = Field("profile", min_length=1, description="results go to <storage>/<name>/trials/<job_id>/")
+    storage: str = Field("results", description="results root directory")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available, else cpu")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (null: resources.num_cpus, at least 1)")
+    repeats: int = Field(5, gt=0, description="timed calls per kernel (the median is reported)")
+    warmup: int = Field(1, ge=1, description="untimed calls before timing (the first also measures memory)")
+    top_k: int = Field(20, gt=0, description="rank q of the randomized SVD (svd_lowrank)")
+    niter: int = Field(2, ge=0, description="subspace iterations of svd_lowrank")
+    damping: float = Field(0.1, ge=0, description="d of T(σ; α) = σ/(σ^α + d) (damped_solve, transforms)")
+    matrix: Literal["gaussian", "power_law"] = Field(
+        "gaussian", description="test matrices: i.i.d. Gaussian, or a σ_i = 1/i spectrum (gradient-like)"
+    )
+    seed: int = Field(0, description="seed of the test matrices")
+    float32_matmul_precision: Literal["highest", "high", "medium"] = Field(
+        "highest", description="torch.set_float32_matmul_precision (high: TF32 on NVIDIA GPUs)"
+    )
+    max_call_seconds: float = Field(
+        60.0, gt=0, description="skip a kernel whose single call is predicted (from smaller shapes of the same "
+        "method) to take longer than this"
+    )
+    max_kernel_seconds: float = Field(
+        20.0, gt=0, description="cap on the timed calls of one kernel: fewer repeats when a call is slow"
+    )
+    min_kernel_seconds: float = Field(
+        0.3, ge=0, description="cheap kernels are timed several times per round until about this many seconds "
+        "of calls are timed (a steadier median on a shared machine)"
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0, description="stop measuring after this many seconds per job (the rest is recorded as skipped)"
+    )
+    flush_every_s: float = Field(30.0, gt=0, description="rewrite the partial Parquet file this often")
+    shape_source: Literal["auto", "derived", "frozen"] = Field(
+        "auto", description="timm/GPT-2 shapes: derive by instantiation (auto falls back to the frozen copy)"
+    )
+    catalog_models: list[str] = Field(
+        default_factory=shape_sets.available, description="models whose shape counts are written as "
+        "op=shape rows (the cost model's whole-model predictions use them)"
+    )
+    resources: ProfileResources = Field(default_factory=ProfileResources)
+    profiles: list[ProfileEntry] = Field(..., min_length=1, description="groups of measurements")
+
+
+def semantic_problems(cfg: ProfileConfig) -> list[str]:
+    """Problems pydantic cannot see: unknown names, entries that select nothing."""
+    problems: list[str] = []
+    known = set(shape_sets.available())
+    for name in cfg.catalog_models:
+        if name not in known:
+            problems.append(f"catalog_models: unknown shape set {name!r}")
+    for i, entry in enumerate(cfg.profiles):
+        where = f"profiles.{i}"
+        for name in entry.shape_sets:
+            if name not in known:
+                problems.append(f"{where}.shape_sets: unknown shape set {name!r}; known: {', '.join(sorted(known))}")
+        for method in entry.methods:
+            if method != "all" and method not in METHODS:
+                problems.append(f"{where}.methods: unknown method {method!r}; known: {', '.join(METHODS)}, all")
+        if not entry.shape_sets and not entry.custom_shapes:
+            problems.append(f"{where}: give shape_sets or custom_shapes")
+        if entry.shapes is not None and all(n in known for n in entry.shape_sets):
+            # Names are checked against the frozen/config copies: no timm import needed here.
+            names = {s.name for n in entry.shape_sets for s in _static(n).shapes}
+            for s in entry.shapes:
+                if s not in names:
+                    problems.append(f"{where}.shapes: {s!r} is not a shape of {', '.join(entry.shape_sets)}")
+    return problems
+
+
+def _static(name: str) -> shape_sets.ShapeSet:
+    return shape_sets.get(name, "frozen")
+
+
+def pydantic_problems(exc: ValidationError) -> list[str]:
+    """One readable line per pydantic error (``profiles.0.methods: …``)."""
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"]
+            if not isinstance(err.get("input"), (dict, list)):
+                msg += f" (got {err['input']!r})"
+        out.append(f"{loc}: {msg}")
+    return out
+
+
+def parse_profile_config(
+    raw: Any, source: str = "<config>", overrides: dict[str, Any] | None = None
+) -> ProfileConfig:
+    """Validate a loaded YAML document plus CLI overrides (``storage``, ``name``; None ignored)."""
+    if not isinstance(raw, dict):
+        raise ProfileConfigError(source, ["the file must be a YAML mapping (key: value) at the top level"])
+    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    try:
+        cfg = ProfileConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ProfileConfigError(source, pydantic_problems(exc)) from None
+    problems = semantic_problems(cfg)
+    if problems:
+        raise ProfileConfigError(source, problems)
+    return cfg
+
+
+def load_profile_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ProfileConfig:
+    """Read and validate a profile YAML file; :class:`ProfileConfigError` lists every problem."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileConfigError(str(path), ["file not found"])
+    try:
+        raw = yaml.safe_load(path.read_text())  # safe_load: a config never constructs objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ProfileConfigError(str(path), [f"malformed YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    return parse_profile_config(raw, str(path), overrides)

@@ -1,0 +1,1 @@
+"""Text templates of the cluster launchers (package data, filled by :mod:`launchers.cluster`)."""

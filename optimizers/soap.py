@@ -1,0 +1,231 @@
+"""SOAP baseline: ``pytorch_optimizer.SOAP`` (pytorch-optimizer 4.1.0) for matrices, AdamW for the rest.
+
+SOAP (Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo using Adam", Algorithm 3), per
+m × n matrix W with gradient G (L, R: Shampoo's factors; Q_L, Q_R: their eigenbases):
+
+    first step: L ← (1 − β_s)·GGᵀ, R ← (1 − β_s)·GᵀG, Q_L, Q_R ← eigh (descending); no update
+    G' ← Q_Lᵀ G Q_R;   M ← β₁M + (1 − β₁)G;   M' ← Q_Lᵀ M Q_R
+    V  ← β₂V + (1 − β₂)·G'⊙G';   N' ← M' / (√V + ε)
+    W  ← W − η·(√(1 − β₂ᵗ) / (1 − β₁ᵗ))·Q_L N' Q_Rᵀ;   W ← W − η·λ·W    (decoupled, after)
+    L ← β_s L + (1 − β_s)GGᵀ;  R likewise
+    every f steps: Q ← QR(S·Q) (one power iteration; columns sorted by estimated eigenvalue, V's
+    axes permuted the same way)
+
+Library choice. No reference SOAP is on PyPI. pytorch-optimizer 4.1.0's ``SOAP`` is a close port
+of the authors' reference code (github.com/nikhilvyas/SOAP, ``soap.py``) and has the reference's
+defaults; heavyball 3.2.1's ``SOAP`` departs from them (β = (0.9, 0.95), precondition frequency 2,
+max_precond_dim 2048, merge_dims on, plus its own chainable transforms), so pytorch-optimizer was
+chosen. ``tests/test_optimizers_baselines.py`` compares it in float64 against a literal
+transcription of the algorithm above.
+
+Defaults (all equal to the reference's): lr 3e-3, betas (0.95, 0.95) (``momentum`` = β₁,
+``beta2`` = β₂), shampoo_beta = β₂, eps 1e-8, weight_decay 0.01, precondition_frequency 10,
+max_precond_dim 10000 (larger dimensions are not rotated), merge_dims false, normalize_grads false,
+correct_bias true. One-dimensional parameters never reach SOAP (they are AdamW's), so
+precondition_1d is moot.
+
+Deviations of the package from the reference code, none of which changes the algorithm:
+
+- The reference keeps M in the rotated basis (projecting it back and forth when Q changes); the
+  package keeps M in the original basis and rotates it each step (the paper's Algorithm 3) —
+  equal up to rounding.
+- Eigenbases: the reference computes eigh and QR in float32 (``.float()``) whatever the
+  parameter dtype; the package does eigh in the parameter's dtype and the QR refresh in float32.
+  Identical for float32 training; in float64 the QR refresh is only float32-accurate (the test's
+  tolerance after a refresh reflects this).
+- The step counter and the skipped first step are per param group in the package, per parameter
+  in the reference — identical when every parameter gets a gradient at every step (the case
+  here).
+- ``normalize_grads`` divides by RMS + ε instead of RMS + 1e-30.
+
+Suite choices: conv kernels are handed to SOAP as out × (in·kh·kw) matrices (``conv_view='matrix'``,
+the suite's convention for every matrix optimizer; a view sharing the parameter's storage), where
+the reference would precondition each of the kernel's four dimensions (``conv_view='tensor'``).
+Distribution: SOAP's step runs only on the matrices this rank owns, then the new values are
+broadcast (:mod:`optimizers.distributed`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from .distributed import DEFAULT_BUCKET_CAP_MB
+from .matrix_base import MatrixOptimizer
+from .timing import StepTimer
+
+CONV_VIEWS: tuple[str, ...] = ("matrix", "tensor")
+
+
+class SOAP(MatrixOptimizer):
+    """SOAP (pytorch-optimizer 4.1.0) on matrix groups + AdamW side-car; see the module docstring.
+
+    Args (defaults are the registry's, ``optimizers.settings.SOAPSettings``): ``lr``,
+    ``momentum`` (β₁), ``beta2``, ``shampoo_beta`` (None: β₂), ``eps``, ``weight_decay``,
+    ``precondition_frequency``, ``max_precond_dim``, ``merge_dims``, ``normalize_grads``,
+    ``correct_bias``, ``conv_view``, ``adamw_lr``/``adamw_betas``/``adamw_eps``, ``distribution``,
+    ``bucket_cap_mb``.
+    """
+
+    owner_name = "SOAP"
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 3e-3,
+        momentum: float = 0.95,
+        beta2: float = 0.95,
+        shampoo_beta: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        merge_dims: bool = False,
+        normalize_grads: bool = False,
+        correct_bias: bool = True,
+        conv_view: str = "matrix",
+        adamw_lr: float = 1e-3,
+        adamw_betas: tuple[float, float] = (0.9, 0.999),
+        adamw_eps: float = 1e-8,
+        distribution: str = "sharded",
+        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+    ) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0 (got {lr})")
+        for what, b in (("momentum", momentum), ("beta2", beta2)):
+            if not 0 <= b < 1:
+                raise ValueError(f"{what} must be in [0, 1) (got {b})")
+        if shampoo_beta is not None and not 0 <= shampoo_beta < 1:
+            raise ValueError(f"shampoo_beta must be in [0, 1) or None (got {shampoo_beta})")
+        if conv_view not in CONV_VIEWS:
+            raise ValueError(f"conv_view must be one of {', '.join(CONV_VIEWS)} (got {conv_view!r})")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "beta2": beta2,
+            "shampoo_beta": shampoo_beta,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "precondition_frequency": precondition_frequency,
+            "max_precond_dim": max_precond_dim,
+            "merge_dims": merge_dims,
+            "normalize_grads": normalize_grads,
+            "correct_bias": correct_bias,
+            "conv_view": conv_view,
+        }
+        super().__init__(
+            params, defaults, adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
+            distribution=distribution, bucket_cap_mb=bucket_cap_mb,
+        )
+        # The library optimizer is built on first use (step or load_state_dict): the matrix views
+        # must share the storage the parameters have *after* the engine moved the model.
+        self.inner: torch.optim.Optimizer | None = None
+        self._views: list[torch.Tensor] = []
+
+    # --- the library optimizer over matrix views ----------------------------------------------
+
+    def _reshaped(self, p: torch.Tensor, group: dict[str, Any]) -> bool:
+        return group["conv_view"] == "matrix" and p.ndim > 2
+
+    def _make_view(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        if not self._reshaped(p, group):
+            return p
+        if not p.is_contiguous():
+            raise RuntimeError(
+                "SOAP with conv_view='matrix' needs contiguous conv kernels (got a channels_last weight?); "
+                "use conv_view='tensor'"
+            )
+        return p.detach().view(p.shape[0], math.prod(p.shape[1:]))
+
+    def _inner_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": group["lr"],
+            "betas": (group["momentum"], group["beta2"]),
+            "shampoo_beta": group["shampoo_beta"],
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "precondition_frequency": group["precondition_frequency"],
+            "max_precondition_dim": group["max_precond_dim"],
+            "merge_dims": group["merge_dims"],
+            "normalize_gradient": group["normalize_grads"],
+            "correct_bias": group["correct_bias"],
+            "precondition_1d": False,
+        }
+
+    def _ensure_inner(self) -> torch.optim.Optimizer | None:
+        from pytorch_optimizer import SOAP as LibrarySOAP
+
+        groups = self.matrix_groups()
+        if not groups:
+            return None
+        if self.inner is None:
+            self._views = [self._make_view(p, g) for g in groups for p in g["params"]]
+            inner_groups, k = [], 0
+            for g in groups:
+                n = len(g["params"])
+                inner_groups.append({"params": self._views[k : k + n], **self._inner_hyperparameters(g)})
+                k += n
+            self.inner = LibrarySOAP(inner_groups, data_format="channels_first")
+            return self.inner
+        # Re-point views whose parameter storage changed (e.g. a later .to(device)); keep state.
+        k = 0
+        for gi, g in enumerate(groups):
+            for j, p in enumerate(g["params"]):
+                v = self._views[k]
+                if v is not p and (v.data_ptr() != p.data_ptr() or v.device != p.device):
+                    new = self._make_view(p, g)
+                    if v in self.inner.state:
+                        self.inner.state[new] = self.inner.state.pop(v)
+                    self.inner.param_groups[gi]["params"][j] = new
+                    self._views[k] = new
+                k += 1
+        return self.inner
+
+    def _matrix_step(self, timer: StepTimer) -> None:
+        inner = self._ensure_inner()
+        if inner is None:
+            return
+        pairs = [(p, g) for g in self.matrix_groups() for p in g["params"]]
+        for outer, ig in zip(self.matrix_groups(), inner.param_groups, strict=True):
+            ig.update(self._inner_hyperparameters(outer))
+        hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
+        try:
+            for (p, _), v in zip(pairs, self._views, strict=True):
+                owned = p.grad is not None and self.sharding.owns(p)
+                if v is p:
+                    if p.grad is not None and not owned:
+                        hidden.append((p, p.grad))
+                        p.grad = None
+                else:
+                    v.grad = p.grad.view(v.shape) if owned else None
+            with timer.measure(pairs[0][0].device):
+                inner.step()
+        finally:
+            for p, g in hidden:
+                p.grad = g
+            for (p, _), v in zip(pairs, self._views, strict=True):
+                if v is not p:
+                    v.grad = None
+
+    # --- checkpoints: the matrix state lives in the library optimizer ------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        inner = self._ensure_inner()
+        if inner is not None:
+            isd = inner.state_dict()
+            isd["state"] = self.sharding.gather_state(isd["state"], list(range(len(self._views))))
+            sd["inner"] = isd
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        isd = state_dict.pop("inner", None)
+        super().load_state_dict(state_dict)
+        inner = self._ensure_inner()
+        if isd is not None and inner is not None:
+            inner.load_state_dict(isd)
+            self.sharding.drop_unowned(inner.state, self._views)

@@ -1,0 +1,123 @@
+"""The profile config, the runner without Ray, and one real Ray job end to end."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO
+
+from bench.profile.config import ProfileConfigError, load_profile_config, parse_profile_config
+
+TINY = REPO / "configs" / "profile" / "tiny.yaml"
+
+
+def tiny(tmp_path, **overrides):
+    raw = yaml.safe_load(TINY.read_text())
+    raw.update(storage=str(tmp_path / "results"), **overrides)
+    return parse_profile_config(raw, "tiny")
+
+
+def test_shipped_configs_are_valid():
+    for name in ("tiny", "kernels_cpu", "kernels", "kernels_gpu"):
+        load_profile_config(REPO / "configs" / "profile" / f"{name}.yaml")
+
+
+def test_config_problems_are_listed_together():
+    raw = yaml.safe_load(TINY.read_text())
+    raw["repeats"] = 0
+    raw["colour"] = "blue"
+    with pytest.raises(ProfileConfigError) as err:
+        parse_profile_config(raw, "bad.yaml")
+    assert len(err.value.problems) == 2 and "unknown key" in err.value.render()
+    raw = yaml.safe_load(TINY.read_text())
+    raw["profiles"].append({"shape_sets": ["gpt2-small", "gpt5"], "methods": ["svd", "lu"], "shapes": ["nope"]})
+    with pytest.raises(ProfileConfigError) as err:
+        parse_profile_config(raw, "bad.yaml")
+    text = err.value.render()
+    assert "'gpt5'" in text and "'lu'" in text and len(err.value.problems) == 2
+    raw["profiles"][-1]["shape_sets"] = ["gpt2-small"]
+    with pytest.raises(ProfileConfigError, match="'nope' is not a shape of gpt2-small"):
+        parse_profile_config(raw, "bad.yaml")
+
+
+def test_plan_deduplicates_shapes_and_orders_by_size():
+    from bench.profile.runner import plan_tasks
+
+    cfg = parse_profile_config({
+        "shape_source": "frozen",  # the derivation itself is tested in test_profile_shapes.py
+        "profiles": [{"shape_sets": ["gpt2-small", "vit-base"], "methods": ["gram_eigh", "matmul"],
+                      "dtypes": ["fp32", "bf16"]}],
+    })
+    tasks = plan_tasks(cfg)
+    keys = [t.shape.key for t in tasks]
+    # GPT-2 small and ViT-Base share 768×768, 2304×768 and 3072×768 (mlp up and down alike).
+    assert sorted(set(keys)) == [(768, 768), (2304, 768), (3072, 768)]
+    assert len(tasks) == 3 * 2 * 2
+    assert tasks[0].method == "matmul"  # the ceiling first within a shape
+    assert keys == sorted(keys, key=lambda k: k[0] * k[1] ** 2)
+    qkv = next(t for t in tasks if t.shape.key == (2304, 768))
+    assert {x.split("/")[0] for x in qkv.labels} == {"gpt2-small", "vit-base"}
+
+
+def test_runner_without_ray_skips_what_would_be_too_slow(tmp_path):
+    from bench.profile.runner import run_kernel_profile
+
+    cfg = tiny(tmp_path, max_call_seconds=1e-9)
+    rows = run_kernel_profile(cfg, job_id="job0", write=False)
+    kernels = [r for r in rows if r["op"] == "kernel"]
+    first = [r for r in kernels if r["shape"] == "32x48"]
+    assert all(r["status"] == "ok" for r in first)  # nothing to predict from yet
+    later = [r for r in kernels if r["shape"] != "32x48"]
+    assert later and all(r["status"] == "skipped" and "max_call_seconds" in r["error"] for r in later)
+    catalog = [r for r in rows if r["op"] == "shape"]
+    assert {r["model"] for r in catalog} == {"gpt2-small", "llama-7b"}
+    assert {r["method"] for r in catalog} == {"matmul", "gram_eigh", "damped_solve"}
+
+
+def test_module_entry_point_writes_one_file_and_maps_config_errors(tmp_path):
+    out = tmp_path / "p.parquet"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profiles: []\nwhat: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "bench.profile.runner", "--config", str(bad), "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "invalid profile config" in proc.stderr and not out.exists()
+
+
+@pytest.mark.integration
+def test_tiny_profile_through_real_ray(tmp_path):
+    ray = pytest.importorskip("ray")
+    from analysis.dataset import load_table
+    from launchers.profile_runner import run_profile
+
+    cfg = tiny(tmp_path)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
+    try:
+        paths = run_profile(cfg)
+    finally:
+        ray.shutdown()
+    assert len(paths) == 1 and paths[0].is_file()
+    assert paths[0].parent.parent.parent == (tmp_path / "results" / "tiny-profile").resolve()
+    df = load_table(tmp_path / "results" / "tiny-profile", "profile")
+    k = df[df["op"] == "kernel"]
+    assert len(k) == 9 and (k["status"] == "ok").all()
+    assert (k["seconds"] > 0).all() and (k["repeats"] >= 3).all()
+    assert k["node_id"].str.len().min() > 0 and k["trial_id"].iloc[0] == paths[0].parent.name
+    assert math.isclose(k[k["method"] == "matmul"]["efficiency"].iloc[0], 1.0)
+    assert (df["op"] == "shape").sum() > 0
+
+
+def test_cli_body_raises_the_cli_config_error(tmp_path):
+    import argparse
+
+    from launchers.profile_runner import cli_profile
+    from launchers.sweep import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profiles: [{methods: [svd], shape_sets: [gpt2-small]}]\nrepeats: -1\n")
+    with pytest.raises(ConfigError) as err:  # launchers.cli.main maps it to exit status 2
+        cli_profile(argparse.Namespace(config=str(bad), storage=None, name=None, address=None, verbose=False))
+    assert "invalid profile config" in err.value.render() and "repeats" in err.value.render()
