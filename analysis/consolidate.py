@@ -14,9 +14,49 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.dataset import METADATA_KEY, SCHEMA_VERSION, TRIAL_PATH, find_trial_dirs, load_table
+from analysis.dataset import (
+    METADATA_KEY,
+    SCHEMA_VERSION,
+    TRIAL_PATH,
+    find_trial_dirs,
+    load_table,
+    read_trial_file,
+)
 
 TABLES = ("runs", "steps", "curvature", "layer_fits", "profile")
+
+
+def _write_parquet(frame, path: Path) -> None:
+    arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()})
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(arrow, tmp)
+        os.replace(tmp, path)  # atomic: readers never see a half-written file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_layer_fits(results_path: str | os.PathLike[str]) -> list[Path]:
+    """Fit every trial's ``curvature.parquet`` into its ``layer_fits.parquet`` (PAPER.md §2
+    conventions, :func:`analysis.curvature.layer_fits_from_curvature`). Rewritten each time, so
+    it always matches the curvature rows on disk; returns the files written."""
+    from analysis.curvature import layer_fits_from_curvature
+
+    written = []
+    for trial in find_trial_dirs(results_path):
+        curv_path = trial / "curvature.parquet"
+        if not curv_path.is_file():
+            continue
+        fits = layer_fits_from_curvature(read_trial_file(curv_path).to_pandas())
+        if fits.empty:
+            continue
+        path = trial / "layer_fits.parquet"
+        _write_parquet(fits.drop(columns=[TRIAL_PATH], errors="ignore"), path)
+        written.append(path)
+    return written
 
 
 def consolidate(
@@ -34,16 +74,7 @@ def consolidate(
         if frame.empty:
             continue
         frame = frame.drop(columns=[TRIAL_PATH], errors="ignore")
-        arrow = pa.Table.from_pandas(frame, preserve_index=False)
-        arrow = arrow.replace_schema_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()})
         path = out / f"{table}.parquet"
-        fd, tmp = tempfile.mkstemp(prefix=f".{table}.", suffix=".tmp", dir=out)
-        os.close(fd)
-        try:
-            pq.write_table(arrow, tmp)
-            os.replace(tmp, path)  # atomic: readers never see a half-written file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written[table] = (path, arrow.num_rows)
+        _write_parquet(frame, path)
+        written[table] = (path, len(frame))
     return written

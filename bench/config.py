@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bench.probes.settings import ProbeSettings
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -74,6 +76,28 @@ class TrainingConfig(_Strict):
     @property
     def global_batch_per_worker(self) -> int:
         return self.micro_batch_size * self.grad_accum
+
+
+class ProbeSchedule(_Strict):
+    """When the curvature probe (bench/probes, PAPER.md §1) runs inside a trial, and how.
+
+    The probe is a collective (every rank takes part); its time is recorded separately
+    (``probe_time_s`` in ``steps``, per-phase rows in ``profile``) and never counted as step time.
+    """
+
+    every: int = Field(0, ge=0, description="probe every N optimizer steps (0: only at_steps / at_end)")
+    at_steps: list[int] = Field(default_factory=list, description="probe after these optimizer steps")
+    at_end: bool = Field(False, description="probe after the last step")
+    split: Literal["train", "val"] = Field("train", description="split the fixed probe batch is drawn from")
+    settings: ProbeSettings = Field(default_factory=ProbeSettings, description="what the probe measures")
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0 or bool(self.at_steps) or self.at_end
+
+    def due(self, step: int, last: int) -> bool:
+        """Whether to probe after optimizer step ``step`` (1-based) of ``last``."""
+        return (self.every > 0 and step % self.every == 0) or step in self.at_steps or (self.at_end and step == last)
 
 
 class ResourcesConfig(_Strict):
@@ -187,6 +211,7 @@ class SweepConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
+    probes: ProbeSchedule = Field(default_factory=ProbeSchedule)
 
     @model_validator(mode="after")
     def _budget_matches_search(self) -> SweepConfig:
@@ -221,6 +246,7 @@ class TrialSpec(_Strict):
     training: TrainingConfig
     resources: ResourcesConfig
     config_hash: str
+    probes: ProbeSchedule = Field(default_factory=ProbeSchedule)
     tuning_index: int = -1
     search_space: dict[str, Any] = Field(default_factory=dict)
 

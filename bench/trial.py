@@ -177,10 +177,13 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
             state["step"] = start_step
             # Rows after the checkpoint are recomputed; keeping them would duplicate steps.
             steps_rows.extend(r for r in _read_rows(out_dir / "steps.parquet") if r["step"] <= start_step)
+            if prober is not None:
+                prober.resume(out_dir, start_step)
             state["resumed_from"] = start_step
             # Per-rank randomness continues from a seed tied to the resume point.
             seed_everything(derive_seed(rank_seed(spec.seed, rank), "resume", start_step))
         allreduce_timer = CallTimer(engine, "allreduce_gradients", device)
+        prober = _Prober(spec, bundle, task, device) if spec.probes.enabled else None
         sampler = GlobalBatchSampler(
             num_samples=len(bundle.train), seed=data_seed(spec.seed), micro_batch=tcfg.micro_batch_size,
             grad_accum=tcfg.grad_accum, world_size=world, rank=rank,
@@ -227,6 +230,11 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
             if nonfinite > 0 or not math.isfinite(step_loss) or step_loss > tcfg.divergence_loss:
                 raise Diverged(f"training loss {step_loss:.4g} at step {step + 1}")
             state["train_loss"] = step_loss
+            if prober is not None and spec.probes.due(step + 1, tcfg.steps):
+                # A collective outside the step timer: probe time is never billed as step time.
+                interval["probe"] = interval.get("probe", 0.0) + prober.probe(engine, client_opt, step + 1)
+                if rank == 0:
+                    prober.flush(out_dir)
 
             done = step + 1 == tcfg.steps
             do_eval = (step + 1) % tcfg.eval_every == 0 or done
@@ -245,6 +253,8 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
                     "fwd_bwd_time_s": interval.pop("fwd_bwd") / interval_steps,
                     "optimizer_time_s": interval.pop("opt") / interval_steps,
                     "comm_time_s": interval.pop("comm") / interval_steps,
+                    # Total probe seconds in the interval (probes are rare; a mean would hide them).
+                    "probe_time_s": interval.pop("probe", 0.0),
                 }
                 # Optimizer metrics are per-step means over the interval, except counters.
                 row.update({k: v if k.endswith("fallbacks") else v / interval_steps for k, v in interval.items()})
@@ -271,6 +281,8 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
 
         state["test"] = evaluate(engine, bundle.test, task, spec, device)
         state["status"] = "completed"
+        if prober is not None:
+            state["probe_unsupported"] = prober.unsupported
     except Diverged as exc:
         state["status"], state["error"] = "diverged", str(exc)
     except Exception as exc:  # recorded, then re-raised so Ray marks the trial as errored
@@ -292,6 +304,55 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
     return outcome
 
 
+class _Prober:
+    """Runs the curvature probe (bench/probes) at scheduled steps and keeps its rows.
+
+    Rows go to ``curvature.parquet`` (PAPER.md §1 quantities per layer and k) and
+    ``profile.parquet`` (the probe's own cost per layer and phase). With the ``measured`` α
+    policy, each probe also hands Spectral Newton a fresh α per layer.
+    """
+
+    def __init__(self, spec: TrialSpec, bundle, task, device: torch.device):
+        from bench.probes import ProbeBatch, mean_loss_for_task
+
+        self.spec = spec
+        self.settings = spec.probes.settings
+        split = bundle.train if spec.probes.split == "train" else bundle.val
+        self.batch = ProbeBatch.from_dataset(split, self.settings.batch_size, self.settings.seed)
+        self.loss_fn = mean_loss_for_task(task.kind)
+        self.device = device
+        self.curvature: list[dict[str, Any]] = []
+        self.profile: list[dict[str, Any]] = []
+        self.unsupported: list[dict[str, Any]] = []
+
+    def probe(self, engine, optimizer, step: int) -> float:
+        """Probe after optimizer step ``step``; returns the seconds it took."""
+        from bench.probes import run_probe
+        from bench.probes.measured_alpha import alpha_by_parameter
+
+        phases: dict[str, float] = {}
+        with timed(self.device, phases, "probe"):
+            result = run_probe(engine.module, self.loss_fn, self.batch, self.settings, self.device)
+        tag = {"trial_id": self.spec.trial_id, "step": step}
+        self.curvature.extend({**row, **tag} for row in result.curvature_rows)
+        self.profile.extend({**row, **tag, "sweep_name": self.spec.sweep_name} for row in result.profile_rows)
+        if not self.unsupported:
+            self.unsupported = result.unsupported_rows()
+        if hasattr(optimizer, "set_measured_alpha"):
+            optimizer.set_measured_alpha(alpha_by_parameter(result.curvature_rows))
+        return phases["probe"]
+
+    def flush(self, out_dir: Path) -> None:
+        if self.curvature:
+            writer.write_rows("curvature", self.curvature, out_dir / "curvature.parquet")
+        if self.profile:
+            writer.write_rows("profile", self.profile, out_dir / "profile.parquet")
+
+    def resume(self, out_dir: Path, start_step: int) -> None:
+        self.curvature = [r for r in _read_rows(out_dir / "curvature.parquet") if r["step"] <= start_step]
+        self.profile = [r for r in _read_rows(out_dir / "profile.parquet") if r["step"] <= start_step]
+
+
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of an existing per-trial Parquet file (empty when absent)."""
     if not path.is_file():
@@ -306,7 +367,7 @@ def _initial_state() -> dict[str, Any]:
         "status": "failed", "error": "", "step": 0, "best_metric": float("nan"), "best_step": -1,
         "last_eval": (float("nan"), float("nan")), "test": (float("nan"), float("nan")),
         "train_loss": float("nan"), "step_times": [], "task": None, "num_parameters": 0,
-        "resumed_from": 0,
+        "resumed_from": 0, "probe_unsupported": [],
     }
 
 
@@ -364,6 +425,7 @@ def _write_run_row(spec: TrialSpec, out_dir: Path, state: dict[str, Any], starte
         "median_step_time_s": median_after_warmup(state["step_times"], tcfg.warmup_steps_excluded),
         "num_parameters": state["num_parameters"],
         "resumed_from_step": state["resumed_from"],
+        "probe_unsupported_json": json.dumps(state["probe_unsupported"], sort_keys=True, default=str),
         "started_at": started_at,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_hash": spec.config_hash,

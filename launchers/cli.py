@@ -124,8 +124,10 @@ def _write_sweep_record(sweep_dir: Path, cfg, trials, fingerprint: str) -> None:
 
 def _print_report(results: Path, out: Path | None = None) -> int:
     from analysis import ResultsNotFound, ResultsReadError, SchemaVersionError, build_report
+    from analysis.consolidate import write_layer_fits
 
     try:
+        write_layer_fits(results)  # the layer_fits table of every probed trial, from its curvature rows
         report = build_report(results, out)
     except (ResultsNotFound, ResultsReadError, SchemaVersionError) as exc:
         return _fail(str(exc))
@@ -156,6 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not ok:
         print(f"trial {spec.trial_id} failed (see the traceback above)", file=sys.stderr)
         return 1
+    from analysis.consolidate import write_layer_fits
+
+    write_layer_fits(storage / cfg.name / "trials" / spec.trial_id)
     print(f"results in {(storage / cfg.name / 'trials' / spec.trial_id).resolve()}", file=sys.stderr)
     return 0
 

@@ -127,6 +127,7 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                         "world_size": cfg.resources.num_workers,
                         "use_gpu": cfg.resources.use_gpu,
                         "seed": seed,
+                        "probes": cfg.probes.model_dump(mode="json") if cfg.probes.enabled else None,
                     }
                     digest = _hash(identity)
                     trials.append(
@@ -145,6 +146,7 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                             config_hash=digest,
                             tuning_index=tuning_index,
                             search_space=space,
+                            probes=cfg.probes,
                         )
                     )
     ids = [t.trial_id for t in trials]

@@ -49,6 +49,7 @@ RUNS = pa.schema(
         ("wall_time_s", pa.float64()),
         ("median_step_time_s", pa.float64()),
         ("resumed_from_step", pa.int64()),
+        ("probe_unsupported_json", pa.string()),  # layers the curvature probe could not (fully) measure
         ("num_parameters", pa.int64()),
         ("started_at", pa.string()),
         ("finished_at", pa.string()),
@@ -78,6 +79,7 @@ STEPS = pa.schema(
         ("fwd_bwd_time_s", pa.float64()),
         ("optimizer_time_s", pa.float64()),
         ("comm_time_s", pa.float64()),
+        ("probe_time_s", pa.float64()),
     ]
 )
 
@@ -144,3 +146,28 @@ PROFILE = pa.schema(
 )
 
 TABLES["profile"] = PROFILE
+
+#: One row per (trial, probe step, layer, k): PAPER.md §1 quantities from bench/probes. Rows with
+#: k beyond the probe's top_k (kept for wider γ fits) carry only ``sigma``.
+CURVATURE = pa.schema(
+    [
+        ("schema_version", pa.int32()),
+        ("trial_id", pa.string()),
+        ("step", pa.int64()),
+        ("layer", pa.string()),
+        ("layer_type", pa.string()),
+        ("module", pa.string()),
+        ("depth", pa.int64()),
+        ("shape_m", pa.int64()),
+        ("shape_n", pa.int64()),
+        ("k", pa.int64()),
+        *[
+            (name, pa.float64())
+            for name in (
+                "sigma", "h", "h_kron", "rho_delta", "rho_A", "phi", "lambda_delta", "lambda_A", "lam",
+                "chi", "concentration", "samples", "loss_terms", "positions", "grad_check",
+            )
+        ],
+    ]
+)
+TABLES["curvature"] = CURVATURE
