@@ -52,7 +52,8 @@ class Report:
         curvature: the "Curvature" section (layer fits, tables, figures), or None when no trial
             has ``curvature`` or ``layer_fits`` data.
         comparison: the "Comparisons" section (best setting per optimizer, time to target,
-            performance profile), or None with fewer than two optimizers.
+            performance profile), or None with fewer than two optimizers; its figures are in
+            ``comparison.plot_paths`` (not in ``plot_paths``).
     """
 
     results_path: Path
@@ -279,8 +280,6 @@ def build_report(
         curvature_lines,
         comparison.markdown if comparison is not None else None,
     )
-    if comparison is not None:
-        plot_paths = [*plot_paths, *comparison.plot_paths]
     if curvature is not None:
         plot_paths = [*plot_paths, *curvature.plot_paths]
     report_path = out / "report.md"

@@ -167,6 +167,7 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.write_pid(out_dir, rank)
+        prober = _Prober(spec, bundle, task, device) if spec.probes.enabled else None
         start_step = 0
         resumed = checkpoint.load(engine, out_dir) if tcfg.checkpoint_every > 0 else None
         if resumed is not None:
@@ -183,7 +184,6 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
             # Per-rank randomness continues from a seed tied to the resume point.
             seed_everything(derive_seed(rank_seed(spec.seed, rank), "resume", start_step))
         allreduce_timer = CallTimer(engine, "allreduce_gradients", device)
-        prober = _Prober(spec, bundle, task, device) if spec.probes.enabled else None
         sampler = GlobalBatchSampler(
             num_samples=len(bundle.train), seed=data_seed(spec.seed), micro_batch=tcfg.micro_batch_size,
             grad_accum=tcfg.grad_accum, world_size=world, rank=rank,

@@ -379,7 +379,7 @@ def test_report_has_a_comparisons_section(sweep_dir):
     section = report.comparison
     assert section is not None and len(section.best) == 4
     profile_png = report.out_dir / "plots" / "performance_profile.png"
-    assert profile_png.is_file() and profile_png in report.plot_paths
+    assert profile_png.is_file() and profile_png in section.plot_paths
     assert "](plots/performance_profile.png)" in md
     curves = [p for p in section.plot_paths if "best_eval_metric" in p.name]
     assert len(curves) == 4 and all(p.is_file() and p.stat().st_size > 1000 for p in curves)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,21 +98,25 @@ class LocalRayCluster:
         ]
 
     def _start(self, args: list[str], log_name: str) -> None:
-        log = open(self.root / log_name, "w")  # noqa: SIM115 - closed with the process
-        self.procs.append(
-            subprocess.Popen(
-                [str(RAY), "start", *args, *self._node_args()],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stopped as one, nothing else
+        with open(self.root / log_name, "w") as log:  # the child keeps its own descriptor
+            self.procs.append(
+                subprocess.Popen(
+                    [str(RAY), "start", *args, *self._node_args()],
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: stopped as one, nothing else
+                )
             )
-        )
-        log.close()
 
     def start_head(self) -> None:
         self._start(
-            ["--head", f"--port={self.port}", "--include-dashboard=false", f"--ray-client-server-port={_free_port()}"],
+            [
+                "--head",
+                f"--port={self.port}",
+                "--include-dashboard=false",
+                f"--ray-client-server-port={_free_port()}",
+            ],
             "head.log",
         )
 
@@ -140,7 +145,9 @@ class LocalRayCluster:
 
     def driver(self, code: str, timeout: float = 120) -> str:
         """Run ``code`` in a fresh Python connected to the cluster (keeps pytest Ray-free)."""
-        prelude = f"import ray\nray.init(address={self.address!r}, log_to_driver=False, logging_level='ERROR')\n"
+        prelude = (
+            f"import ray\nray.init(address={self.address!r}, log_to_driver=False, logging_level='ERROR')\n"
+        )
         out = subprocess.run([sys.executable, "-c", prelude + code], env=self.env, capture_output=True, text=True,
                              timeout=timeout, cwd=REPO)  # fmt: skip
         assert out.returncode == 0, out.stderr[-3000:]
@@ -198,14 +205,15 @@ def cluster(tmp_path):
         yield c
     finally:
         c.stop()
-        assert not c._own_pids(), "Ray processes of this test survived stop()"
-        import shutil
-
         shutil.rmtree(c.temp_dir, ignore_errors=True)
+    # Reached only when nothing failed above (a failure there is the one worth reporting).
+    assert not c._own_pids(), "Ray processes of this test survived stop()"
 
 
 def test_sweep_spans_two_ray_nodes(cluster, tmp_path):
-    nodes = json.loads(cluster.driver("import json; print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"))
+    nodes = json.loads(
+        cluster.driver("import json; print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))")
+    )
     assert len(nodes) == 2
 
     config = tmp_path / "sweep.yaml"
@@ -217,8 +225,13 @@ def test_sweep_spans_two_ray_nodes(cluster, tmp_path):
                 "seeds": 1,
                 "workloads": [{"model": "builtin:cnn", "dataset": "sklearn:digits"}],
                 "optimizers": [{"name": "adamw", "settings": {"lr": 0.003}}],
-                "training": {"steps": 6, "micro_batch_size": 16, "eval_every": 3, "log_every": 1,
-                             "warmup_steps_excluded": 1},
+                "training": {
+                    "steps": 6,
+                    "micro_batch_size": 16,
+                    "eval_every": 3,
+                    "log_every": 1,
+                    "warmup_steps_excluded": 1,
+                },
                 # 2 × 0.6 CPU > 1 CPU per node: the two workers cannot share a node.
                 "resources": {"num_workers": 2, "cpus_per_worker": 0.6},
             }  # fmt: skip
@@ -232,7 +245,6 @@ def test_sweep_spans_two_ray_nodes(cluster, tmp_path):
         env=cluster.env, capture_output=True, text=True, timeout=600, cwd=REPO,
     )  # fmt: skip
     print(f"[timing] sweep {time.monotonic() - t0:.1f}s", flush=True)
-    print(sweep.stderr[-3000:])
     assert sweep.returncode == 0, f"{sweep.stdout[-3000:]}\n{sweep.stderr[-5000:]}\n{cluster.logs()}"
 
     (trial_dir,) = list((storage / "multinode" / "trials").iterdir())
