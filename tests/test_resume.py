@@ -82,6 +82,8 @@ def test_killed_worker_resumes_from_checkpoint_without_ray(write_yaml, tmp_path)
     from launchers.sweep import expand, parse_config
 
     doc = _doc("resume-local")
+    # Probe rows must survive the kill and the resume too (no duplicates, none missing).
+    doc["probes"] = {"every": 100, "settings": {"batch_size": 64, "micro_batch_size": 64, "top_k": 5}}
     cfg_path = write_yaml(doc)
     (spec,) = expand(parse_config(doc))
     ref_store, store = tmp_path / "ref", tmp_path / "run"
@@ -104,6 +106,9 @@ def test_killed_worker_resumes_from_checkpoint_without_ray(write_yaml, tmp_path)
     run = pd.read_parquet(trial_dir / "runs.parquet").iloc[0]
     assert run["status"] == "completed" and run["resumed_from_step"] >= 50
     assert not (trial_dir / "checkpoint").exists()  # removed once the trial finished
+    curv = pd.read_parquet(trial_dir / "curvature.parquet")
+    assert sorted(curv["step"].unique()) == [100, 200, 300]
+    assert not curv.duplicated(["step", "layer", "k"]).any()
 
 
 def test_ray_retries_a_killed_worker_then_rerun_skips_and_other_config_is_refused(write_yaml, tmp_path):
