@@ -214,6 +214,16 @@ class SweepConfig(_Strict):
     probes: ProbeSchedule = Field(default_factory=ProbeSchedule)
 
     @model_validator(mode="after")
+    def _storage_is_a_path(self) -> SweepConfig:
+        if "://" in self.storage:
+            # Results are written with POSIX atomic renames, which object stores do not offer.
+            raise ValueError(
+                f"storage '{self.storage}': object-store URIs are not supported; use a path on a shared "
+                "filesystem (NFS, Lustre, a mounted bucket) and copy results to the bucket afterwards"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _budget_matches_search(self) -> SweepConfig:
         searching = [e.name for e in self.optimizers if e.search]
         if searching and self.tuning.budget == 0:

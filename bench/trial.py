@@ -279,6 +279,12 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
             if reporter is not None and ((step + 1) % report_every == 0 and not done):
                 reporter({"step": step + 1, "steps": tcfg.steps, "train_loss": step_loss})
 
+        if tcfg.keep_checkpoint and tcfg.checkpoint_every > 0:
+            # The final weights, for `specbench probe --checkpoint` and later analysis.
+            checkpoint.save(engine, out_dir, tcfg.steps, {
+                "best_metric": state["best_metric"], "best_step": state["best_step"],
+                "last_eval": list(state["last_eval"]), "train_loss": state["train_loss"],
+            })
         state["test"] = evaluate(engine, bundle.test, task, spec, device)
         state["status"] = "completed"
         if prober is not None:

@@ -77,7 +77,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             from launchers.sweep import ConfigError
 
             raise ConfigError(args.config, problems)
-    ray_runner.start_ray(args.address, verbose=args.verbose)
+    try:
+        ray_runner.start_ray(args.address, verbose=args.verbose)
+    except ConnectionError as exc:
+        raise UsageError(
+            f"cannot join the Ray cluster at {args.address} ({exc}). A cluster with token authentication "
+            "(Ray's default) needs RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
+            "or ~/.ray/auth_token"
+        ) from None
     try:
         if args.address:
             problems = ray_runner.resource_problems(cfg.resources, *ray_runner.cluster_shape())
@@ -165,6 +172,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- probe
+def cmd_probe(args: argparse.Namespace) -> int:
+    from launchers.sweep import expand, load_config
+
+    cfg = load_config(args.config, {"storage": args.storage, "name": args.name})
+    trials = expand(cfg)
+    if not 0 <= args.trial < len(trials):
+        raise UsageError(f"--trial {args.trial} is out of range: the sweep has trials 0..{len(trials) - 1}")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None and not checkpoint.exists():
+        raise UsageError(f"checkpoint {checkpoint} does not exist")
+    storage = Path(cfg.storage)
+    _writable_dir(storage / cfg.name)
+    from analysis.consolidate import write_layer_fits
+    from bench.distributed import configure_cpu_threads
+    from bench.probes.standalone import probe_checkpoint
+
+    configure_cpu_threads(max(1, os.cpu_count() or 1))
+    try:
+        out = probe_checkpoint(trials[args.trial], storage, checkpoint)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    write_layer_fits(storage / cfg.name / "trials" / trials[args.trial].trial_id)
+    print(f"probed {out['layers']} layers at step {out['step']} → {out['files']['curvature']}")
+    for row in out["unsupported"]:
+        print(f"  not (fully) probed: {row.get('layer', row.get('name'))}: {row.get('reason')}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.results)
@@ -204,6 +240,43 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if args.ranks < 1:
         raise UsageError("--ranks must be at least 1")
     return int(cost_cli(args.model, args.ranks, args.device, args.method, args.dtype, not args.replicated) or 0)
+
+
+# -------------------------------------------------------------------------------------- cluster
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from launchers.cluster import render_rayjob, render_sbatch
+    from launchers.ray_runner import resource_problems
+    from launchers.sweep import ConfigError, load_config
+
+    cfg = load_config(args.config)  # the whole config is validated before anything is generated
+    name = args.name or cfg.name
+    try:
+        if args.target == "slurm":
+            nodes = [{"CPU": float(args.cpus_per_node), "GPU": float(args.gpus_per_node)}] * args.nodes
+            total = {"CPU": args.nodes * float(args.cpus_per_node), "GPU": args.nodes * float(args.gpus_per_node)}
+            problems = resource_problems(cfg.resources, total, nodes)
+            if problems:
+                raise ConfigError(args.config, problems)
+            text = render_sbatch(
+                args.config, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node,
+                time=args.time, partition=args.partition, account=args.account,
+                storage=args.storage or cfg.storage, name=name, venv=args.venv, port=args.port,
+                extra_sbatch=args.sbatch_option or [],
+            )
+        else:
+            text = render_rayjob(
+                args.config, image=args.image, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                cpus_per_worker=args.cpus_per_worker, memory=args.memory, storage=args.storage, name=name,
+                namespace=args.namespace, volume_claim=args.volume_claim,
+            )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
 
 
 # --------------------------------------------------------------------------------------- status
@@ -319,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("probe", help="run the curvature probe on a trial's checkpoint (or initial weights)")
+    p.add_argument("config")
+    p.add_argument("--trial", type=int, default=0, help="trial index (see `specbench config CONFIG`)")
+    p.add_argument("--checkpoint", help="a trial's checkpoint/ directory or one of its step<N> tags; "
+                   "omit to probe the initial weights")
+    p.add_argument("--storage")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_probe)
+
     p = sub.add_parser("report", help="tables and plots from a results directory")
     p.add_argument("results", help="a sweep directory (<storage>/<name>) or a directory of sweeps")
     p.add_argument("--out", help="where to write report.md and plots (default: <results>/report)")
@@ -347,6 +429,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true", help="exit 0 when claims have NO DATA but none FAIL")
     p.add_argument("--published", metavar="DIR", help="check the paper's published JSON result files instead")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("cluster", help="generate a SLURM sbatch script or a KubeRay RayJob manifest for a sweep")
+    csub = p.add_subparsers(dest="target", required=True)
+    q = csub.add_parser("slurm", help="sbatch script: Ray head + workers across the allocation, then the sweep")
+    q.add_argument("config")
+    q.add_argument("--nodes", type=int, required=True)
+    q.add_argument("--cpus-per-node", type=int, required=True)
+    q.add_argument("--gpus-per-node", type=int, default=0)
+    q.add_argument("--time", required=True, help="SLURM time limit, e.g. 24:00:00")
+    q.add_argument("--partition", required=True)
+    q.add_argument("--account")
+    q.add_argument("--storage", help="results root on a shared filesystem (default: the config's)")
+    q.add_argument("--name")
+    q.add_argument("--venv", default=".venv")
+    q.add_argument("--port", type=int, default=6379)
+    q.add_argument("--sbatch-option", action="append", help="extra #SBATCH line content (repeatable)")
+    q.add_argument("-o", "--output", help="write to this file instead of stdout")
+    q.set_defaults(func=cmd_cluster)
+    q = csub.add_parser("kuberay", help="KubeRay RayJob + ConfigMap manifest for the sweep")
+    q.add_argument("config")
+    q.add_argument("--image", required=True, help="container image with specbench installed")
+    q.add_argument("--workers", type=int, required=True)
+    q.add_argument("--cpus-per-worker", required=True, help="Kubernetes quantity, e.g. 8 or 500m")
+    q.add_argument("--memory", required=True, help="per worker, e.g. 64Gi")
+    q.add_argument("--gpus-per-worker", type=int, default=0)
+    q.add_argument("--storage", required=True, help="results root on the mounted shared volume, e.g. /results")
+    q.add_argument("--name")
+    q.add_argument("--namespace", default="default")
+    q.add_argument("--volume-claim", default="specbench-results")
+    q.add_argument("-o", "--output")
+    q.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("status", help="list the trials of a sweep by state")
     p.add_argument("name", help="sweep name (under --storage) or a sweep directory")

@@ -21,9 +21,9 @@ from .registry import (
     settings_model,
     validate_settings,
 )
-from .spectral import spectral_transform, spectral_transform_with_stats, transfer
 from .shampoo import Shampoo
 from .soap import SOAP
+from .spectral import spectral_transform, spectral_transform_with_stats, transfer
 from .spectral_newton import SpectralNewton
 
 __all__ = [

@@ -81,3 +81,26 @@ def test_config_lists_trials_and_show_lists_every_default(write_yaml):
     assert show.returncode == 0, show.stderr
     for key in ("micro_batch_size", "zero_stage", "warmup_steps", "cpus_per_worker", "damping", "alpha_policy"):
         assert key in show.stdout
+
+
+def test_cluster_templates_from_the_cli(write_yaml, tmp_path):
+    cfg = str(write_yaml(tiny_sweep()))
+    ok = run_cli("cluster", "slurm", cfg, "--nodes", "2", "--cpus-per-node", "8", "--time", "02:00:00",
+                 "--partition", "gpu", "-o", str(tmp_path / "job.sbatch"))
+    assert ok.returncode == 0, ok.stderr
+    text = (tmp_path / "job.sbatch").read_text()
+    assert "#SBATCH --nodes=2" in text and "specbench sweep" in text
+    k8s = run_cli("cluster", "kuberay", cfg, "--image", "img:1", "--workers", "2", "--cpus-per-worker", "4",
+                  "--memory", "8Gi", "--storage", "/results")
+    assert k8s.returncode == 0 and "kind: RayJob" in k8s.stdout
+    bad = run_cli("cluster", "slurm", cfg, "--nodes", "0", "--cpus-per-node", "8", "--time", "02:00:00",
+                  "--partition", "gpu")
+    assert_usage_error(bad)
+    too_small = run_cli("cluster", "slurm", cfg, "--nodes", "1", "--cpus-per-node", "0", "--time", "1:00:00",
+                        "--partition", "gpu")
+    assert_usage_error(too_small, "resources")
+
+
+def test_object_store_storage_is_refused_clearly(write_yaml, tmp_path):
+    proc = run_cli("sweep", str(write_yaml(tiny_sweep(storage="s3://bucket/results"))))
+    assert_usage_error(proc, "object-store URIs are not supported")

@@ -58,3 +58,39 @@ def test_measured_alpha_agrees_with_the_analysis_fit():
     rows = [{"layer": f"blk.qkv.{v}", "module": "blk.qkv", "sigma": s, "h": x * f}
             for v, f in (("q", 1.0), ("k", 2.0), ("v", 3.0)) for s, x in zip(sigma, h, strict=True)]
     assert alpha_by_parameter(rows) == {"blk.qkv.weight": pytest.approx(layer_alpha(list(sigma), list(h)))}
+
+
+def test_standalone_probe_of_a_checkpoint(write_yaml, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    doc = tiny_sweep(probes={"settings": {"batch_size": 64, "micro_batch_size": 64, "top_k": 5}})
+    doc["training"].update(steps=4, eval_every=4, checkpoint_every=2, keep_checkpoint=True)
+    cfg = write_yaml(doc)
+    (spec,) = expand(parse_config(doc))
+    assert run_local(spec, tmp_path)
+    tdir = tmp_path / spec.sweep_name / "trials" / spec.trial_id
+    assert (tdir / "checkpoint" / "latest").read_text().strip() == "step4"
+
+    def probe(*extra):
+        return subprocess.run([sys.executable, "-m", "launchers.cli", "probe", str(cfg), "--storage", str(tmp_path),
+                               *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    ok = probe("--checkpoint", str(tdir / "checkpoint"))
+    assert ok.returncode == 0, ok.stderr
+    again = probe("--checkpoint", str(tdir / "checkpoint" / "step4"))  # a tag directly; replaces step 4
+    assert again.returncode == 0, again.stderr
+    initial = probe()  # no checkpoint: the initial weights, step 0
+    assert initial.returncode == 0, initial.stderr
+    curv = pd.read_parquet(tdir / "curvature.parquet")
+    assert sorted(curv["step"].unique()) == [0, 4]
+    assert not curv.duplicated(["step", "layer", "k"]).any()
+    # The checkpoint's weights are the trained ones: a different gradient than at initialisation.
+    s2 = curv[(curv.step == 0) & (curv.k == 1)].set_index("layer")["sigma"]
+    s4 = curv[(curv.step == 4) & (curv.k == 1)].set_index("layer")["sigma"]
+    assert not np.allclose(s2, s4)
+    assert (tdir / "layer_fits.parquet").is_file()
+    bad = probe("--checkpoint", str(tmp_path / "nope"))
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
