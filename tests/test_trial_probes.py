@@ -94,3 +94,19 @@ def test_standalone_probe_of_a_checkpoint(write_yaml, tmp_path):
     assert (tdir / "layer_fits.parquet").is_file()
     bad = probe("--checkpoint", str(tmp_path / "nope"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_paper_cpu_config_probes_the_builtin_transformer(tmp_path):
+    """configs/paper/alpha_cpu.yaml, trial 1: the built-in transformer on the shipped corpus, with
+    its fused qkv split into q/k/v views and probed inside 2-worker DeepSpeed training."""
+    from conftest import REPO
+
+    from launchers.sweep import load_config
+
+    spec = expand(load_config(REPO / "configs/paper/alpha_cpu.yaml"))[1]
+    assert spec.workload.model == "builtin:transformer"
+    assert run_local(spec, tmp_path)
+    curv = pd.read_parquet(tmp_path / spec.sweep_name / "trials" / spec.trial_id / "curvature.parquet")
+    assert {"attn_q", "attn_k", "attn_v", "attn_out", "mlp_up", "mlp_down", "head"} <= set(curv["layer_type"])
+    assert sorted(curv["step"].unique()) == [10, 20]
+    assert (curv.loc[curv["k"] == 1, "sigma"] > 0).all()
