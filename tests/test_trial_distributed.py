@@ -129,3 +129,17 @@ def test_tiny_language_model_trains_under_two_worker_deepspeed(tmp_path):
     np.testing.assert_allclose(evals["eval_metric"], np.exp(evals["eval_loss"]), rtol=1e-9)
     assert run["tokens_seen"] == 30 * 16 * 32
     assert run["final_eval_metric"] < 257  # better than a uniform guess over the byte vocabulary
+
+
+def test_divergence_ends_the_trial_as_diverged_with_its_last_good_metrics(tmp_path):
+    spec = _spec({"name": "adamw", "settings": {"lr": 1.0e4}}, workers=2, micro=8, steps=30)
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"divergence_loss": 50.0})})
+    assert run_local(spec, tmp_path)  # diverging is a result, not a crash
+    run = _runs(tmp_path, spec).to_pylist()[0]
+    steps = _steps(tmp_path, spec).to_pandas()
+    assert run["status"] == "diverged" and "training loss" in run["error"]
+    assert 1 <= run["steps_completed"] < 30
+    assert np.isfinite(run["final_train_loss"]) and run["final_train_loss"] <= 50.0
+    # Every logged row is a good step; the diverging step itself is not recorded as a result.
+    assert (steps["step"] < run["steps_completed"] + 1).all()
+    assert np.isfinite(steps["train_loss"]).all()
