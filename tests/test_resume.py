@@ -78,10 +78,14 @@ def _assert_complete_steps(df: pd.DataFrame, steps: int) -> None:
     assert list(df["step"]) == list(range(1, steps + 1))
 
 
-def test_killed_worker_resumes_from_checkpoint_without_ray(write_yaml, tmp_path):
+@pytest.mark.parametrize("optimizer", [{"name": "adamw", "settings": {"lr": 0.003}},
+                                       {"name": "spectral_newton", "settings": {"lr": 0.05}}],
+                         ids=["adamw", "spectral_newton_sharded"])
+def test_killed_worker_resumes_from_checkpoint_without_ray(write_yaml, tmp_path, optimizer):
     from launchers.sweep import expand, parse_config
 
     doc = _doc("resume-local")
+    doc["optimizers"] = [optimizer]
     # Probe rows must survive the kill and the resume too (no duplicates, none missing).
     doc["probes"] = {"every": 100, "settings": {"batch_size": 64, "micro_batch_size": 64, "top_k": 5}}
     cfg_path = write_yaml(doc)
