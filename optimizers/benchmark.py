@@ -1,26 +1,34 @@
 """Optimizer step-time benchmark — a command, not a test::
 
-    python -m optimizers.benchmark --out PATH.parquet [--device cpu] [--repeats 5] [--step-repeats 3]
+    python -m optimizers.benchmark --out PATH.parquet [--device cpu] [--threads 1] [--repeats 3]
 
-Two measurements in one run, both reported as ratios measured *interleaved* in the same run (the
-machine may be shared: absolute times drift with the load, ratios of neighbouring measurements
-much less):
+Two measurements in one run, both reported as ratios of measurements *interleaved* in the same
+run (the machine may be shared: absolute times drift with the load, ratios of neighbouring
+measurements much less):
 
 1. ``op=optimizer_step`` — one full step (AdamW side-car included) of every registered optimizer
    with its default settings (plus Spectral Newton's ``solve`` method) on parameter sets with the
-   exact shapes and layer types of ResNet-18 (CIFAR head), ViT-Tiny/16 (224², 10 classes) and
-   one GPT-2-small transformer block (the full model is 12 such blocks plus the embeddings, which
-   every optimizer gives to AdamW), with fixed random gradients. A repeat is a block of
-   ``--period`` consecutive steps (default 10, the preconditioning frequency of Shampoo and SOAP,
-   so their periodic root / eigenbasis work is amortised); ``time_s`` is the median over repeats
-   of the per-step mean; the first ``--warmup`` blocks (state creation, first eigendecompositions)
-   are excluded. Baseline: AdamW on the same set.
+   exact shapes and layer types of ResNet-18 (CIFAR head), ViT-Tiny/16 (224², 10 classes) and one
+   GPT-2-small transformer block (the full model is 12 such blocks plus embeddings, which every
+   optimizer gives to AdamW), with fixed random gradients. Baseline: AdamW on the same set.
+   ``2 × --step-repeats`` steps are timed after 2 untimed warm-up steps (state creation, SOAP's
+   first eigendecomposition, Shampoo's first roots); ``time_s`` is their median. Shampoo and
+   SOAP do periodic work (inverse roots / eigenbasis refresh) every F = 10 steps by default; to
+   measure it without running 10 steps per sample they run here with F = 2, so regular and
+   refresh steps alternate, and ``time_s`` is the amortised cost at the default F,
+   ((F − 1)·regular + refresh)/F, with both parts in ``regular_step_s`` / ``refresh_step_s``.
+   On CPU Muon runs its Newton–Schulz in float32 (``muon[ns_fp32]``): timm's and torch's
+   bfloat16 iteration is ~100× slower on CPUs without native bf16 (AVX2 machines).
 2. ``op=kernel`` — the four Spectral Newton methods (:func:`optimizers.spectral.spectral_transform`,
    α = 2, d = 0.1, fp32: the dtype SN computes in) against Muon's Newton–Schulz
    (``timm.optim.muon.zeropower_via_newtonschulz``, 5 steps, Keller Jordan's coefficients) in
-   fp32, on every distinct matrix shape (out × in·kh·kw) of the three models; also NS in bf16, the
-   dtype timm's and torch's Muon run it in. ``op=kernel_model`` sums each method over a model's
-   matrices (count-weighted; GPT-2 small = 12 blocks). Baseline: ``muon_ns5`` (fp32).
+   fp32, one matrix per call, on every distinct matrix shape (out × in·kh·kw, orientation
+   ignored: both transform the smaller side) of the three models; on CUDA also NS in bf16.
+   ``op=kernel_model`` sums each method over a model's matrices (count-weighted; GPT-2 small =
+   12 blocks). Baseline: ``muon_ns5`` (fp32). ``--repeats`` timed calls after one warm-up call.
+
+On CPU the default is one intra-op thread (``--threads``): on a shared machine OpenMP threads
+spin-waiting for descheduled siblings made 2-thread timings up to 80× slower and meaningless.
 
 Writes a Parquet table in the style of the ``profile`` table (columns ``op, method, model,
 shape, shape_m, shape_n, count, dtype, device, ranks, threads, time_s, seconds_min, seconds_p25,
@@ -111,15 +119,28 @@ MODELS: dict[str, tuple[Callable[[], list[Row]], int]] = {
     "vit_tiny": (vit_tiny_shapes, 1),
     "gpt2_small": (gpt2_small_block_shapes, 12),
 }
-STEP_OPTIMIZERS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("adamw", "adamw", {}),
-    ("spectral_newton", "spectral_newton", {}),
-    ("spectral_newton[solve]", "spectral_newton", {"method": "solve"}),
-    ("muon", "muon", {}),
-    ("shampoo", "shampoo", {}),
-    ("soap", "soap", {}),
-)
-KERNEL_METHODS: tuple[str, ...] = ("muon_ns5", "muon_ns5_bf16", "svd", "gram", "solve", "polar")
+#: optimizers with periodic work: the setting that sets its period, and its default
+PERIODIC: dict[str, tuple[str, int]] = {"shampoo": ("preconditioning_frequency", 10),
+                                        "soap": ("precondition_frequency", 10)}
+STEP_WARMUP = 2
+
+
+def step_optimizers(device: torch.device) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, registry name, settings) of the optimizer-step comparison."""
+    cuda = device.type == "cuda"
+    return [
+        ("adamw", "adamw", {}),
+        ("spectral_newton", "spectral_newton", {}),
+        ("spectral_newton[solve]", "spectral_newton", {"method": "solve"}),
+        ("muon" if cuda else "muon[ns_fp32]", "muon", {} if cuda else {"ns_dtype": "float32"}),
+        ("shampoo", "shampoo", {}),
+        ("soap", "soap", {}),
+    ]
+
+
+def kernel_methods(device: torch.device) -> tuple[str, ...]:
+    bf16 = ("muon_ns5_bf16",) if device.type == "cuda" else ()
+    return ("muon_ns5", *bf16, "svd", "gram", "solve", "polar")
 
 
 def matrix_view(shape: Sequence[int]) -> tuple[int, int]:
@@ -127,8 +148,10 @@ def matrix_view(shape: Sequence[int]) -> tuple[int, int]:
 
 
 def matrix_shapes(rows: Sequence[Row]) -> Counter[tuple[int, int]]:
-    """Distinct out × rest matrix shapes (with counts) of the parameters the matrix optimizers get."""
-    return Counter(matrix_view(s) for _, s, t in rows if len(s) >= 2 and t not in DEFAULT_ADAMW_TYPES)
+    """Distinct out × rest matrix shapes, oriented tall (m ≥ n), with counts, of the parameters the
+    matrix optimizers get (every method works on the smaller side, so orientation is moot)."""
+    views = (matrix_view(s) for _, s, t in rows if len(s) >= 2 and t not in DEFAULT_ADAMW_TYPES)
+    return Counter((max(v), min(v)) for v in views)
 
 
 class ParamSet(nn.Module):
@@ -178,35 +201,46 @@ def _summary(samples: Sequence[float]) -> dict[str, float]:
             "seconds_p75": q[2]}
 
 
-def bench_steps(model_name: str, device: torch.device, repeats: int, warmup: int, period: int,
-                log: Callable[[str], None]) -> list[dict[str, Any]]:
+def bench_steps(model_name: str, device: torch.device, repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     rows_spec, _ = MODELS[model_name]
     rows = rows_spec()
     entries = []
-    for label, name, overrides in STEP_OPTIMIZERS:
+    for label, name, overrides in step_optimizers(device):
         params = ParamSet(rows, device)
         params.set_grads()
-        entries.append((label, params, build_optimizer(name, params, overrides)))
-    samples: dict[str, list[float]] = {label: [] for label, _, _ in entries}
-    for rep in range(warmup + repeats):
-        for label, _, opt in entries:  # interleaved: every optimizer sees the same machine load
+        if name in PERIODIC:
+            overrides = {**overrides, PERIODIC[name][0]: 2}
+        entries.append((label, name, params, build_optimizer(name, params, overrides)))
+    samples: dict[str, list[tuple[int, float]]] = {label: [] for label, *_ in entries}
+    for step in range(STEP_WARMUP + 2 * repeats):
+        for label, _, _, opt in entries:  # interleaved: every optimizer sees the same machine load
             _sync(device)
             t0 = time.perf_counter()
-            for _ in range(period):
-                opt.step()
+            opt.step()
             _sync(device)
-            if rep >= warmup:
-                samples[label].append((time.perf_counter() - t0) / period)
-        log(f"  {model_name}: block {rep + 1}/{warmup + repeats}")
+            if step >= STEP_WARMUP:
+                samples[label].append((step, time.perf_counter() - t0))
+        log(f"  {model_name}: step {step + 1}/{STEP_WARMUP + 2 * repeats}")
     n_matrix = sum(1 for _, s, t in rows if len(s) >= 2 and t not in DEFAULT_ADAMW_TYPES)
     n_params = sum(math.prod(s) for _, s, _ in rows)
-    base = statistics.median(samples["adamw"])
+    times: dict[str, float] = {}
     out = []
-    for label, _, _ in entries:
-        out.append({"op": "optimizer_step", "method": label, "model": model_name, "shape": f"{n_matrix} matrices",
-                    "count": n_params, "dtype": "fp32", **_summary(samples[label]), "baseline": "adamw",
-                    "ratio_to_baseline": statistics.median(samples[label]) / base, "repeats": repeats,
-                    "warmup": warmup, "batch": period})
+    for label, name, _, _ in entries:
+        values = [t for _, t in samples[label]]
+        row: dict[str, Any] = {"op": "optimizer_step", "method": label, "model": model_name,
+                               "shape": f"{n_matrix} matrices", "count": n_params, "dtype": "fp32",
+                               **_summary(values), "baseline": "adamw", "repeats": len(values),
+                               "warmup": STEP_WARMUP, "batch": 1}
+        if name in PERIODIC:
+            period = PERIODIC[name][1]
+            by_parity = [statistics.median(t for s, t in samples[label] if s % 2 == k) for k in (0, 1)]
+            regular, refresh = min(by_parity), max(by_parity)
+            row.update(time_s=((period - 1) * regular + refresh) / period, regular_step_s=regular,
+                       refresh_step_s=refresh, period=period)
+        times[label] = row["time_s"]
+        out.append(row)
+    for row in out:
+        row["ratio_to_baseline"] = row["time_s"] / times["adamw"]
     return out
 
 
@@ -228,11 +262,12 @@ def bench_kernels(model_name: str, device: torch.device, repeats: int, warmup: i
     counts = matrix_shapes(rows_spec())
     gen = torch.Generator().manual_seed(0)
     out: list[dict[str, Any]] = []
-    totals: dict[str, float] = dict.fromkeys(KERNEL_METHODS, 0.0)
+    methods = kernel_methods(device)
+    totals: dict[str, float] = dict.fromkeys(methods, 0.0)
     for (m, n), count in sorted(counts.items()):
         G = (1e-2 * torch.randn(m, n, generator=gen)).to(device)
-        calls = {method: _kernel(method, G) for method in KERNEL_METHODS}
-        samples: dict[str, list[float]] = {method: [] for method in KERNEL_METHODS}
+        calls = {method: _kernel(method, G) for method in methods}
+        samples: dict[str, list[float]] = {method: [] for method in methods}
         for rep in range(warmup + repeats):
             for method, fn in calls.items():
                 _sync(device)
@@ -242,7 +277,7 @@ def bench_kernels(model_name: str, device: torch.device, repeats: int, warmup: i
                 if rep >= warmup:
                     samples[method].append(time.perf_counter() - t0)
         base = statistics.median(samples["muon_ns5"])
-        for method in KERNEL_METHODS:
+        for method in methods:
             med = statistics.median(samples[method])
             totals[method] += med * count * multiplicity
             out.append({"op": "kernel", "method": method, "model": model_name, "shape": f"{m}x{n}", "shape_m": m,
@@ -251,7 +286,7 @@ def bench_kernels(model_name: str, device: torch.device, repeats: int, warmup: i
                         "baseline": "muon_ns5", "ratio_to_baseline": med / base, "repeats": repeats,
                         "warmup": warmup, "batch": 1})
         log(f"  {model_name}: {m}x{n} done")
-    for method in KERNEL_METHODS:
+    for method in methods:
         out.append({"op": "kernel_model", "method": method, "model": model_name,
                     "shape": f"{sum(counts.values()) * multiplicity} matrices",
                     "count": sum(counts.values()) * multiplicity, "dtype": "bf16" if method.endswith("bf16") else "fp32",
@@ -287,9 +322,9 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[str]:
         f"- GPT-2 small, svd / {best} = {tot['svd'] / tot[best]:.1f}× "
         f"→ {'met' if tot['svd'] >= 4 * tot[best] else 'NOT met'} (target ≥ 4×)",
     ]
-    for m in ("solve", "gram"):
-        lines.append(f"- GPT-2 small, {m}: {tot[m] / tot['muon_ns5']:.2f}× NS fp32, {tot[m] / tot['muon_ns5_bf16']:.2f}× "
-                     f"NS bf16, svd/{m} = {tot['svd'] / tot[m]:.1f}×")
+    for m in ("solve", "gram", "polar"):
+        bf16 = f", {tot[m] / tot['muon_ns5_bf16']:.2f}× NS bf16" if "muon_ns5_bf16" in tot else ""
+        lines.append(f"- GPT-2 small, {m}: {tot[m] / tot['muon_ns5']:.2f}× NS fp32{bf16}, svd/{m} = {tot['svd'] / tot[m]:.1f}×")
     return lines
 
 
@@ -298,16 +333,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="Parquet file to write")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per kernel (median)")
-    parser.add_argument("--step-repeats", type=int, default=3, help="timed blocks per optimizer (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up repeats/blocks")
-    parser.add_argument("--period", type=int, default=10, help="optimizer steps per timed block")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per kernel and shape (median)")
+    parser.add_argument("--step-repeats", type=int, default=2,
+                        help="timed optimizer steps = 2 × this, after 2 warm-up steps (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per kernel and shape")
     parser.add_argument("--skip-steps", action="store_true", help="only the kernel comparison")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: 1 on CPU, torch's default on CUDA)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -321,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_steps:
         for model in args.models:
             log(f"optimizer steps on {model}")
-            rows += bench_steps(model, device, args.step_repeats, args.warmup, args.period, log)
+            rows += bench_steps(model, device, args.step_repeats, log)
     common = {"device": device.type, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else platform.processor() or platform.machine(), "ranks": 1, "threads": torch.get_num_threads(),
               "torch_version": torch.__version__, "started_at": started, "hostname": platform.node()}
@@ -335,12 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.replace(tmp, args.out)
 
     cols = ["op", "method", "model", "shape", "count", "dtype", "time_s", "ratio_to_baseline", "baseline", "repeats"]
+    step_cols = [*cols[:-1], "regular_step_s", "refresh_step_s", "repeats"]
     print(f"## Optimizer benchmark ({common['device_name']}, {common['threads']} threads, torch {torch.__version__}, "
           f"{time.perf_counter() - t0:.0f} s)\n")
     for op in ("kernel_model", "optimizer_step", "kernel"):
         sel = [r for r in rows if r["op"] == op]
         if sel:
-            print(f"### {op}\n\n{to_markdown(sel, cols)}\n")
+            print(f"### {op}\n\n{to_markdown(sel, step_cols if op == 'optimizer_step' else cols)}\n")
     lines = targets(rows)
     if lines:
         print("### Spectral Newton targets (GPT-2-small shapes)\n\n" + "\n".join(lines) + "\n")

@@ -160,6 +160,12 @@ class OwnerSharding:
     1, both are the same (every matrix is owned by the only rank, nothing is communicated). The
     world and rank are read lazily (first :meth:`setup`), so the optimizer may be built before
     the process group exists.
+
+    Matrices are identified by *position* in the list, not by tensor identity: engines may
+    replace an optimizer's parameters by same-shaped copies after construction (DeepSpeed's
+    fp16/bf16 wrappers at ZeRO-0 hand the client optimizer fp32 master copies, possibly on
+    another device). The methods that touch tensors take the optimizer's current list, and the
+    bucket plan is rebuilt whenever its shapes, dtypes or devices change.
     """
 
     def __init__(
@@ -173,67 +179,88 @@ class OwnerSharding:
             raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)} (got {mode!r})")
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0 (got {bucket_cap_mb})")
-        self.params = list(params)
+        self.shapes = [tuple(p.shape) for p in params]
         self.mode = mode
         self.cap_bytes = max(1, int(bucket_cap_mb * 2**20))
         self.group = group
-        self._index = {id(p): i for i, p in enumerate(self.params)}
         self._ready = False
         self.world, self.rank, self.sharded = 1, 0, False
-        self.costs = [matrix_cost(p.shape) for p in self.params]
-        self.owners: list[int] = [0] * len(self.params)
+        self.costs = [matrix_cost(s) for s in self.shapes]
+        self.owners: list[int] = [0] * len(self.shapes)
         self.buckets: list[Bucket] = []
+        self._plan_key: tuple[Any, ...] | None = None
         self._comm_timer: StepTimer | None = None
         self._bytes = 0
         self._gathered_seconds: list[torch.Tensor] | None = None
 
+    def __len__(self) -> int:
+        return len(self.shapes)
+
     # --- assignment ---------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Read world/rank and build the assignment and the bucket plan (idempotent)."""
+        """Read world/rank and build the assignment (idempotent)."""
         if self._ready:
             return
         if dist.is_available() and dist.is_initialized():
             self.world = dist.get_world_size(self.group)
             self.rank = dist.get_rank(self.group)
         self.sharded = self.mode == "sharded" and self.world > 1
-        if self.sharded:
-            self.owners = lpt_assign(self.costs, self.world)
-            self.buckets = plan_buckets(self.params, self.owners, self.world, self.cap_bytes)
-        else:
-            self.owners = [self.rank] * len(self.params)
+        self.owners = lpt_assign(self.costs, self.world) if self.sharded else [self.rank] * len(self.shapes)
         self._ready = True
 
-    def owns(self, p: torch.Tensor) -> bool:
-        """True if this rank computes the update of matrix parameter ``p``."""
+    def owns_index(self, i: int) -> bool:
+        """True if this rank computes the update of matrix ``i``."""
         self.setup()
-        return self.owners[self._index[id(p)]] == self.rank
+        return self.owners[i] == self.rank
 
     def owned_indices(self) -> list[int]:
         self.setup()
         return [i for i, r in enumerate(self.owners) if r == self.rank]
+
+    def owned_ids(self, params: Sequence[torch.Tensor]) -> set[int]:
+        """``id()`` of the owned tensors among the optimizer's current matrix ``params``."""
+        self._check(params)
+        return {id(p) for i, p in enumerate(params) if self.owners[i] == self.rank}
 
     def loads(self) -> list[float]:
         """Estimated cost assigned to each rank."""
         self.setup()
         return rank_loads(self.costs, self.owners, self.world)
 
+    def _check(self, params: Sequence[torch.Tensor]) -> None:
+        self.setup()
+        shapes = [tuple(p.shape) for p in params]
+        if shapes != self.shapes:
+            raise RuntimeError(
+                "the optimizer's matrix parameters changed shape since it was built (a ZeRO ≥ 1 flat "
+                "partition?); matrix optimizers need whole matrices: use ZeRO stage 0"
+            )
+
     # --- communication ------------------------------------------------------------------------
 
     def _src(self, owner: int) -> int:
         return owner if self.group is None else dist.get_global_rank(self.group, owner)
 
-    def sync_(self) -> None:
-        """Broadcast the owners' new parameter values to every rank (no-op unless sharded)."""
-        self.setup()
+    def _plan(self, params: Sequence[torch.Tensor]) -> list[Bucket]:
+        key = tuple((p.dtype, p.device) for p in params)
+        if key != self._plan_key:
+            self.buckets = plan_buckets(params, self.owners, self.world, self.cap_bytes)
+            self._plan_key = key
+        return self.buckets
+
+    def sync_(self, params: Sequence[torch.Tensor]) -> None:
+        """Broadcast the owners' new values of ``params`` to every rank (no-op unless sharded)."""
+        self._check(params)
         timer = StepTimer()
         nbytes = 0
-        if self.sharded and self.buckets:
-            with timer.measure(self.buckets[0].device):
+        buckets = self._plan(params) if self.sharded else []
+        if buckets:
+            with timer.measure(buckets[0].device):
                 pending = []
-                for b in self.buckets:
+                for b in buckets:
                     if b.owner == self.rank:
-                        buf = torch.cat([self.params[i].detach().reshape(-1) for i in b.indices])
+                        buf = torch.cat([params[i].detach().reshape(-1) for i in b.indices])
                     else:
                         buf = torch.empty(b.numel, dtype=b.dtype, device=b.device)
                     work = dist.broadcast(buf, src=self._src(b.owner), group=self.group, async_op=True)
@@ -244,8 +271,7 @@ class OwnerSharding:
                     if b.owner == self.rank:
                         continue
                     for i, chunk in zip(b.indices, buf.split(list(b.numels)), strict=True):
-                        p = self.params[i]
-                        p.detach().copy_(chunk.view(p.shape))
+                        params[i].detach().copy_(chunk.view(params[i].shape))
         self._comm_timer, self._bytes = timer, nbytes
 
     def _collective_device(self) -> torch.device:
@@ -285,11 +311,11 @@ class OwnerSharding:
 
     # --- checkpoints --------------------------------------------------------------------------
 
-    def gather_state(self, state: Mapping[int, Any], keys: Sequence[int]) -> dict[int, Any]:
-        """Merge the owners' entries of an index-keyed optimizer state (collective when sharded).
+    def gather_state(self, state: Mapping[Any, Any], keys: Sequence[Any]) -> dict[Any, Any]:
+        """Merge the owners' entries of an optimizer state dict's ``state`` (collective when sharded).
 
-        ``keys[i]`` is the state-dict key of matrix parameter ``i``. Entries for other keys
-        (e.g. the AdamW side-car, identical on every rank) are taken from this rank.
+        ``keys[i]`` is the state-dict key of matrix ``i``. Entries for other keys (e.g. the AdamW
+        side-car, identical on every rank) are taken from this rank.
         """
         self.setup()
         merged = dict(state)
@@ -303,15 +329,11 @@ class OwnerSharding:
                 merged.update(part)
         return merged
 
-    def drop_unowned(self, state: dict[Any, Any], tensors: Sequence[Any] | None = None) -> None:
-        """Delete the state entries of matrices this rank does not own (after a full load).
-
-        ``tensors[i]`` is the state key of matrix ``i`` (default: the parameters themselves).
-        """
+    def drop_unowned(self, state: dict[Any, Any], keys: Sequence[Any]) -> None:
+        """Delete the state entries (``keys[i]`` for matrix ``i``) of matrices this rank does not own."""
         self.setup()
         if not self.sharded:
             return
-        keys = self.params if tensors is None else list(tensors)
         for i, r in enumerate(self.owners):
             if r != self.rank:
                 state.pop(keys[i], None)

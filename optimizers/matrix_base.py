@@ -8,7 +8,7 @@ every < 2-D parameter) get AdamW (:func:`optimizers.adamw.adamw_step_`). Each gr
 its real learning rate, so LR schedulers (the training loop's LambdaLR) scale both.
 
 Subclasses implement :meth:`MatrixOptimizer._matrix_step`, which must update only the matrices
-this rank owns (``self.sharding.owns(p)``); the frame then broadcasts the owners' new values
+this rank owns (:meth:`MatrixOptimizer._owns`); the frame then broadcasts the owners' new values
 (:mod:`optimizers.distributed`) and records the step metrics ``precond_time_s``,
 ``comm_time_s``, ``load_imbalance`` and ``bytes_communicated``.
 """
@@ -118,6 +118,7 @@ class MatrixOptimizer(torch.optim.Optimizer):
                 g.setdefault("eps", adamw_eps)
         super().__init__(groups, {**defaults, "adamw_betas": tuple(adamw_betas), "adamw_eps": adamw_eps})
         self.sharding = OwnerSharding(self.matrix_params(), distribution, bucket_cap_mb)
+        self._owned: set[int] = set()
         self._last_timer: StepTimer | None = None
 
     @classmethod
@@ -145,6 +146,10 @@ class MatrixOptimizer(torch.optim.Optimizer):
 
     def matrix_params(self) -> list[torch.Tensor]:
         return [p for g in self.matrix_groups() for p in g["params"]]
+
+    def _owns(self, p: torch.Tensor) -> bool:
+        """True if this rank steps matrix ``p`` in the current step."""
+        return id(p) in self._owned
 
     def _check_matrix_grad(self, p: torch.Tensor, name: str) -> None:
         if p.grad is None:
@@ -195,10 +200,11 @@ class MatrixOptimizer(torch.optim.Optimizer):
                     eps=group["eps"],
                     weight_decay=group["weight_decay"],
                 )
-        self.sharding.setup()
+        params = self.matrix_params()
+        self._owned = self.sharding.owned_ids(params)
         timer = StepTimer()
         self._matrix_step(timer)
-        self.sharding.sync_()
+        self.sharding.sync_(params)
         if self.sharding.world > 1:
             self.sharding.record_load(timer.seconds())
         self._last_timer = timer
@@ -220,4 +226,4 @@ class MatrixOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self.sharding.drop_unowned(self.state)
+        self.sharding.drop_unowned(self.state, self.matrix_params())

@@ -167,7 +167,7 @@ class SpectralNewtonSettings(BaseModel):
 
 
 class MuonSettings(BaseModel):
-    """Muon (timm.optim.Muon, timm 1.0.31) on matrices, conv kernels as out × (in·kh·kw); AdamW for biases,
+    """Muon (timm 1.0.31's timm.optim.muon) on matrices, conv kernels as out × (in·kh·kw); AdamW for biases,
     norms, embeddings and the head (optimizers/muon.py)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -183,6 +183,11 @@ class MuonSettings(BaseModel):
         "original",
         description="Newton–Schulz coefficient preset: original = (3.4445, −4.7750, 2.0315), Keller Jordan's and "
         "torch.optim.Muon's; the others are timm's per-step schedules.",
+    )
+    ns_dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16",
+        description="dtype of the Newton–Schulz iteration: bfloat16 as timm/torch/Keller Jordan; float32 for CPUs "
+        "without native bf16 matmul (~100× faster there).",
     )
     adjust_lr: Literal["original", "match_rms_adamw", "spectral", "none"] = Field(
         "original",
@@ -270,9 +275,9 @@ class SOAPSettings(BaseModel):
     normalize_grads: bool = Field(False, description="Normalise each update to unit RMS.")
     correct_bias: bool = Field(True, description="Adam bias correction √(1 − β₂ᵗ)/(1 − β₁ᵗ).")
     conv_view: Literal["matrix", "tensor"] = Field(
-        "matrix",
-        description="Conv kernels as out × (in·kh·kw) matrices (suite convention) or as 4-D tensors with one "
-        "rotation per dimension (the reference).",
+        "tensor",
+        description="Conv kernels as 4-D tensors with one rotation per dimension (the reference's default) or as "
+        "out × (in·kh·kw) matrices (the suite's matrix convention; dense rotations up to max_precond_dim).",
     )
     adamw_lr: float = _adamw_fields()["adamw_lr"]
     adamw_betas: tuple[float, float] = _adamw_fields()["adamw_betas"]

@@ -24,7 +24,8 @@ max_precond_dim 10000 (larger dimensions are not rotated), merge_dims false, nor
 correct_bias true. One-dimensional parameters never reach SOAP (they are AdamW's), so
 precondition_1d is moot.
 
-Deviations of the package from the reference code, none of which changes the algorithm:
+Deviations of the package from the reference code (nikhilvyas/SOAP at commit a1e5535), none of
+which changes the algorithm:
 
 - The reference keeps M in the rotated basis (projecting it back and forth when Q changes); the
   package keeps M in the original basis and rotates it each step (the paper's Algorithm 3) —
@@ -38,11 +39,17 @@ Deviations of the package from the reference code, none of which changes the alg
   here).
 - ``normalize_grads`` divides by RMS + ε instead of RMS + 1e-30.
 
-Suite choices: conv kernels are handed to SOAP as out × (in·kh·kw) matrices (``conv_view='matrix'``,
-the suite's convention for every matrix optimizer; a view sharing the parameter's storage), where
-the reference would precondition each of the kernel's four dimensions (``conv_view='tensor'``).
-Distribution: SOAP's step runs only on the matrices this rank owns, then the new values are
-broadcast (:mod:`optimizers.distributed`).
+Conv kernels: by default (``conv_view='tensor'``) SOAP gets the 4-D kernel and rotates each of
+its dimensions, as the reference code does (for a 512 × 512 × 3 × 3 kernel: 512, 512, 3 and 3).
+``conv_view='matrix'`` hands it the suite's out × (in·kh·kw) matrix instead (a view sharing the
+parameter's storage), as Muon, Shampoo and Spectral Newton see it — but then ResNet's
+512 × 4608 kernels get dense 4608 × 4608 rotations (max_precond_dim 10000): an eigh at the
+first step, a QR per refresh and three 512·4608² projections per step, which is why the
+reference-faithful view is the default here.
+
+Distribution: SOAP's step runs only on the matrices this rank owns (the others' gradients are
+hidden from the library during its step, so it creates no state for them), then the new values
+are broadcast (:mod:`optimizers.distributed`).
 """
 
 from __future__ import annotations
@@ -86,7 +93,7 @@ class SOAP(MatrixOptimizer):
         merge_dims: bool = False,
         normalize_grads: bool = False,
         correct_bias: bool = True,
-        conv_view: str = "matrix",
+        conv_view: str = "tensor",
         adamw_lr: float = 1e-3,
         adamw_betas: tuple[float, float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
@@ -194,7 +201,7 @@ class SOAP(MatrixOptimizer):
         hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
             for (p, _), v in zip(pairs, self._views, strict=True):
-                owned = p.grad is not None and self.sharding.owns(p)
+                owned = p.grad is not None and self._owns(p)
                 if v is p:
                     if p.grad is not None and not owned:
                         hidden.append((p, p.grad))

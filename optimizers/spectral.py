@@ -13,7 +13,7 @@ and the result is cast back):
 - ``gram``  — eigh of the n × n Gram matrix GᵀG = V Σ² Vᵀ, then ΔW = G V diag(1/(σ^α + d)) Vᵀ
   (since G V = U Σ). Any α. Squaring loses relative accuracy in tiny σ, which the damping makes
   harmless (T ≈ σ/d there).
-- ``solve`` — α = 2 only: ΔW = G (GᵀG + dI)⁻¹ by a Cholesky solve; no decomposition at all.
+- ``solve`` — α = 2 only: ΔW = G (GᵀG + dI)⁻¹ via a Cholesky factorisation; no decomposition at all.
 - ``polar`` — the paper's route: Newton–Schulz iterations for the polar factor Q of G, the
   symmetric PSD n × n factor |G| = QᵀG = V Σ Vᵀ, then ΔW = G (|G|^α + dI)⁻¹ with the inverse
   function evaluated by eigh of |G| (see :func:`_polar`).
@@ -97,12 +97,18 @@ def _gram(G: torch.Tensor, alpha: torch.Tensor, damping: float) -> tuple[torch.T
 
 
 def _solve(G: torch.Tensor, alpha: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
-    # U diag(σ/(σ²+d)) Vᵀ = G (GᵀG + dI)⁻¹ = ((GᵀG + dI)⁻¹ Gᵀ)ᵀ, the system being n × n.
+    # U diag(σ/(σ²+d)) Vᵀ = G (GᵀG + dI)⁻¹, the system being n × n. The n × n inverse comes from
+    # the Cholesky factor (n³ flops) and is applied with one m×n×n GEMM: on CPU this was ~1.4×
+    # faster than two triangular solves with m right-hand sides (same flops, trsm vs gemm), and
+    # as accurate here since d > 0 bounds the condition number by (σ₁² + d)/d.
     n = G.shape[-1]
-    A = G.mT @ G + damping * torch.eye(n, dtype=G.dtype, device=G.device)
+    eye = torch.eye(n, dtype=G.dtype, device=G.device)
+    A = G.mT @ G + damping * eye
     L, info = torch.linalg.cholesky_ex(0.5 * (A + A.mT))
-    out = torch.cholesky_solve(G.mT, L).mT
-    return out, info == 0
+    ok = info == 0
+    L = torch.where(ok[..., None, None], L, eye)  # failed factors: harmless stand-in, result discarded
+    out = G @ torch.cholesky_inverse(L)
+    return out, ok
 
 
 def newton_schulz_polar(G: torch.Tensor, max_steps: int = NS_MAX_STEPS) -> tuple[torch.Tensor, int]:

@@ -218,9 +218,8 @@ class SpectralNewton(torch.optim.Optimizer):
                             f"method 'solve' needs alpha = 2, but parameter {n!r} ({t}) gets alpha {a} "
                             f"under alpha_policy {alpha_policy!r}; use method 'gram' or 'polar'"
                         )
-        self.sharding = OwnerSharding(
-            [p for g in self.param_groups if g["kind"] == "spectral" for p in g["params"]], distribution, bucket_cap_mb
-        )
+        self.sharding = OwnerSharding(self._spectral_params(), distribution, bucket_cap_mb)
+        self._owned: set[int] = set()
         self._last_timer: StepTimer | None = None
         self._last_fallbacks = 0
         self.last_step_stats: dict[str, float] = {}
@@ -272,6 +271,10 @@ class SpectralNewton(torch.optim.Optimizer):
                 return self.alpha_resolver(name, g["layer_types"][g["param_names"].index(name)])
         raise KeyError(name)
 
+    def _spectral_params(self) -> list[torch.Tensor]:
+        """The matrices of the spectral groups, in group order (the sharding's positions)."""
+        return [p for g in self.param_groups if g["kind"] == "spectral" for p in g["params"]]
+
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus the measured α values (so a resumed run keeps them).
 
@@ -280,7 +283,7 @@ class SpectralNewton(torch.optim.Optimizer):
         """
         sd = super().state_dict()
         index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
-        sd["state"] = self.sharding.gather_state(sd["state"], [index[id(p)] for p in self.sharding.params])
+        sd["state"] = self.sharding.gather_state(sd["state"], [index[id(p)] for p in self._spectral_params()])
         sd["measured_alpha"] = dict(self.alpha_resolver.measured)
         return sd
 
@@ -288,7 +291,7 @@ class SpectralNewton(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         measured = state_dict.pop("measured_alpha", {})
         super().load_state_dict(state_dict)
-        self.sharding.drop_unowned(self.state)
+        self.sharding.drop_unowned(self.state, self._spectral_params())
         self.alpha_resolver.measured = {}
         self.alpha_resolver.set_measured(measured)
 
@@ -320,7 +323,7 @@ class SpectralNewton(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         timer = StepTimer()
-        self.sharding.setup()
+        self._owned = self.sharding.owned_ids(self._spectral_params())
         stats = {"fallbacks": 0, "zeroed": 0, "matrices": 0, "ns_steps": 0}
         for group in self.param_groups:
             if group["kind"] == "adamw":
@@ -334,7 +337,7 @@ class SpectralNewton(torch.optim.Optimizer):
                 )
             else:
                 self._spectral_group_step(group, timer, stats)
-        self.sharding.sync_()
+        self.sharding.sync_(self._spectral_params())
         if self.sharding.world > 1:
             self.sharding.record_load(timer.seconds())
         self._last_timer, self._last_fallbacks = timer, stats["fallbacks"]
@@ -376,7 +379,7 @@ class SpectralNewton(torch.optim.Optimizer):
                 )
             if p.grad.is_sparse:
                 raise RuntimeError(f"parameter {name!r}: SpectralNewton does not support sparse gradients")
-            if not self.sharding.owns(p):
+            if id(p) not in self._owned:
                 continue  # another rank transforms it; its new value arrives in sharding.sync_()
             u = self._update_input(p, group)
             mat = u.reshape(u.shape[0], -1)  # conv: out × (in·kh·kw); GPT-2 Conv1D: in × out, T is

@@ -83,8 +83,9 @@ def test_bucket_plan_covers_owned_params_once_and_respects_cap() -> None:
 def test_single_process_owns_everything_and_communicates_nothing() -> None:
     p = [torch.zeros(4, 4), torch.zeros(3, 5)]
     sharding = OwnerSharding(p, "sharded")
-    assert sharding.owns(p[0]) and sharding.owns(p[1]) and not sharding.sharded
-    sharding.sync_()
+    assert sharding.owns_index(0) and sharding.owns_index(1) and not sharding.sharded
+    assert sharding.owned_ids(p) == {id(p[0]), id(p[1])}
+    sharding.sync_(p)
     sharding.record_load(0.5)
     assert sharding.metrics() == {"comm_time_s": 0.0, "load_imbalance": 1.0, "bytes_communicated": 0.0}
     with pytest.raises(ValueError, match="distribution"):
@@ -124,13 +125,16 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
         opt.step()
 
 
+def matrix_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return opt._spectral_params() if hasattr(opt, "_spectral_params") else opt.matrix_params()
+
+
 def matrix_state(opt: torch.optim.Optimizer) -> dict:
     """state of the matrix params (where each optimizer keeps it), keyed by position."""
-    params = opt.sharding.params
-    if hasattr(opt, "inner"):  # Muon (timm) and SOAP (pytorch-optimizer) keep it in the library's optimizer
-        keys = getattr(opt, "_views", None) or params
+    if getattr(opt, "inner", None) is not None:  # SOAP keeps it in pytorch-optimizer's optimizer
+        keys = opt._views
         return {i: opt.inner.state[k] for i, k in enumerate(keys) if k in opt.inner.state and opt.inner.state[k]}
-    return {i: opt.state[p] for i, p in enumerate(params) if p in opt.state and opt.state[p]}
+    return {i: opt.state[p] for i, p in enumerate(matrix_params(opt)) if p in opt.state and opt.state[p]}
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -145,7 +149,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             redundant = optimizers.build(name, redundant_model, distribution="redundant", **settings)
             train(sharded_model, sharded, range(STEPS))
             train(redundant_model, redundant, range(STEPS))
-            names = [n for n, p in sharded_model.named_parameters() if any(p is q for q in sharded.sharding.params)]
+            names = [n for n, p in sharded_model.named_parameters() if any(p is q for q in matrix_params(sharded))]
             res = {
                 "params": {n: p.detach().clone() for n, p in sharded_model.named_parameters()},
                 "max_diff": max((a - b).abs().max().item() for a, b in
