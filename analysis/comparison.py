@@ -128,7 +128,8 @@ def _first(values: pd.Series) -> object:
 def prepare_runs(runs: pd.DataFrame, by: str = "optimizer") -> pd.DataFrame:
     """A copy of ``runs`` with every column the comparison needs, whatever the table's age.
 
-    Adds or fills: ``_opt`` (the optimizer key, column ``by``; ``optimizer_label`` when absent),
+    Adds or fills: ``_opt`` (the optimizer key, column ``by``; ``optimizer_label`` when absent;
+    for ``by="optimizer"`` the config entry ``optimizer_entry`` where recorded),
     ``tuning_index`` (-1), ``search_space`` (``'{}'``), ``status`` (``completed``),
     ``metric_goal`` (from ``metric_name``: perplexity/loss → min, else max), ``_val`` (validation
     metric used for selection: ``best_eval_metric``, else ``final_eval_metric``), ``_final``,
@@ -149,6 +150,11 @@ def prepare_runs(runs: pd.DataFrame, by: str = "optimizer") -> pd.DataFrame:
         fallback = _text(frame, "optimizer", "?")
         frame["optimizer_label"] = frame["optimizer_label"].where(frame["optimizer_label"].notna(), fallback)
     opt = _text(frame, by, None) if by in frame.columns else frame["optimizer_label"]
+    if by == "optimizer" and "optimizer_entry" in frame.columns:
+        # A config entry is the unit of comparison: two entries of one optimizer (two α
+        # policies of Spectral Newton) are two competitors, not one tuning budget.
+        entry = _text(frame, "optimizer_entry", None)
+        opt = entry.where(entry.notna(), opt)
     frame["_opt"] = opt.where(opt.notna(), frame["optimizer_label"]).astype(str)
     tidx = _numeric(frame, "tuning_index").fillna(-1)
     frame["tuning_index"] = tidx.astype(int)

@@ -119,6 +119,11 @@ class ResourcesConfig(_Strict):
     threads_per_worker: int = Field(
         1, gt=0, description="OMP/torch intra-op threads per CPU worker (DeepSpeed on CPU is 4x slower without 1)"
     )
+    peak_tflops: float | None = Field(
+        None, gt=0, description="per-device peak TFLOP/s that MFU is measured against (default: the "
+        "datasheet dense peak of a known GPU at the training precision; on CPU a float32 matmul "
+        "rate measured at trial start)"
+    )
 
 
 class WorkloadConfig(_Strict):
@@ -183,6 +188,14 @@ class OptimizerEntry(_Strict):
         default_factory=dict, description="setting -> search axis, sampled under tuning.budget"
     )
     label: str | None = Field(None, description="display name in reports (default: name plus grid values)")
+    probes: ProbeSchedule | None = Field(
+        None, description="this optimizer's probe schedule, replacing the sweep's `probes` for its "
+        "trials (e.g. only Spectral Newton with alpha_policy: measured needs probes)"
+    )
+
+    def probe_schedule(self, sweep_default: ProbeSchedule) -> ProbeSchedule:
+        """The probe schedule of this entry's trials."""
+        return self.probes if self.probes is not None else sweep_default
 
     @model_validator(mode="after")
     def _grid_not_empty(self) -> OptimizerEntry:
@@ -240,6 +253,19 @@ class SweepConfig(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _measured_alpha_has_probes(self) -> SweepConfig:
+        # Without a probe, "measured" silently falls back to the by-layer-type table: the trial
+        # would be labelled with a policy it never used.
+        for i, e in enumerate(self.optimizers):
+            policies = [e.settings.get("alpha_policy"), *e.grid.get("alpha_policy", [])]
+            if "measured" in policies and not e.probe_schedule(self.probes).enabled:
+                raise ValueError(
+                    f"optimizers[{i}] ({e.label or e.name}): alpha_policy 'measured' needs a probe "
+                    "schedule (the sweep's `probes` or the entry's own `probes`)"
+                )
+        return self
+
 
 class TrialSpec(_Strict):
     """A fully resolved trial: everything a worker needs, nothing more (it runs without Ray)."""
@@ -253,6 +279,9 @@ class TrialSpec(_Strict):
     optimizer_label: str
     optimizer_settings: dict[str, Any]
     workload: WorkloadConfig
+    #: The config entry this trial belongs to (its label, else its name): the unit of a
+    #: comparison, so two entries of one optimizer (e.g. two α policies) are compared apart.
+    optimizer_entry: str = ""
     training: TrainingConfig
     resources: ResourcesConfig
     config_hash: str

@@ -61,6 +61,13 @@ def hardware() -> dict[str, object]:
         info["gpu_count"] = torch.cuda.device_count()
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     try:
+        with open("/proc/cpuinfo") as fh:
+            models = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        if models:
+            info["cpu_model"] = models[0]
+    except OSError:
+        pass
+    try:
         with open("/proc/meminfo") as fh:
             info["memory_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
     except OSError:

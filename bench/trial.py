@@ -42,6 +42,7 @@ from bench.deepspeed_config import deepspeed_config, lr_lambda
 from bench.distributed import all_reduce_sum, rank_and_world
 from bench.results import writer
 from bench.seeds import data_seed, derive_seed, model_init_seed, rank_seed, seed_everything
+from bench.throughput import count_train_flops, device_peak, throughput_columns
 from bench.timing import CallTimer, median_after_warmup, synchronize, timed
 
 Reporter = Callable[[dict[str, Any]], None]
@@ -151,6 +152,11 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
         seed_everything(model_init_seed(spec.seed))
         model = model_registry.build_model(spec.workload.model, task, spec.workload.model_args)
         state["num_parameters"] = sum(p.numel() for p in model.parameters())
+        # Counted before DeepSpeed takes the model (and before the rank seeds), on one sample.
+        x1, y1 = fetch(bundle.train, [0])
+        state["flops_per_sample"] = count_train_flops(model, x1, lambda out: _loss(task.kind, out, y1))
+        peak = device_peak(device, tcfg.precision, spec.resources.peak_tflops)
+        state["peak"] = peak
         seed_everything(rank_seed(spec.seed, rank))
 
         import optimizers
@@ -256,6 +262,10 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
                     # Total probe seconds in the interval (probes are rare; a mean would hide them).
                     "probe_time_s": interval.pop("probe", 0.0),
                 }
+                row.update(throughput_columns(
+                    row["step_time_s"], sampler.global_batch, tokens_per_sample,
+                    state["flops_per_sample"], world, peak,
+                ))
                 # Optimizer metrics are per-step means over the interval, except counters.
                 row.update({k: v if k.endswith("fallbacks") else v / interval_steps for k, v in interval.items()})
                 interval, interval_steps = {}, 0
@@ -373,7 +383,7 @@ def _initial_state() -> dict[str, Any]:
         "status": "failed", "error": "", "step": 0, "best_metric": float("nan"), "best_step": -1,
         "last_eval": (float("nan"), float("nan")), "test": (float("nan"), float("nan")),
         "train_loss": float("nan"), "step_times": [], "task": None, "num_parameters": 0,
-        "resumed_from": 0, "probe_unsupported": [],
+        "resumed_from": 0, "probe_unsupported": [], "flops_per_sample": float("nan"), "peak": None,
     }
 
 
@@ -404,6 +414,7 @@ def _write_run_row(spec: TrialSpec, out_dir: Path, state: dict[str, Any], starte
         "trial_index": spec.trial_index,
         "optimizer": spec.optimizer,
         "optimizer_label": spec.optimizer_label,
+        "optimizer_entry": spec.optimizer_entry or spec.optimizer,
         "optimizer_settings": json.dumps(spec.optimizer_settings, sort_keys=True),
         "tuning_index": spec.tuning_index,
         "search_space": json.dumps(spec.search_space, sort_keys=True),
@@ -429,6 +440,9 @@ def _write_run_row(spec: TrialSpec, out_dir: Path, state: dict[str, Any], starte
         "test_metric": state["test"][1],
         "wall_time_s": time.perf_counter() - t_start,
         "median_step_time_s": median_after_warmup(state["step_times"], tcfg.warmup_steps_excluded),
+        "model_flops_per_sample": state["flops_per_sample"],
+        "peak_flops_per_s": state["peak"].flops_per_s if state["peak"] is not None else float("nan"),
+        "peak_flops_source": state["peak"].source if state["peak"] is not None else "",
         "num_parameters": state["num_parameters"],
         "resumed_from_step": state["resumed_from"],
         "probe_unsupported_json": json.dumps(state["probe_unsupported"], sort_keys=True, default=str),
@@ -443,4 +457,10 @@ def _write_run_row(spec: TrialSpec, out_dir: Path, state: dict[str, Any], starte
     row.update(writer.flatten("config", {k: config[k] for k in ("workload", "training", "resources")}))
     with contextlib.suppress(Exception):
         row.update(writer.flatten("config.optimizer_settings", spec.optimizer_settings))
+    # Throughput at the median step time (after warm-up), the number a comparison should quote.
+    rates = throughput_columns(
+        row["median_step_time_s"], global_batch, task.seq_len if kind == "lm" else 0,
+        state["flops_per_sample"], world, state["peak"],
+    )
+    row.update({f"median_{k}": v for k, v in rates.items()})
     writer.write_rows("runs", [row], out_dir / "runs.parquet")

@@ -129,17 +129,24 @@ def _write_sweep_record(sweep_dir: Path, cfg, trials, fingerprint: str) -> None:
     write_atomic_text(json.dumps(record, indent=2, sort_keys=True), sweep_dir / "sweep.json")
 
 
-def _print_report(results: Path, out: Path | None = None) -> int:
+def _print_report(results: Path, out: Path | None = None, lm_question: bool = False) -> int:
     from analysis import ResultsNotFound, ResultsReadError, SchemaVersionError, build_report
     from analysis.consolidate import write_layer_fits
 
     try:
         write_layer_fits(results)  # the layer_fits table of every probed trial, from its curvature rows
         report = build_report(results, out)
+        if lm_question:
+            from analysis.lm_question import build_lm_question
+
+            lm = build_lm_question(results, report.out_dir)
     except (ResultsNotFound, ResultsReadError, SchemaVersionError) as exc:
         return _fail(str(exc))
     print(report.text)
     print(f"\nreport: {report.report_path}  ({len(report.plot_paths)} plots in {report.out_dir / 'plots'})")
+    if lm_question:
+        print("\n".join(["", "The language-model question:", *(f"  {line}" for line in lm.conclusions)]))
+        print(f"lm question: {lm.markdown_path} and {lm.html_path.name}")
     return 0
 
 
@@ -206,7 +213,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.results)
     if not path.exists():
         raise UsageError(f"results path {path} does not exist")
-    return _print_report(path, Path(args.out) if args.out else None)
+    return _print_report(path, Path(args.out) if args.out else None, lm_question=args.lm_question)
 
 
 # --------------------------------------------------------------------------------------- verify
@@ -404,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables and plots from a results directory")
     p.add_argument("results", help="a sweep directory (<storage>/<name>) or a directory of sweeps")
     p.add_argument("--out", help="where to write report.md and plots (default: <results>/report)")
+    p.add_argument("--lm-question", action="store_true",
+                   help="also write lm_question.md/.html: the α map and optimizer comparison of language "
+                   "models (results: a root holding configs/lm/ sweeps)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("profile", help="time the spectral kernels on every Ray node (writes the profile table)")

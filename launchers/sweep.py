@@ -115,6 +115,7 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                 points = grid_points(entry.grid) or [{}]
                 indices = [-1] * len(points)
             space = {k: v.model_dump(exclude_none=True) for k, v in entry.search.items()}
+            probes = entry.probe_schedule(cfg.probes)
             for tuning_index, point in zip(indices, points, strict=True):
                 settings = {**entry.settings, **point}
                 for seed_index in range(cfg.seeds):
@@ -127,7 +128,7 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                         "world_size": cfg.resources.num_workers,
                         "use_gpu": cfg.resources.use_gpu,
                         "seed": seed,
-                        "probes": cfg.probes.model_dump(mode="json") if cfg.probes.enabled else None,
+                        "probes": probes.model_dump(mode="json") if probes.enabled else None,
                     }
                     digest = _hash(identity)
                     trials.append(
@@ -140,13 +141,14 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                             optimizer=entry.name,
                             optimizer_label=_label(entry.name, entry.label, point),
                             optimizer_settings=settings,
+                            optimizer_entry=entry.label or entry.name,
                             workload=workload,
                             training=cfg.training,
                             resources=cfg.resources,
                             config_hash=digest,
                             tuning_index=tuning_index,
                             search_space=space,
-                            probes=cfg.probes,
+                            probes=probes,
                         )
                     )
     ids = [t.trial_id for t in trials]

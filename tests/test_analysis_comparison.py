@@ -421,3 +421,18 @@ def test_comparison_plots_directly(tables, tmp_path):
         (ci.low, ci.high)
     )
     assert band.loc[10, "low"] == band.loc[10, "high"] == 2.0
+
+
+def test_two_entries_of_one_optimizer_are_compared_as_two_competitors(tables):
+    """Spectral Newton under two α policies is two config entries: each gets its own best
+    setting, instead of one tuning budget that picks the better policy silently."""
+    runs, _ = tables
+    runs = runs.copy()
+    sn_cnn = (runs["optimizer"] == "spectral_newton") & (runs["model"] == "builtin:cnn")
+    runs.loc[sn_cnn, "optimizer_entry"] = np.where(
+        runs.loc[sn_cnn, "optimizer_label"] == "spectral_newton(lr=0.02)", "sn-fixed", "sn-measured")
+    best = best_settings(runs)
+    cnn = best[best["model"] == "builtin:cnn"].set_index("optimizer")
+    assert set(cnn.index) == {"adamw", "sn-fixed", "sn-measured"}
+    assert cnn.loc["sn-measured", "best_setting"] == "spectral_newton(lr=0.05)"
+    assert cnn.loc["sn-fixed", "n_settings"] == 1

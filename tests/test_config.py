@@ -147,3 +147,24 @@ def test_tuning_mistakes_are_reported():
     bad_value = tiny_sweep(tuning={"budget": 2},
                            optimizers=[{"name": "spectral_newton", "search": {"method": {"values": ["svd", "qr"]}}}])
     assert any("qr" in p for p in problems_of(bad_value))
+
+
+def test_an_entry_probe_schedule_replaces_the_sweeps_for_its_trials_only():
+    """Only the measured-α entry probes; its trials carry its schedule (and their ids change with
+    it), the other entries' trials run without probes."""
+    measured = {"name": "spectral_newton", "label": "sn-measured",
+                "settings": {"alpha_policy": "measured"}, "probes": {"at_steps": [2]}}
+    trials = expand(parse_config(tiny_sweep(optimizers=[{"name": "adamw"}, measured])))
+    by_entry = {t.optimizer_entry: t for t in trials}
+    assert set(by_entry) == {"adamw", "sn-measured"}
+    assert not by_entry["adamw"].probes.enabled
+    assert by_entry["sn-measured"].probes.at_steps == [2]
+    other = expand(parse_config(tiny_sweep(optimizers=[{"name": "adamw"}, {**measured, "probes": {"at_steps": [3]}}])))
+    assert {t.trial_id for t in other} & {t.trial_id for t in trials} == {by_entry["adamw"].trial_id}
+
+
+def test_measured_alpha_without_any_probe_is_refused():
+    doc = tiny_sweep(optimizers=[{"name": "spectral_newton", "settings": {"alpha_policy": "measured"}}])
+    assert any("alpha_policy 'measured' needs a probe schedule" in p for p in problems_of(doc))
+    with_sweep_probes = tiny_sweep(optimizers=doc["optimizers"], probes={"at_end": True})
+    assert parse_config(with_sweep_probes).probes.at_end

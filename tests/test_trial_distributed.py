@@ -109,12 +109,22 @@ def test_same_trial_twice_gives_identical_losses(tmp_path):
     assert np.array_equal(a["eval_loss"].to_numpy(), b["eval_loss"].to_numpy(), equal_nan=True)
 
 
-def test_tiny_language_model_trains_under_two_worker_deepspeed(tmp_path):
-    """builtin:transformer on byte-level builtin:text: causal LM loss on packed blocks falls and
-    the evaluation reports perplexity = exp(mean token loss)."""
+@pytest.mark.parametrize(
+    ("model", "model_args"),
+    [
+        ("builtin:transformer", {"d_model": 32, "n_layer": 1, "n_head": 2}),
+        ("hf:gpt2", {"size": "tiny"}),
+        ("hf:llama", {"size": "tiny"}),
+    ],
+    ids=["builtin", "gpt2", "llama"],
+)
+def test_tiny_language_model_trains_under_two_worker_deepspeed(tmp_path, model, model_args):
+    """A causal LM on byte-level builtin:text: the loss on packed blocks falls, the evaluation
+    reports perplexity = exp(mean token loss), and throughput is logged consistently: tokens/s is
+    the global batch's tokens over the step time, MFU is per-device model FLOPs over the
+    measured peak."""
     doc = tiny_sweep(
-        workloads=[{"model": "builtin:transformer", "dataset": "builtin:text",
-                    "model_args": {"d_model": 32, "n_layer": 1, "n_head": 2},
+        workloads=[{"model": model, "dataset": "builtin:text", "model_args": model_args,
                     "dataset_args": {"seq_len": 32, "max_bytes": 200_000}}],
         optimizers=[{"name": "adamw", "settings": {"lr": 0.003}}],
     )
@@ -129,6 +139,14 @@ def test_tiny_language_model_trains_under_two_worker_deepspeed(tmp_path):
     np.testing.assert_allclose(evals["eval_metric"], np.exp(evals["eval_loss"]), rtol=1e-9)
     assert run["tokens_seen"] == 30 * 16 * 32
     assert run["final_eval_metric"] < 257  # better than a uniform guess over the byte vocabulary
+
+    np.testing.assert_allclose(steps["tokens_per_s"], 16 * 32 / steps["step_time_s"], rtol=1e-9)
+    per_device = run["model_flops_per_sample"] * 16 / steps["step_time_s"] / 2
+    np.testing.assert_allclose(steps["mfu"], per_device / run["peak_flops_per_s"], rtol=1e-9)
+    assert run["peak_flops_source"] == "measured-matmul"
+    assert ((steps["mfu"] > 0) & (steps["mfu"] < 1)).all()
+    assert run["median_tokens_per_s"] > 0 and 0 < run["median_mfu"] < 1
+    assert run["optimizer_entry"] == "adamw"
 
 
 def test_divergence_ends_the_trial_as_diverged_with_its_last_good_metrics(tmp_path):

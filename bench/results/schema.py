@@ -23,6 +23,7 @@ RUNS = pa.schema(
         ("trial_index", pa.int32()),
         ("optimizer", pa.string()),
         ("optimizer_label", pa.string()),
+        ("optimizer_entry", pa.string()),  # the config entry (label or name): the unit compared
         ("optimizer_settings", pa.string()),  # JSON of the resolved settings
         ("tuning_index", pa.int32()),  # setting index within the tuning budget; -1 without tuning
         ("search_space", pa.string()),  # JSON of the optimizer's search space ('{}' without tuning)
@@ -48,6 +49,13 @@ RUNS = pa.schema(
         ("test_metric", pa.float64()),
         ("wall_time_s", pa.float64()),
         ("median_step_time_s", pa.float64()),
+        ("median_samples_per_s", pa.float64()),  # at the median step time
+        ("median_tokens_per_s", pa.float64()),  # LM tasks; NaN otherwise
+        ("median_model_flops_per_s", pa.float64()),  # per device
+        ("median_mfu", pa.float64()),
+        ("model_flops_per_sample", pa.float64()),  # one forward + backward, counted by torch
+        ("peak_flops_per_s", pa.float64()),  # the MFU denominator, per device
+        ("peak_flops_source", pa.string()),  # config | datasheet:<GPU> | measured-matmul
         ("resumed_from_step", pa.int64()),
         ("probe_unsupported_json", pa.string()),  # layers the curvature probe could not (fully) measure
         ("num_parameters", pa.int64()),
@@ -80,6 +88,10 @@ STEPS = pa.schema(
         ("optimizer_time_s", pa.float64()),
         ("comm_time_s", pa.float64()),
         ("probe_time_s", pa.float64()),
+        ("samples_per_s", pa.float64()),  # global batch / mean step time of the interval
+        ("tokens_per_s", pa.float64()),  # LM tasks; NaN otherwise
+        ("model_flops_per_s", pa.float64()),  # per device: model FLOPs of a step / step time / ranks
+        ("mfu", pa.float64()),  # model_flops_per_s / runs.peak_flops_per_s
     ]
 )
 

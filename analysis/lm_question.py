@@ -1,0 +1,435 @@
+"""The language-model question (``lm_question.md`` and ``.html``): what α is in a language
+model's layers, and does Spectral Newton help it?
+
+PAPER.md §4 reports α for one synthetic mini GPT-2 (QKV 1.43, attention out 1.17, MLP-up 0.84,
+MLP-down 1.15, its Table 2) and mentions another run with MLP α ≈ 2; its Spectral Newton
+evidence (§5) is vision-only and single-seed. This report reads a results directory holding
+an α-map sweep (``configs/lm/alpha_map*.yaml``) and an optimizer sweep
+(``configs/lm/optimizer_question*.yaml``) and renders:
+
+1. the α map: per model and layer type, medians of α, γ, s, PR_h, β, φ over layers (each
+   trial's last probe), beside the paper's two LM runs, with a verdict per type; α by depth
+   and over training;
+2. the optimizer comparison, per sweep that ran two or more optimizer entries: each entry's
+   best learning rate chosen on validation loss, its seeds' test loss (mean and 95 % t-interval),
+   throughput and MFU, time to target, loss vs tokens and vs wall-clock;
+3. a conclusion drawn by fixed rules from those tables (nothing is written by hand), stating the
+   scale it was measured at.
+
+Like the rest of ``analysis`` it reads only Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.comparison import best_settings, prepare_runs, summarize_time_to_target, time_to_target
+from analysis.curvature import attach_run_info, load_layer_fits, select_step
+from analysis.curvature_report import markdown_table
+from analysis.dataset import load_table
+from analysis.summary import format_number, t_interval
+
+#: PAPER.md §4, Table 2 (mini GPT-2): median α per layer type.
+PAPER_TABLE2 = {"attn_qkv": 1.43, "attn_out": 1.17, "mlp_up": 0.84, "mlp_down": 1.15}
+#: PAPER.md §4: the paper's other GPT-2 run, where MLP layers gave α ≈ 2 (its own summary file
+#: reads 2.08 up / 2.04 down).
+PAPER_OTHER_RUN = {"mlp_up": 2.0, "mlp_down": 2.0}
+#: The paper's "QKV" row covers the query, key and value projections, fused or separate.
+PAPER_TYPE = {"attn_q": "attn_qkv", "attn_k": "attn_qkv", "attn_v": "attn_qkv", "attn_qkv": "attn_qkv",
+              "attn_out": "attn_out", "mlp_up": "mlp_up", "mlp_gate": "mlp_up", "mlp_down": "mlp_down"}
+#: |median α − published| within this counts as agreement: ≈ 2.5 standard errors of a 6-layer
+#: median (the same tolerance as the LM claims of configs/paper/claims.yaml).
+ALPHA_TOLERANCE = 0.25
+#: Exponents summarised in the α map (layer_fits columns).
+MAP_COLUMNS = ("alpha", "gamma", "s", "pr_h", "beta", "phi")
+#: Steps columns this report reads.
+STEPS_COLUMNS = ["trial_id", "step", "tokens_seen", "wall_time_s", "train_loss", "eval_loss",
+                 "step_time_s", "optimizer_time_s", "tokens_per_s", "mfu"]  # fmt: skip
+
+
+@dataclass
+class LMQuestionReport:
+    """What :func:`build_lm_question` wrote and the tables behind it."""
+
+    out_dir: Path
+    markdown_path: Path
+    html_path: Path
+    alpha_map: pd.DataFrame
+    optimizers: pd.DataFrame
+    conclusions: list[str]
+    plot_paths: list[Path] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ α map
+def alpha_map(fits: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, trained with, layer type): layers probed and the median of each exponent of
+    :data:`MAP_COLUMNS` at each trial's last probe, beside the paper's values and a verdict.
+
+    ``verdict`` compares the median α with Table 2 and with the other run (MLP only):
+    ``Table 2`` / ``other run (≈2)`` when within :data:`ALPHA_TOLERANCE` of one of them,
+    ``neither`` otherwise; empty for types the paper did not report.
+    """
+    cols = ["model", "trained_with", "layer_type", "n", *[f"{c}_median" for c in MAP_COLUMNS],
+            "alpha_q25", "alpha_q75", "paper_table2", "paper_other_run", "verdict"]  # fmt: skip
+    if fits.empty:
+        return pd.DataFrame(columns=cols)
+    data = select_step(attach_run_info(fits, runs), "latest")
+    data = data.assign(trained_with=_entry_of(data, runs))
+    data = data[data["task"].isin(["lm", "unknown"])]
+    rows = []
+    for (model, entry, ltype), group in data.groupby(["model", "trained_with", "layer_type"], sort=True):
+        alpha = pd.to_numeric(group["alpha"], errors="coerce").dropna()
+        if alpha.empty:
+            continue
+        row = {"model": model, "trained_with": entry, "layer_type": ltype, "n": len(alpha)}
+        for c in MAP_COLUMNS:
+            values = pd.to_numeric(group[c], errors="coerce").dropna() if c in group.columns else pd.Series([])
+            row[f"{c}_median"] = float(values.median()) if len(values) else math.nan
+        row["alpha_q25"], row["alpha_q75"] = float(alpha.quantile(0.25)), float(alpha.quantile(0.75))
+        paper = PAPER_TYPE.get(ltype)
+        row["paper_table2"] = PAPER_TABLE2.get(paper, math.nan) if paper else math.nan
+        row["paper_other_run"] = PAPER_OTHER_RUN.get(paper, math.nan) if paper else math.nan
+        row["verdict"] = _verdict(row["alpha_median"], row["paper_table2"], row["paper_other_run"])
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=cols)
+    order = {t: i for i, t in enumerate(PAPER_TYPE)}
+    table = table.assign(_o=table["layer_type"].map(lambda t: order.get(t, len(order))))
+    return table.sort_values(["model", "trained_with", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def _verdict(alpha: float, table2: float, other: float) -> str:
+    if not np.isfinite(table2):
+        return ""
+    hits = []
+    if abs(alpha - table2) <= ALPHA_TOLERANCE:
+        hits.append("Table 2")
+    if np.isfinite(other) and abs(alpha - other) <= ALPHA_TOLERANCE:
+        hits.append("other run (≈2)")
+    return " and ".join(hits) or "neither"
+
+
+def _entry_of(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
+    """The optimizer entry (label, else name) each fits row's trial was trained with."""
+    if runs.empty or "trial_path" not in frame.columns:
+        return pd.Series("unknown", index=frame.index)
+    prepared = prepare_runs(runs)
+    lookup = dict(zip(prepared["trial_path"], prepared["_opt"], strict=True)) if "trial_path" in prepared else {}
+    return frame["trial_path"].map(lookup).fillna("unknown")
+
+
+def alpha_over_steps(fits: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Median α per (model, trained with, layer type) at every probed step: is α a property of
+    the layer or of the moment it was probed?"""
+    if fits.empty:
+        return pd.DataFrame()
+    data = attach_run_info(fits, runs)
+    data = data.assign(trained_with=_entry_of(data, runs), _a=pd.to_numeric(data["alpha"], errors="coerce"))
+    data = data[np.isfinite(data["_a"])]
+    if data.empty:
+        return pd.DataFrame()
+    table = data.pivot_table(index=["model", "trained_with", "layer_type"], columns="step", values="_a",
+                             aggfunc="median")
+    table.columns = [f"step {int(c)}" for c in table.columns]
+    return table.reset_index()
+
+
+# ---------------------------------------------------------------------- optimizer comparison
+def optimizer_sweeps(runs: pd.DataFrame) -> list[str]:
+    """Sweeps that compared two or more optimizer entries on a language-modelling workload."""
+    if runs.empty:
+        return []
+    frame = prepare_runs(runs)
+    frame = frame[frame.get("task", pd.Series("lm", index=frame.index)) == "lm"]
+    counts = frame.groupby("sweep_name")["_opt"].nunique()
+    return sorted(counts[counts >= 2].index)
+
+
+def optimizer_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """One row per (sweep, model, optimizer entry): the best setting (chosen on validation loss),
+    its seeds' test loss and perplexity (mean, 95 % t-interval), tokens, wall-clock, median
+    tokens/s and MFU, the optimizer's share of the step time, and time to the target."""
+    rows = []
+    for sweep in optimizer_sweeps(runs):
+        sruns = runs[runs["sweep_name"] == sweep]
+        best = best_settings(sruns)
+        ttt = summarize_time_to_target(time_to_target(steps, sruns))
+        frame = prepare_runs(sruns)
+        for b in best.itertuples():
+            seeds = frame[(frame["_opt"] == b.optimizer) & (frame["optimizer_label"] == b.best_setting)
+                          & (frame["tuning_index"] == b.tuning_index) & (frame["model"] == b.model)]
+            done = seeds[seeds["status"] == "completed"]
+            loss = t_interval(pd.to_numeric(done.get("test_loss"), errors="coerce"))
+            mine = steps[steps["trial_id"].isin(done["trial_id"])] if not steps.empty else steps
+            share = _optimizer_share(mine)
+            t = ttt[(ttt["optimizer"] == b.optimizer) & (ttt["model"] == b.model)]
+            rows.append({
+                "sweep": sweep, "model": b.model, "optimizer": b.optimizer, "rank": b.rank,
+                "best_setting": b.best_setting, "n_settings": b.n_settings,
+                "n_seeds": b.n_seeds, "n_completed": b.n_completed, "n_diverged": b.n_diverged,
+                "test_loss": loss.mean, "test_loss_low": loss.low, "test_loss_high": loss.high,
+                "test_ppl": b.test_metric_mean,
+                "tokens": _mean(done, "tokens_seen"), "wall_time_s": _mean(done, "wall_time_s"),
+                "tokens_per_s": _mean(done, "median_tokens_per_s"), "mfu": _mean(done, "median_mfu"),
+                "optimizer_share": share,
+                "target_ppl": float(t["target"].iloc[0]) if len(t) else math.nan,
+                "reached": f"{int(t['n_reached'].iloc[0])}/{int(t['n_seeds'].iloc[0])}" if len(t) else "",
+                "tokens_to_target": float(t["tokens_mean"].iloc[0]) if len(t) else math.nan,
+                "seconds_to_target": float(t["seconds_mean"].iloc[0]) if len(t) else math.nan,
+            })  # fmt: skip
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values(["sweep", "model", "test_loss"], kind="stable").reset_index(drop=True)
+
+
+def _mean(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame.columns or frame.empty:
+        return math.nan
+    values = pd.to_numeric(frame[column], errors="coerce").dropna()
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _optimizer_share(steps: pd.DataFrame) -> float:
+    """Median over logged intervals of optimizer time / step time."""
+    if steps.empty or not {"optimizer_time_s", "step_time_s"} <= set(steps.columns):
+        return math.nan
+    ratio = pd.to_numeric(steps["optimizer_time_s"], errors="coerce") / pd.to_numeric(steps["step_time_s"], errors="coerce")
+    ratio = ratio[np.isfinite(ratio)]
+    return float(ratio.median()) if len(ratio) else math.nan
+
+
+# ------------------------------------------------------------------------------ conclusions
+def _is_spectral(name: str) -> bool:
+    return name.startswith("spectral_newton")
+
+
+def optimizer_conclusions(table: pd.DataFrame) -> list[str]:
+    """Sentences that follow from the optimizer table by fixed rules.
+
+    Two entries "differ" only when their test-loss 95 % intervals do not overlap; otherwise the
+    data cannot order them at this number of seeds, and the sentence says so.
+    """
+    out: list[str] = []
+    for (sweep, model), group in table.groupby(["sweep", "model"], sort=True):
+        group = group.sort_values("test_loss")
+        best = group.iloc[0]
+        out.append(f"On {model} (sweep `{sweep}`), the lowest mean test loss is {best.optimizer}'s "
+                   f"{format_number(best.test_loss)} (95 % interval {_ci(best)}, {int(best.n_completed)} seeds).")
+        sn = group[group["optimizer"].map(_is_spectral)]
+        adamw = group[group["optimizer"] == "adamw"]
+        if sn.empty:
+            continue
+        top_sn = sn.iloc[0]
+        refs = [("AdamW", adamw)]
+        if best.optimizer != "adamw":
+            refs.append(("the best optimizer", group.iloc[[0]]))
+        for ref_name, ref in refs:
+            if ref.empty or ref.iloc[0].optimizer == top_sn.optimizer:
+                continue
+            r = ref.iloc[0]
+            verdict = _compare(top_sn, r)
+            out.append(f"Best Spectral Newton variant ({top_sn.optimizer}, {format_number(top_sn.test_loss)} "
+                       f"[{_ci(top_sn)}]) vs {ref_name} ({r.optimizer}, {format_number(r.test_loss)} "
+                       f"[{_ci(r)}]): {verdict}.")
+        policies = sn.set_index("optimizer")["test_loss"]
+        if len(policies) > 1:
+            ordered = ", ".join(f"{k} {format_number(v)}" for k, v in policies.sort_values().items())
+            spread = _overlap_all(sn)
+            out.append(f"Among the α policies: {ordered} — {spread}.")
+        lost = group[group["n_diverged"] > 0]
+        for r in lost.itertuples():
+            out.append(f"{r.optimizer}'s chosen setting lost {int(r.n_diverged)} seed(s) to divergence.")
+    return out
+
+
+def _ci(row) -> str:
+    if not (np.isfinite(row.test_loss_low) and np.isfinite(row.test_loss_high)):
+        return "no interval: one seed"
+    return f"{format_number(row.test_loss_low)}–{format_number(row.test_loss_high)}"
+
+
+def _compare(a, b) -> str:
+    if not all(np.isfinite([a.test_loss_low, a.test_loss_high, b.test_loss_low, b.test_loss_high])):
+        return "too few seeds for an interval; no conclusion"
+    if a.test_loss_high < b.test_loss_low:
+        return "Spectral Newton is better (the intervals do not overlap)"
+    if b.test_loss_high < a.test_loss_low:
+        return "Spectral Newton is worse (the intervals do not overlap)"
+    return "the intervals overlap: not distinguishable at this scale and number of seeds"
+
+
+def _overlap_all(rows: pd.DataFrame) -> str:
+    low = pd.to_numeric(rows["test_loss_low"], errors="coerce")
+    high = pd.to_numeric(rows["test_loss_high"], errors="coerce")
+    if low.isna().any() or high.isna().any():
+        return "too few seeds to separate them"
+    if high.min() < low.max():
+        return "at least two of them are separated by non-overlapping intervals"
+    return "their intervals overlap, so the α policy made no measurable difference here"
+
+
+def alpha_conclusions(table: pd.DataFrame) -> list[str]:
+    """Per model and training optimizer: which published LM run the measured α agrees with."""
+    out = []
+    reported = table[table["verdict"] != ""]
+    for (model, entry), group in reported.groupby(["model", "trained_with"], sort=True):
+        parts = [f"{r.layer_type} {format_number(r.alpha_median)} ({r.verdict})" for r in group.itertuples()]
+        agree = int((group["verdict"].str.contains("Table 2")).sum())
+        out.append(f"{model} trained with {entry}: median α " + "; ".join(parts)
+                   + f". {agree} of {len(group)} layer types agree with Table 2 within ±{ALPHA_TOLERANCE}.")
+        mlp_up = group[group["layer_type"] == "mlp_up"]
+        if len(mlp_up):
+            a = float(mlp_up["alpha_median"].iloc[0])
+            side = "below 1, as Table 2 reports" if a < 1 else "not below 1, unlike Table 2"
+            out.append(f"  MLP-up α is {format_number(a)}: {side}.")
+    return out
+
+
+def scale_statement(runs: pd.DataFrame) -> str:
+    """The scale the answer was measured at, from the runs themselves."""
+    if runs.empty:
+        return "No runs."
+    lm = runs[runs.get("task", pd.Series("lm", index=runs.index)) == "lm"]
+    params = pd.to_numeric(lm.get("num_parameters"), errors="coerce")
+    tokens = pd.to_numeric(lm.get("tokens_seen"), errors="coerce")
+    workers = pd.to_numeric(lm.get("world_size"), errors="coerce")
+    hardware = {}
+    if "hardware_json" in lm.columns and len(lm):
+        try:
+            hardware = json.loads(lm["hardware_json"].dropna().iloc[0])
+        except (ValueError, IndexError):
+            hardware = {}
+    if hardware.get("gpu"):
+        device = f"{hardware.get('gpu_count', 1)}× {hardware['gpu']} per node"
+    elif hardware:
+        device = f"a {hardware.get('cpu_count', '?')}-core CPU ({hardware.get('cpu_model') or hardware.get('processor')})"
+    else:
+        device = "an unrecorded device"
+    return (f"Measured on {len(lm)} language-model trials of {_range(params, 'parameters')}, "
+            f"{_range(tokens, 'training tokens')} each, {_range(workers, 'data-parallel worker(s)')} per trial, "
+            f"on {device}.")
+
+
+def _range(values: pd.Series | None, what: str) -> str:
+    if values is None:
+        return f"? {what}"
+    values = values.dropna()
+    if values.empty:
+        return f"? {what}"
+    lo, hi = float(values.min()), float(values.max())
+    text = _si(lo) if lo == hi else f"{_si(lo)}–{_si(hi)}"
+    return f"{text} {what}"
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+# ----------------------------------------------------------------------------------- render
+def build_lm_question(results: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> LMQuestionReport:
+    """Read ``results`` (a storage root holding the α-map and optimizer sweeps, or one sweep)
+    and write ``lm_question.md``, ``lm_question.html`` and ``plots/lm_*.png`` under ``out_dir``."""
+    from analysis.lm_question_plots import plot_alpha_map, plot_loss_curves_lm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_table(results, "runs")
+    steps = load_table(results, "steps")
+    steps = steps[[c for c in STEPS_COLUMNS if c in steps.columns]] if not steps.empty else steps
+    fits = load_layer_fits(results)
+
+    amap = alpha_map(fits, runs)
+    over = alpha_over_steps(fits, runs)
+    opt = optimizer_table(runs, steps)
+    plots: list[Path] = []
+    if not amap.empty:
+        plots += plot_alpha_map(amap, out / "plots")
+    for sweep in optimizer_sweeps(runs):
+        sruns = runs[runs["sweep_name"] == sweep]
+        plots += plot_loss_curves_lm(sruns, steps, opt[opt["sweep"] == sweep], out / "plots", sweep)
+
+    conclusions = optimizer_conclusions(opt) if not opt.empty else []
+    alpha_lines = alpha_conclusions(amap) if not amap.empty else []
+    md = _markdown(runs, amap, over, opt, conclusions, alpha_lines, plots, out)
+    md_path = out / "lm_question.md"
+    md_path.write_text(md)
+    html_path = out / "lm_question.html"
+    html_path.write_text(_html(md))
+    return LMQuestionReport(out, md_path, html_path, amap, opt, alpha_lines + conclusions, plots)
+
+
+def _markdown(runs, amap, over, opt, conclusions, alpha_lines, plots, out: Path) -> str:
+    def link(path: Path) -> str:
+        return f"![{path.stem}]({Path(os.path.relpath(path, out)).as_posix()})"
+
+    lines = [
+        "# Does Spectral Newton help language models, and what is α in their layers?",
+        "",
+        f"_{scale_statement(runs)}_",
+        "",
+        "## Answer at this scale",
+        "",
+    ]
+    lines += [f"- {c}" for c in alpha_lines + conclusions] or ["- No language-model results found."]
+    lines += [
+        "",
+        "These sentences are generated from the tables below by fixed rules (`analysis/lm_question.py`): "
+        f"an α agrees with a published value within ±{ALPHA_TOLERANCE}; two optimizers differ only when "
+        "their 95 % Student-t intervals over seeds do not overlap.",
+        "",
+        "**What a cluster run of the same configs would add.** `configs/lm/alpha_map.yaml` and "
+        "`configs/lm/optimizer_question.yaml` run the same experiments on 10M–350M-parameter GPT-2 and "
+        "Llama models over WikiText-103 with a GPT-2 tokenizer, 3 seeds and 8 Halton-sampled learning "
+        "rates per optimizer: models in the regime the paper's Table 2 speaks about, "
+        "a tuning budget wide enough that a loss is not an artefact of a missed learning rate, and "
+        "enough seeds for intervals narrow enough to separate optimizers that differ by a few percent.",
+        "",
+        "## α map",
+        "",
+        "Medians over layers of each trial's last probe. `trained_with`: the optimizer entry of the "
+        "trial the probe ran in. Paper columns: PAPER.md §4 (Table 2, mini GPT-2) and its other run "
+        "(MLP ≈ 2); the paper's QKV value is compared with q, k and v alike.",
+        "",
+    ]
+    lines += [markdown_table(amap) if not amap.empty else "_No curvature probes in these results._", ""]
+    if not over.empty:
+        lines += ["### α over training (median per layer type at each probed step)", "", markdown_table(over), ""]
+    lines += [link(p) for p in plots if p.name.startswith("lm_alpha")]
+    lines += ["", "## Optimizer comparison", ""]
+    if opt.empty:
+        lines += ["_No sweep with two or more optimizer entries on a language model._"]
+    else:
+        lines += [
+            "Each optimizer entry's learning rates (its equal tuning budget, `n_settings`) are ranked on "
+            "mean best validation perplexity over seeds (a diverged seed ranks a setting last); the chosen "
+            "setting's seeds are reported on the **test** split. `test_loss`: mean token cross-entropy with "
+            "its 95 % interval; `optimizer_share`: median optimizer time / step time; `mfu`: model FLOPs "
+            "per second per worker over the worker's peak (a measured float32 matmul rate on CPU); "
+            "target: the median over optimizers of their final validation perplexity.",
+            "",
+            markdown_table(opt.drop(columns=["sweep"]) if opt["sweep"].nunique() == 1 else opt),
+            "",
+        ]
+        lines += [link(p) for p in plots if p.name.startswith("lm_loss")]
+    return "\n".join(lines) + "\n"
+
+
+def _html(md: str) -> str:
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables"])
+    style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>LM question</title>"
+            f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")

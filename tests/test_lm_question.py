@@ -1,0 +1,148 @@
+"""analysis.lm_question: the α map beside the paper's LM runs, the optimizer comparison with
+95 % intervals, the rule-based conclusions, and the Markdown/HTML report.
+
+Synthetic per-trial Parquet with the writer's schema; every expected value follows from the
+numbers written in this file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+
+from analysis.curvature import load_layer_fits
+from analysis.dataset import METADATA_KEY, SCHEMA_VERSION, load_table
+from analysis.lm_question import (
+    alpha_map,
+    build_lm_question,
+    optimizer_conclusions,
+    optimizer_sweeps,
+    optimizer_table,
+)
+from bench.results import schema as writer_schema
+
+LM = {"model": "hf:gpt2", "dataset": "builtin:text", "task": "lm", "metric_name": "perplexity",
+      "metric_goal": "min", "num_parameters": 3_300_000, "world_size": 1}  # fmt: skip
+#: α per layer type of the α-map sweep's one trial (two layers each: median = mean).
+ALPHAS = {"attn_q": (1.40, 1.50), "attn_out": (1.90, 2.00), "mlp_up": (0.80, 0.90), "mlp_down": (2.00, 2.10)}
+#: optimizer entry → {lr: (best validation perplexity per seed, test loss per seed)}
+ENTRIES = {
+    "adamw": {0.001: ([12.0, 12.2, 12.1], [2.50, 2.52, 2.51]), 0.003: ([13.0, 13.1, 13.2], [2.56, 2.57, 2.58])},
+    "spectral_newton[fixed α=2]": {0.01: ([15.0, 15.5, 15.2], [2.70, 2.74, 2.72]),
+                                   0.03: ([14.0, 14.1, 14.2], [2.64, 2.66, 2.65])},
+    "spectral_newton[measured α]": {0.01: ([14.5, 14.4, 14.6], [2.70, 2.71, 2.72]),
+                                    0.03: ([16.0, 16.0, 16.0], [2.80, 2.80, 2.80])},
+}  # fmt: skip
+
+
+def _write(path, rows, schema=None):
+    frame = pa.Table.from_pylist(
+        [{**({n: None for n in schema.names} if schema else {}), **r, "schema_version": SCHEMA_VERSION} for r in rows],
+        schema=schema.with_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()}) if schema else None,
+    )
+    frame = frame.replace_schema_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(frame, path)
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = tmp_path / "lm"
+    # The α-map sweep: one AdamW trial with layer fits.
+    tdir = root / "amap" / "trials" / "adamw-0"
+    _write(tdir / "runs.parquet", [{**LM, "sweep_name": "amap", "trial_id": "adamw-0", "optimizer": "adamw",
+                                    "optimizer_label": "adamw", "optimizer_entry": "adamw", "status": "completed",
+                                    "seed_index": 0, "tuning_index": -1, "tokens_seen": 400_000}],
+           writer_schema.RUNS)  # fmt: skip
+    fits = [{"sweep_name": "amap", "trial_id": "adamw-0", "step": step, "layer": f"h.{i}.{t}", "layer_type": t,
+             "depth": i, "alpha": a + (0.5 if step == 50 else 0.0), "gamma": 0.5, "s": a * 0.5, "pr_h": 3.0,
+             "beta": 1.0, "phi": a - 1.0}
+            for step in (50, 200) for t, pair in ALPHAS.items() for i, a in enumerate(pair)]  # fmt: skip
+    _write(tdir / "layer_fits.parquet", fits)
+    # The optimizer sweep.
+    n = 0
+    for entry, settings in ENTRIES.items():
+        for tidx, (lr, (vals, tests)) in enumerate(settings.items()):
+            for seed, (val, test) in enumerate(zip(vals, tests, strict=True)):
+                n += 1
+                tid = f"t{n}"
+                opt = entry.split("[")[0]
+                _write(root / "opt" / "trials" / tid / "runs.parquet", [{
+                    **LM, "sweep_name": "opt", "trial_id": tid, "optimizer": opt, "optimizer_entry": entry,
+                    "optimizer_label": f"{entry}(lr={lr})", "optimizer_settings": json.dumps({"lr": lr}),
+                    "tuning_index": tidx, "search_space": json.dumps({"lr": {"values": list(settings)}}),
+                    "seed_index": seed, "seed": seed, "status": "completed", "best_eval_metric": val,
+                    "final_eval_metric": val, "test_loss": test, "test_metric": float(pd.Series([test]).map(
+                        lambda x: 2.718281828459045 ** x).iloc[0]),
+                    "tokens_seen": 400_000, "wall_time_s": 100.0, "median_tokens_per_s": 4000.0, "median_mfu": 0.1,
+                }], writer_schema.RUNS)  # fmt: skip
+                _write(root / "opt" / "trials" / tid / "steps.parquet", [
+                    {"trial_id": tid, "step": s, "tokens_seen": s * 2048, "wall_time_s": s * 0.5,
+                     "eval_loss": 3.0 - s / 100 * (1 if opt == "adamw" else 0.8), "eval_metric": val,
+                     "step_time_s": 0.5, "optimizer_time_s": 0.1 if opt == "adamw" else 0.2}
+                    for s in (50, 100, 150, 200)], writer_schema.STEPS)  # fmt: skip
+    return root
+
+
+def test_alpha_map_compares_each_type_with_both_published_runs(results):
+    runs = load_table(results, "runs")
+    table = alpha_map(load_layer_fits(results), runs).set_index("layer_type")
+    # The latest probe (step 200) only: step 50's α is 0.5 higher everywhere.
+    assert table.loc["attn_q", "alpha_median"] == pytest.approx(1.45)
+    assert table.loc["attn_q", "paper_table2"] == 1.43
+    assert table.loc["attn_q", "verdict"] == "Table 2"
+    assert table.loc["attn_out", "verdict"] == "neither"  # 1.95 vs 1.17; no other-run value
+    assert table.loc["mlp_up", "verdict"] == "Table 2"  # 0.85 vs 0.84
+    assert table.loc["mlp_down", "verdict"] == "other run (≈2)"  # 2.05 vs 1.15 / 2.0
+    assert table.loc["mlp_down", "phi_median"] == pytest.approx(1.05)
+    assert set(table["trained_with"]) == {"adamw"}
+
+
+def test_optimizer_table_picks_on_validation_and_reports_test_intervals(results):
+    runs = load_table(results, "runs")
+    steps = load_table(results, "steps")
+    assert optimizer_sweeps(runs) == ["opt"]  # the one-entry α-map sweep is not a comparison
+    table = optimizer_table(runs, steps).set_index("optimizer")
+    assert list(table.index) == ["adamw", "spectral_newton[fixed α=2]", "spectral_newton[measured α]"]
+    assert table.loc["spectral_newton[fixed α=2]", "best_setting"] == "spectral_newton[fixed α=2](lr=0.03)"
+    assert table.loc["spectral_newton[measured α]", "best_setting"] == "spectral_newton[measured α](lr=0.01)"
+    tests = [2.50, 2.52, 2.51]
+    half = stats.t.ppf(0.975, 2) * pd.Series(tests).std(ddof=1) / 3**0.5
+    assert table.loc["adamw", "test_loss"] == pytest.approx(2.51)
+    assert table.loc["adamw", "test_loss_high"] == pytest.approx(2.51 + half)
+    assert table.loc["adamw", "n_settings"] == 2
+    assert table.loc["adamw", "optimizer_share"] == pytest.approx(0.2)
+    assert table.loc["spectral_newton[fixed α=2]", "optimizer_share"] == pytest.approx(0.4)
+
+    lines = optimizer_conclusions(table.reset_index())
+    assert any("lowest mean test loss is adamw" in line for line in lines)
+    assert any("vs AdamW" in line and "Spectral Newton is worse (the intervals do not overlap)" in line
+               for line in lines)
+    assert any(line.startswith("Among the α policies") and "separated" in line for line in lines)
+
+
+def test_overlapping_intervals_are_not_called_a_difference(results):
+    runs = load_table(results, "runs")
+    table = optimizer_table(runs, load_table(results, "steps"))
+    sn = table["optimizer"] == "spectral_newton[measured α]"
+    table.loc[sn, ["test_loss", "test_loss_low", "test_loss_high"]] = [2.505, 2.40, 2.61]
+    lines = optimizer_conclusions(table)
+    assert any("vs AdamW" in line and "intervals overlap" in line for line in lines)
+
+
+def test_report_files_are_written(results, tmp_path):
+    report = build_lm_question(results, tmp_path / "out")
+    md = report.markdown_path.read_text()
+    assert "## α map" in md and "## Optimizer comparison" in md and "Measured on 19 language-model trials" in md
+    assert "3.3M parameters" in md
+    html = report.html_path.read_text()
+    assert "<table>" in html and "<img" in html
+    names = {p.name for p in report.plot_paths}
+    assert "lm_alpha_map.png" in names
+    assert any(n.startswith("lm_loss_vs_tokens_opt") for n in names)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in report.plot_paths)
