@@ -154,6 +154,28 @@ def _trial_fn(config: dict[str, Any]) -> None:
     trainer.fit()
 
 
+def concurrent_trials(res, cluster: dict[str, float] | None = None) -> int:
+    """Trials run at once: the config's cap, else as many worker groups as the cluster holds.
+
+    Without a cap Tune starts a coordinator actor (and its queue actor) for every pending trial
+    at once, since each asks only ``TRIAL_ACTOR_CPU``; on a small machine a 28-trial sweep then
+    spends its cores starting ~90 idle processes. The worker groups are the real limit, so the
+    default is the number that fit: ``⌊CPUs / (workers · cpus_per_worker)⌋`` (GPUs / workers
+    with ``use_gpu``), at least 1.
+    """
+    if res.max_concurrent_trials is not None:
+        return res.max_concurrent_trials
+    import ray
+
+    total = cluster if cluster is not None else ray.cluster_resources()
+    if res.use_gpu:
+        fit = total.get("GPU", 0) // res.num_workers
+    else:
+        # The trial coordinators' small CPU share is taken off first.
+        fit = (total.get("CPU", 0) + 1e-9) // (res.num_workers * res.cpus_per_worker + TRIAL_ACTOR_CPU)
+    return max(1, int(fit))
+
+
 def run_trials(
     cfg: SweepConfig,
     trials: list[TrialSpec],
@@ -195,7 +217,7 @@ def run_trials(
     tuner = tune.Tuner(
         tune.with_resources(_trial_fn, {"CPU": TRIAL_ACTOR_CPU}),
         param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=cfg.resources.max_concurrent_trials),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_trials(cfg.resources)),
         run_config=tune.RunConfig(
             # A fresh Tune experiment per invocation: resuming is ours (Parquet + checkpoints),
             # not Tune's, so an earlier invocation's experiment state is never restored.

@@ -168,3 +168,16 @@ def test_measured_alpha_without_any_probe_is_refused():
     assert any("alpha_policy 'measured' needs a probe schedule" in p for p in problems_of(doc))
     with_sweep_probes = tiny_sweep(optimizers=doc["optimizers"], probes={"at_end": True})
     assert parse_config(with_sweep_probes).probes.at_end
+
+
+def test_concurrent_trials_default_to_the_worker_groups_that_fit():
+    from bench.config import ResourcesConfig
+    from launchers.ray_runner import concurrent_trials
+
+    cpu = {"CPU": 2.0}
+    assert concurrent_trials(ResourcesConfig(num_workers=2, cpus_per_worker=0.49), cpu) == 2
+    assert concurrent_trials(ResourcesConfig(num_workers=1, cpus_per_worker=0.99), cpu) == 2
+    assert concurrent_trials(ResourcesConfig(num_workers=1, cpus_per_worker=1.0), cpu) == 1
+    assert concurrent_trials(ResourcesConfig(num_workers=8, use_gpu=True), {"CPU": 64.0, "GPU": 16.0}) == 2
+    assert concurrent_trials(ResourcesConfig(num_workers=2, max_concurrent_trials=5), cpu) == 5
+    assert concurrent_trials(ResourcesConfig(num_workers=4, cpus_per_worker=1.0), cpu) == 1
