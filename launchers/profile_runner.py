@@ -63,6 +63,96 @@ def _profile_job(config: dict[str, Any], job_id: str, node_id: str) -> dict[str,
     }
 
 
+def _probe_overhead_job(config: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """Body of the probe-overhead Ray task: measure, write ``profile.parquet``, return its path."""
+    import warnings
+
+    import torch
+
+    from bench.profile.config import ProfileConfig
+    from bench.profile.probe_overhead import measure_probe_overhead
+    from bench.results.writer import trial_dir, write_rows
+
+    warnings.filterwarnings("ignore")
+    cfg = ProfileConfig.model_validate(config)
+    po = cfg.probe_overhead
+    torch.set_num_threads(po.threads)
+    path = trial_dir(cfg.storage, cfg.name, job_id) / "profile.parquet"
+    rows: list[dict[str, Any]] = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        rows = measure_probe_overhead(
+            widths=po.widths, probe_batches=po.probe_batches, top_ks=po.top_ks,
+            default=(po.default_width, po.default_probe_batch, po.default_top_k), n_layer=po.n_layer,
+            n_head=po.n_head, seq_len=po.seq_len, train_batch=po.train_batch, interval=po.interval,
+            warmup=po.warmup, steps=po.steps, max_bytes=po.max_bytes, seed=cfg.seed,
+            sweep_name=cfg.name, job_id=job_id, log=log, on_row=lambda done: write_rows("profile", done, path),
+        )
+    finally:
+        if rows:
+            write_rows("profile", rows, path)
+    return {"path": str(path.resolve()), "rows": len(rows)}
+
+
+def _spectral_step_worker(config: dict[str, Any]) -> None:
+    """Body of every Ray Train worker of the spectral-step measurement (one process group of P)."""
+    import warnings
+
+    import ray.train
+    import torch
+
+    from bench.distributed import configure_cpu_threads
+    from bench.profile.config import ProfileConfig
+    from bench.profile.spectral_step import measure_spectral_step
+    from bench.results.writer import trial_dir, write_rows
+
+    warnings.filterwarnings("ignore")
+    cfg = ProfileConfig.model_validate(config["profile"])
+    ss = cfg.spectral_step
+    use_gpu = config["use_gpu"]
+    if use_gpu:
+        device = torch.device("cuda", ray.train.get_context().get_local_rank())
+    else:
+        configure_cpu_threads(ss.threads_per_rank)
+        device = torch.device("cpu")
+    rows = measure_spectral_step(blocks=ss.blocks, dim=ss.dim, method=ss.method, warmup=ss.warmup,
+                                 repeats=ss.repeats, seed=cfg.seed, device=device, sweep_name=cfg.name,
+                                 job_id=config["job_id"])
+    if ray.train.get_context().get_world_rank() == 0:
+        write_rows("profile", rows, trial_dir(cfg.storage, cfg.name, config["job_id"]) / "profile.parquet")
+
+
+def run_spectral_step(cfg: ProfileConfig, ranks: int, use_gpu: bool, log: Callable[[str], None] | None) -> Path:
+    """One Ray Train worker group of ``ranks`` workers measuring the spectral step; returns the
+    Parquet it wrote (``<storage>/<name>/trials/<name>-spectral-step-p<P>/profile.parquet``)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from bench.results.writer import trial_dir
+
+    ss = cfg.spectral_step
+    job_id = f"{cfg.name}-spectral-step-p{ranks}"
+    sweep_dir = (Path(cfg.storage) / cfg.name).resolve()
+    trainer = TorchTrainer(
+        _spectral_step_worker,
+        train_loop_config={"profile": cfg.model_dump(mode="json"), "job_id": job_id, "use_gpu": use_gpu},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ranks, use_gpu=use_gpu,
+            resources_per_worker=None if use_gpu else {"CPU": ss.cpus_per_rank},
+        ),
+        run_config=ray.train.RunConfig(name=job_id, storage_path=str(sweep_dir / "_ray")),
+    )
+    trainer.fit()
+    path = trial_dir(cfg.storage, cfg.name, job_id) / "profile.parquet"
+    if log:
+        log(f"  spectral step at P={ranks} → {path}")
+    return path
+
+
 def alive_nodes() -> list[dict[str, Any]]:
     """``ray.nodes()`` entries of the alive nodes."""
     import ray
@@ -114,20 +204,43 @@ def run_profile(
     started = not ray.is_initialized()
     if started:
         start_ray(address, verbose=verbose)
+    paths: list[Path] = []
     try:
-        job = ray.remote(_profile_job)
-        refs = []
-        for node in alive_nodes():
-            node_id = node["NodeID"]
-            host = node.get("NodeManagerHostname") or node.get("NodeManagerAddress") or "node"
-            job_id = _job_id(cfg.name, host, node_id)
-            refs.append(job.options(**node_job_options(cfg, node)).remote(cfg.model_dump(mode="json"), job_id, node_id))
+        if cfg.profiles:
+            paths += _run_kernel_jobs(cfg, log)
+        if cfg.probe_overhead is not None:
+            job_id = f"{cfg.name}-probe-overhead"
+            opts = {"num_cpus": min(cfg.probe_overhead.threads, ray.cluster_resources().get("CPU", 1.0)), "max_retries": 0}
             if log:
-                log(f"profile '{cfg.name}': job {job_id} on node {node_id[:8]} ({host})")
-        results = ray.get(refs)
+                log(f"profile '{cfg.name}': probe overhead job {job_id}")
+            result = ray.get(ray.remote(_probe_overhead_job).options(**opts).remote(cfg.model_dump(mode="json"), job_id))
+            paths.append(Path(result["path"]))
+            if log:
+                log(f"  {result['rows']} probe-overhead points → {result['path']}")
+        if cfg.spectral_step is not None:
+            use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+            for ranks in cfg.spectral_step.ranks:
+                paths.append(run_spectral_step(cfg, ranks, use_gpu, log))
     finally:
         if started:
             ray.shutdown()
+    return paths
+
+
+def _run_kernel_jobs(cfg: ProfileConfig, log: Callable[[str], None] | None) -> list[Path]:
+    """One kernel-profile task per alive node; returns the Parquet files they wrote."""
+    import ray
+
+    job = ray.remote(_profile_job)
+    refs = []
+    for node in alive_nodes():
+        node_id = node["NodeID"]
+        host = node.get("NodeManagerHostname") or node.get("NodeManagerAddress") or "node"
+        job_id = _job_id(cfg.name, host, node_id)
+        refs.append(job.options(**node_job_options(cfg, node)).remote(cfg.model_dump(mode="json"), job_id, node_id))
+        if log:
+            log(f"profile '{cfg.name}': job {job_id} on node {node_id[:8]} ({host})")
+    results = ray.get(refs)
     if log:
         for r in results:
             log(f"  {r['ok']}/{r['kernels']} kernels ok → {r['path']}")
@@ -158,5 +271,9 @@ def cli_profile(args) -> int:
     paths = run_profile(cfg, address=getattr(args, "address", None), verbose=getattr(args, "verbose", False), log=log)
     for p in paths:
         print(p)
+    if cfg.spectral_step is not None or cfg.probe_overhead is not None:
+        from analysis.scaling_report import build_scaling_report
+
+        print(build_scaling_report(target).text)
     print(f"analyse with: python -m analysis.cost_report {target} --name <device-profile-name>", file=sys.stderr)
     return 0

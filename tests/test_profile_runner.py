@@ -22,7 +22,7 @@ def tiny(tmp_path, **overrides):
 
 
 def test_shipped_configs_are_valid():
-    for name in ("tiny", "kernels_cpu", "kernels", "kernels_gpu"):
+    for name in ("tiny", "kernels_cpu", "kernels", "kernels_gpu", "spectral_step_cpu", "probe_overhead_cpu", "scaling_tiny"):
         load_profile_config(REPO / "configs" / "profile" / f"{name}.yaml")
 
 
@@ -121,3 +121,59 @@ def test_cli_body_raises_the_cli_config_error(tmp_path):
     with pytest.raises(ConfigError) as err:  # launchers.cli.main maps it to exit status 2
         cli_profile(argparse.Namespace(config=str(bad), storage=None, name=None, address=None, verbose=False))
     assert "invalid profile config" in err.value.render() and "repeats" in err.value.render()
+
+
+def test_scaling_measurements_through_real_ray(tmp_path):
+    """The spectral step at P = 1 and 2 (a real 2-worker gloo group under Ray Train) and the probe
+    overhead, end to end: rows are consistent with their own definitions, the sharded step moves
+    bytes only at P = 2 and leaves the parameters equal to the redundant run's, and the report
+    states both targets."""
+    ray = pytest.importorskip("ray")
+    from analysis.dataset import load_table
+    from analysis.scaling_report import build_scaling_report
+    from launchers.profile_runner import run_profile
+
+    raw = yaml.safe_load((REPO / "configs" / "profile" / "scaling_tiny.yaml").read_text())
+    raw["storage"] = str(tmp_path / "results")
+    cfg = parse_profile_config(raw, "scaling_tiny")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
+    try:
+        paths = run_profile(cfg)
+    finally:
+        ray.shutdown()
+    assert len(paths) == 3 and all(p.is_file() for p in paths)
+    results = tmp_path / "results" / "scaling-tiny"
+    df = load_table(results, "profile")
+
+    step = df[df["op"] == "spectral_step"].set_index(["ranks", "phase"])
+    assert set(step.index) == {(1, "redundant"), (1, "sharded"), (2, "redundant"), (2, "sharded")}
+    assert step.loc[(2, "sharded"), "bytes"] > 0 and step.loc[(1, "sharded"), "bytes"] == 0
+    # Redundant ranks exchange only a few bytes of bookkeeping (the non-finite check).
+    assert step.loc[(2, "redundant"), "bytes"] < 0.01 * step.loc[(2, "sharded"), "bytes"]
+    for key, row in step.iterrows():
+        assert row["seconds"] > 0 and row["max_abs_diff_vs_redundant"] <= 1e-6 * row["max_abs_param"], key
+        assert math.isclose(row["speedup_vs_redundant"], step.loc[(key[0], "redundant"), "seconds"] / row["seconds"])
+    assert step.loc[(2, "sharded"), "count"] == 4  # one block: c_attn, attn c_proj, c_fc, mlp c_proj
+
+    probe = df[df["op"] == "probe_overhead"].set_index("phase")
+    assert set(probe.index) == {"default", "width", "probe_batch", "top_k"}
+    for _, row in probe.iterrows():
+        assert math.isclose(row["probe_to_step"], row["seconds"] / row["step_seconds"])
+        assert math.isclose(row["overhead_at_interval"], row["seconds"] / (100 * row["step_seconds"]))
+        assert math.isclose(row["interval_for_1pct"], 5 * row["interval_for_5pct"])
+        phases = row[["hvp_seconds", "grad_svd_seconds", "factors_seconds", "eigh_seconds"]]
+        assert (phases >= 0).all() and phases.sum() <= row["seconds"]
+        assert row["count"] == 7  # q, k, v, attn out, MLP up, MLP down of one block, and the head
+    assert probe.loc["width", "shape_m"] == 16 and probe.loc["top_k", "k"] == 2
+
+    report = build_scaling_report(results, tmp_path / "rep")
+    assert "Target ≥ 1.6× at P = 2" in report.text and "interval 100" in report.text
+    assert {p.name for p in report.plot_paths} == {"spectral_step_speedup.png", "probe_overhead.png"}
+
+
+def test_probe_overhead_plan_varies_one_factor_at_a_time():
+    from bench.profile.probe_overhead import plan_points
+
+    points = plan_points([16, 32], [64, 128], [4, 8], default=(32, 128, 8))
+    assert points == [("default", 32, 128, 8), ("width", 16, 128, 8), ("probe_batch", 32, 64, 8),
+                      ("top_k", 32, 128, 4)]

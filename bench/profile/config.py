@@ -91,6 +91,43 @@ class ProfileResources(_Strict):
     num_gpus: float = Field(1.0, ge=0, description="GPUs per job on nodes that have GPUs (0: CPU only)")
 
 
+class SpectralStepConfig(_Strict):
+    """The distributed spectral step (`bench.profile.spectral_step`): sharded vs redundant at P ranks."""
+
+    ranks: list[int] = Field(default_factory=lambda: [1, 2], min_length=1, description="process-group sizes P "
+                             "to measure (each a Ray Train worker group of P workers)")
+    blocks: int = Field(12, gt=0, description="GPT-2 transformer blocks whose matrices are stepped (12: GPT-2 small)")
+    dim: int = Field(768, gt=0, description="model width of the blocks (768: GPT-2 small)")
+    method: Literal["solve", "gram", "svd", "polar"] = Field("solve", description="Spectral Newton's method")
+    repeats: int = Field(5, gt=0, description="timed steps per distribution (the median is reported)")
+    warmup: int = Field(2, ge=1, description="untimed steps first (state creation, allocator growth)")
+    cpus_per_rank: float = Field(1.0, gt=0, description="Ray CPUs per worker (CPU runs)")
+    threads_per_rank: int = Field(1, gt=0, description="torch threads per CPU worker")
+
+
+class ProbeOverheadConfig(_Strict):
+    """Φ_k-estimation overhead against the training step (`bench.profile.probe_overhead`)."""
+
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1,
+                              description="d_model of the built-in transformer, varied at the default batch and K")
+    probe_batches: list[int] = Field(default_factory=lambda: [256, 1024, 2048], min_length=1,
+                                     description="probe batch sizes, varied at the default width and K")
+    top_ks: list[int] = Field(default_factory=lambda: [5, 10, 20], min_length=1,
+                              description="directions K per layer, varied at the default width and batch")
+    default_width: int = Field(64, gt=0, description="width of the default point (the built-in transformer's)")
+    default_probe_batch: int = Field(2048, gt=0, description="probe batch of the default point (the probe's default)")
+    default_top_k: int = Field(20, gt=0, description="K of the default point (the probe's default)")
+    n_layer: int = Field(2, gt=0, description="transformer blocks")
+    n_head: int = Field(4, gt=0, description="attention heads (must divide every width)")
+    seq_len: int = Field(64, gt=0, description="tokens per sample")
+    train_batch: int = Field(32, gt=0, description="samples per training step")
+    interval: int = Field(100, gt=0, description="probe interval (steps) for the amortised overhead")
+    steps: int = Field(10, gt=0, description="timed training steps before and after each probe")
+    warmup: int = Field(3, ge=0, description="untimed training steps first")
+    max_bytes: int = Field(400_000, gt=0, description="size of the builtin:text corpus the batches come from")
+    threads: int = Field(1, gt=0, description="torch threads of the job")
+
+
 class ProfileConfig(_Strict):
     """A kernel profile: measured once per Ray node (or once by ``python -m bench.profile.runner``)."""
 
@@ -133,12 +170,25 @@ class ProfileConfig(_Strict):
         "op=shape rows (the cost model's whole-model predictions use them)"
     )
     resources: ProfileResources = Field(default_factory=ProfileResources)
-    profiles: list[ProfileEntry] = Field(..., min_length=1, description="groups of measurements")
+    profiles: list[ProfileEntry] = Field(default_factory=list, description="groups of kernel measurements")
+    spectral_step: SpectralStepConfig | None = Field(
+        None, description="also time the sharded vs redundant Spectral Newton step at each P"
+    )
+    probe_overhead: ProbeOverheadConfig | None = Field(
+        None, description="also measure the curvature probe's cost against the training step"
+    )
 
 
 def semantic_problems(cfg: ProfileConfig) -> list[str]:
     """Problems pydantic cannot see: unknown names, entries that select nothing."""
     problems: list[str] = []
+    if not cfg.profiles and cfg.spectral_step is None and cfg.probe_overhead is None:
+        problems.append("nothing to measure: give profiles, spectral_step or probe_overhead")
+    if cfg.probe_overhead is not None:
+        po = cfg.probe_overhead
+        bad = sorted({w for w in [*po.widths, po.default_width] if w % po.n_head})
+        if bad:
+            problems.append(f"probe_overhead.widths: {bad} not divisible by n_head {po.n_head}")
     known = set(shape_sets.available())
     for name in cfg.catalog_models:
         if name not in known:

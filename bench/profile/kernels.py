@@ -230,7 +230,7 @@ def _time_calls(fn: Callable[[], object], device: torch.device, calls: int) -> l
     return times
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
+def quantile(sorted_values: list[float], q: float) -> float:
     """Linear-interpolation quantile of an already sorted list."""
     if not sorted_values:
         return math.nan
@@ -377,8 +377,8 @@ def finish_row(
         ns_steps = F.NS_STEPS if method == "ns5" else None
     flops = F.method_flops(method, m, n, batch=batch, top_k=top_k, niter=niter, ns_steps=ns_steps)
     row.update(
-        seconds=seconds, seconds_min=ordered[0], seconds_p25=_quantile(ordered, 0.25),
-        seconds_p75=_quantile(ordered, 0.75), repeats=len(pk.times), rounds=pk.rounds, inner=pk.inner,
+        seconds=seconds, seconds_min=ordered[0], seconds_p25=quantile(ordered, 0.25),
+        seconds_p75=quantile(ordered, 0.75), repeats=len(pk.times), rounds=pk.rounds, inner=pk.inner,
         first_call_seconds=pk.first, flops=flops, flops_per_s=flops / seconds if seconds > 0 else math.nan,
         ns_steps=ns_steps, fallbacks=pk.state.get("fallbacks"),
     )

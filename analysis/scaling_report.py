@@ -1,0 +1,190 @@
+"""The distributed spectral step and the probe overhead, from the ``profile`` table.
+
+``specbench profile`` writes ``op=spectral_step`` rows (`bench.profile.spectral_step`: one per
+distribution and P) and ``op=probe_overhead`` rows (`bench.profile.probe_overhead`: one per
+probe setting). This module turns them into the report's tables and two figures — speedup vs
+ranks, probe overhead vs width (and batch, K) — and states the issue's targets against them::
+
+    python -m analysis.scaling_report RESULTS [--out DIR]
+
+Reads only Parquet.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.dataset import load_table
+
+#: Targets of the estimation-cost issue.
+SPEEDUP_TARGET = 1.6  # sharded vs redundant at P = 2
+OVERHEAD_TARGET = 0.05  # probe overhead at the configured interval (100 steps)
+
+
+@dataclass
+class ScalingReport:
+    text: str
+    step: pd.DataFrame
+    overhead: pd.DataFrame
+    plot_paths: list[Path] = field(default_factory=list)
+
+
+def spectral_step_table(profile: pd.DataFrame) -> pd.DataFrame:
+    """One row per (P, distribution): step time, compute, communication, bytes, imbalance,
+    speedup over redundant at the same P, and the largest parameter deviation from redundant."""
+    cols = ["ranks", "phase", "method", "shape_set", "seconds", "compute_seconds", "comm_seconds", "bytes",
+            "load_imbalance", "speedup_vs_redundant", "max_abs_diff_vs_redundant", "max_abs_param", "device"]
+    if profile.empty or "op" not in profile.columns:
+        return pd.DataFrame(columns=cols)
+    rows = profile[profile["op"] == "spectral_step"]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    rows = rows[[c for c in cols if c in rows.columns]].rename(columns={"phase": "distribution"})
+    return rows.sort_values(["ranks", "distribution"]).reset_index(drop=True)
+
+
+def probe_overhead_table(profile: pd.DataFrame) -> pd.DataFrame:
+    """The ``op=probe_overhead`` rows: what was varied, the point, probe and step seconds, the
+    ratio, overhead at the interval, the intervals for 5 % and 1 %, and the phase split."""
+    cols = ["phase", "shape_m", "batch", "k", "count", "seconds", "step_seconds", "probe_to_step", "interval",
+            "overhead_at_interval", "interval_for_5pct", "interval_for_1pct", "hvp_seconds", "grad_svd_seconds",
+            "factors_seconds", "eigh_seconds"]
+    if profile.empty or "op" not in profile.columns:
+        return pd.DataFrame(columns=cols)
+    rows = profile[profile["op"] == "probe_overhead"]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    out = rows[[c for c in cols if c in rows.columns]].rename(
+        columns={"phase": "varied", "shape_m": "width", "batch": "probe_batch", "k": "top_k", "count": "layers"})
+    return out.reset_index(drop=True)
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, (float, np.floating)):
+        if not math.isfinite(v):
+            return "—"
+        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(v)
+
+
+def _md(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def plot_speedup(step: pd.DataFrame, out: Path) -> Path | None:
+    """Sharded speedup over redundant vs P, with the ideal line y = P."""
+    sharded = step[step["distribution"] == "sharded"]
+    if sharded.empty:
+        return None
+    fig, ax = _figure()
+    ax.plot(sharded["ranks"], sharded["speedup_vs_redundant"], "o-", label="sharded / redundant (measured)")
+    ranks = np.array(sorted(sharded["ranks"].unique()), dtype=float)
+    ax.plot(ranks, ranks, "--", color="0.5", label="ideal (= P)")
+    ax.set_xlabel("ranks P")
+    ax.set_ylabel("speedup of the spectral step")
+    ax.set_xticks(ranks)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    path = out / "spectral_step_speedup.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_overhead(overhead: pd.DataFrame, out: Path) -> Path | None:
+    """Probe/step ratio against each varied factor (log-log), one panel per factor."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    factors = [("width", "width (d_model)"), ("probe_batch", "probe batch (samples)"), ("top_k", "K (directions per layer)")]
+    default = overhead[overhead["varied"] == "default"]
+    present = [(f, lbl) for f, lbl in factors if (overhead["varied"] == f).any()]
+    if default.empty or not present:
+        return None
+    fig = Figure(figsize=(4 * len(present), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (factor, label) in enumerate(present):
+        ax = fig.add_subplot(1, len(present), i + 1)
+        pts = pd.concat([default, overhead[overhead["varied"] == factor]]).sort_values(factor)
+        ax.loglog(pts[factor], pts["probe_to_step"], "o-")
+        ax.set_xlabel(label)
+        ax.set_ylabel("probe time / training step time")
+        ax.grid(True, which="both", alpha=0.3)
+    path = out / "probe_overhead.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> ScalingReport:
+    """Tables, figures and target statements; writes ``scaling_report.md`` into ``out_dir``."""
+    profile = load_table(results, "profile")
+    step = spectral_step_table(profile)
+    overhead = probe_overhead_table(profile)
+    out = Path(out_dir) if out_dir is not None else Path(results) / "scaling_report"
+    plots = [p for p in (plot_speedup(step, out) if not step.empty else None,
+                         plot_overhead(overhead, out) if not overhead.empty else None) if p is not None]
+    parts = ["# Distributed spectral step and probe overhead", ""]
+    if not step.empty:
+        parts += ["## Spectral Newton step: owner-rank sharded vs redundant", "", _md(step), ""]
+        at2 = step[(step["ranks"] == 2) & (step["distribution"] == "sharded")]
+        if len(at2):
+            s = float(at2["speedup_vs_redundant"].iloc[0])
+            dev = float(at2["max_abs_diff_vs_redundant"].iloc[0])
+            verdict = "met" if s >= SPEEDUP_TARGET else "NOT met"
+            parts += [f"Target ≥ {SPEEDUP_TARGET}× at P = 2: **{s:.2f}× ({verdict})**; parameters after the same "
+                      f"steps differ from redundant by at most {dev:.2e}.", ""]
+    if not overhead.empty:
+        parts += ["## Curvature probe vs training step (built-in transformer)", "", _md(overhead), ""]
+        d = overhead[overhead["varied"] == "default"]
+        if len(d):
+            r = d.iloc[0]
+            verdict = "met" if r.overhead_at_interval < OVERHEAD_TARGET else "NOT met"
+            parts += [f"Default point (width {int(r.width)}, probe batch {int(r.probe_batch)}, K {int(r.top_k)}): "
+                      f"overhead **{r.overhead_at_interval:.1%}** at interval {int(r.interval)} (target < "
+                      f"{OVERHEAD_TARGET:.0%}: {verdict}); 5 % at an interval of {r.interval_for_5pct:.0f} steps, "
+                      f"1 % at {r.interval_for_1pct:.0f} steps. HVPs are {r.hvp_seconds / r.seconds:.0%} of the probe.",
+                      ""]
+    parts += [f"![{p.stem}]({p.name})" for p in plots]
+    text = "\n".join(parts) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling_report.md").write_text(text)
+    return ScalingReport(text, step, overhead, plots)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m analysis.scaling_report", description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="a profile results directory")
+    parser.add_argument("--out", help="report directory (default: <results>/scaling_report)")
+    args = parser.parse_args(argv)
+    if not Path(args.results).exists():
+        print(f"specbench: error: results path {args.results} does not exist", file=sys.stderr)
+        return 2
+    rep = build_scaling_report(args.results, args.out)
+    print(rep.text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
