@@ -23,6 +23,9 @@ import pandas as pd
 
 from analysis.dataset import load_table
 
+#: The probe's default batch (bench.probes.settings.ProbeSettings.batch_size; duplicated because
+#: analysis does not import bench).
+PROBE_DEFAULT_BATCH = 2048
 #: Targets of the estimation-cost issue.
 SPEEDUP_TARGET = 1.6  # sharded vs redundant at P = 2
 OVERHEAD_TARGET = 0.05  # probe overhead at the configured interval (100 steps)
@@ -64,6 +67,23 @@ def probe_overhead_table(profile: pd.DataFrame) -> pd.DataFrame:
     out = rows[[c for c in cols if c in rows.columns]].rename(
         columns={"phase": "varied", "shape_m": "width", "batch": "probe_batch", "k": "top_k", "count": "layers"})
     return out.reset_index(drop=True)
+
+
+def extrapolate_to_batch(overhead: pd.DataFrame, batch: int = PROBE_DEFAULT_BATCH) -> dict[str, float] | None:
+    """Probe seconds at ``batch`` from a least-squares line through the default point and the
+    probe-batch axis (probe time is linear in the batch: every phase is a sum over samples), and
+    the overhead and 1 % interval that follow with the default point's step time. None with
+    fewer than two batch points, or when ``batch`` was measured."""
+    pts = overhead[overhead["varied"].isin(["default", "probe_batch"])]
+    if len(pts) < 2 or (pts["probe_batch"] == batch).any():
+        return None
+    slope, intercept = np.polyfit(pts["probe_batch"].astype(float), pts["seconds"].astype(float), 1)
+    default = overhead[overhead["varied"] == "default"].iloc[0]
+    seconds = float(slope * batch + intercept)
+    step = float(default["step_seconds"])
+    return {"batch": batch, "seconds": seconds, "overhead_at_interval": seconds / (default["interval"] * step),
+            "interval_for_1pct": seconds / (0.01 * step), "interval_for_5pct": seconds / (0.05 * step),
+            "points": len(pts)}
 
 
 def _fmt(v: object) -> str:
@@ -164,6 +184,13 @@ def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.Path
                       f"{OVERHEAD_TARGET:.0%}: {verdict}); 5 % at an interval of {r.interval_for_5pct:.0f} steps, "
                       f"1 % at {r.interval_for_1pct:.0f} steps. HVPs are {r.hvp_seconds / r.seconds:.0%} of the probe.",
                       ""]
+            ext = extrapolate_to_batch(overhead)
+            if ext is not None:
+                parts += [f"At the probe's default batch of {ext['batch']} (not measured here; a line through the "
+                          f"{ext['points']} measured batch sizes, probe time being linear in the batch): "
+                          f"{ext['seconds']:.0f} s per probe, **{ext['overhead_at_interval']:.1%}** at interval "
+                          f"{int(r.interval)}, 5 % at {ext['interval_for_5pct']:.0f} steps, 1 % at "
+                          f"{ext['interval_for_1pct']:.0f} steps.", ""]
     parts += [f"![{p.stem}]({p.name})" for p in plots]
     text = "\n".join(parts) + "\n"
     out.mkdir(parents=True, exist_ok=True)
