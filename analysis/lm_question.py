@@ -124,6 +124,30 @@ def _entry_of(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
     return frame["trial_path"].map(lookup).fillna("unknown")
 
 
+def alpha_by_depth(fits: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """α at each trial's last probe by (model, trained with, depth) × layer type (median over the
+    trials of a group; depth is the block index of the layer in forward order)."""
+    if fits.empty or "depth" not in fits.columns:
+        return pd.DataFrame()
+    data = select_step(attach_run_info(fits, runs), "latest")
+    data = data.assign(trained_with=_entry_of(data, runs), _a=pd.to_numeric(data["alpha"], errors="coerce"),
+                       block=_block_index(data["layer"]))
+    data = data[np.isfinite(data["_a"]) & data["layer_type"].isin(list(PAPER_TYPE))]
+    if data.empty:
+        return pd.DataFrame()
+    table = data.pivot_table(index=["model", "trained_with", "block"], columns="layer_type", values="_a",
+                             aggfunc="median")
+    order = [t for t in PAPER_TYPE if t in table.columns]
+    return table[order].reset_index()
+
+
+def _block_index(layers: pd.Series) -> pd.Series:
+    """The transformer block a layer belongs to: the first integer path component
+    (``model.transformer.h.3.attn.c_attn.q`` → 3), -1 when there is none (e.g. the head)."""
+    found = layers.astype(str).str.extract(r"\.(\d+)\.", expand=False)
+    return pd.to_numeric(found, errors="coerce").fillna(-1).astype(int)
+
+
 def alpha_over_steps(fits: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Median α per (model, trained with, layer type) at every probed step: is α a property of
     the layer or of the moment it was probed?"""
@@ -350,6 +374,7 @@ def build_lm_question(results: str | os.PathLike[str], out_dir: str | os.PathLik
 
     amap = alpha_map(fits, runs)
     over = alpha_over_steps(fits, runs)
+    depth = alpha_by_depth(fits, runs)
     opt = optimizer_table(runs, steps)
     plots: list[Path] = []
     if not amap.empty:
@@ -360,7 +385,7 @@ def build_lm_question(results: str | os.PathLike[str], out_dir: str | os.PathLik
 
     conclusions = optimizer_conclusions(opt) if not opt.empty else []
     alpha_lines = alpha_conclusions(amap) if not amap.empty else []
-    md = _markdown(runs, amap, over, opt, conclusions, alpha_lines, plots, out)
+    md = _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out)
     md_path = out / "lm_question.md"
     md_path.write_text(md)
     html_path = out / "lm_question.html"
@@ -368,7 +393,7 @@ def build_lm_question(results: str | os.PathLike[str], out_dir: str | os.PathLik
     return LMQuestionReport(out, md_path, html_path, amap, opt, alpha_lines + conclusions, plots)
 
 
-def _markdown(runs, amap, over, opt, conclusions, alpha_lines, plots, out: Path) -> str:
+def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out: Path) -> str:
     def link(path: Path) -> str:
         return f"![{path.stem}]({Path(os.path.relpath(path, out)).as_posix()})"
 
@@ -402,6 +427,8 @@ def _markdown(runs, amap, over, opt, conclusions, alpha_lines, plots, out: Path)
         "",
     ]
     lines += [markdown_table(amap) if not amap.empty else "_No curvature probes in these results._", ""]
+    if not depth.empty:
+        lines += ["### α by depth (transformer block) and layer type, last probe", "", markdown_table(depth), ""]
     if not over.empty:
         lines += ["### α over training (median per layer type at each probed step)", "", markdown_table(over), ""]
     lines += [link(p) for p in plots if p.name.startswith("lm_alpha")]

@@ -18,6 +18,7 @@ from scipy import stats
 from analysis.curvature import load_layer_fits
 from analysis.dataset import METADATA_KEY, SCHEMA_VERSION, load_table
 from analysis.lm_question import (
+    alpha_by_depth,
     alpha_map,
     build_lm_question,
     optimizer_conclusions,
@@ -101,6 +102,8 @@ def test_alpha_map_compares_each_type_with_both_published_runs(results):
     assert table.loc["mlp_down", "verdict"] == "other run (≈2)"  # 2.05 vs 1.15 / 2.0
     assert table.loc["mlp_down", "phi_median"] == pytest.approx(1.05)
     assert set(table["trained_with"]) == {"adamw"}
+    depth = alpha_by_depth(load_layer_fits(results), runs).set_index("block")
+    assert depth.loc[0, "attn_q"] == pytest.approx(1.40) and depth.loc[1, "mlp_down"] == pytest.approx(2.10)
 
 
 def test_optimizer_table_picks_on_validation_and_reports_test_intervals(results):
