@@ -152,8 +152,12 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
         seed_everything(model_init_seed(spec.seed))
         model = model_registry.build_model(spec.workload.model, task, spec.workload.model_args)
         state["num_parameters"] = sum(p.numel() for p in model.parameters())
-        # Counted before DeepSpeed takes the model (and before the rank seeds), on one sample.
-        x1, y1 = fetch(bundle.train, [0])
+        # Counted before DeepSpeed takes the model (and before the rank seeds), on one sample, on
+        # the trial's device (where DeepSpeed would move the model anyway): milliseconds on a
+        # GPU even for a 1B model. A meta-device count would be free but transformers' masks
+        # read tensor values, which meta tensors do not have.
+        model.to(device)
+        x1, y1 = (t.to(device) for t in fetch(bundle.train, [0]))
         state["flops_per_sample"] = count_train_flops(model, x1, lambda out: _loss(task.kind, out, y1))
         peak = device_peak(device, tcfg.precision, spec.resources.peak_tflops)
         state["peak"] = peak
