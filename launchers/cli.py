@@ -50,6 +50,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from launchers.sweep import expand, load_config, sweep_fingerprint
 
     cfg = load_config(args.config, {"storage": args.storage, "name": args.name})
+    if not args.address:
+        _refuse_second_local_ray()  # before anything is created
     storage = Path(cfg.storage)
     sweep_dir = storage / cfg.name
     fingerprint = sweep_fingerprint(cfg)
@@ -127,6 +129,19 @@ def _write_sweep_record(sweep_dir: Path, cfg, trials, fingerprint: str) -> None:
                     "model": t.workload.model, "dataset": t.workload.dataset} for t in trials],
     }
     write_atomic_text(json.dumps(record, indent=2, sort_keys=True), sweep_dir / "sweep.json")
+
+
+def _refuse_second_local_ray() -> None:
+    """An embedded Ray must be the only Ray on the machine (see ``ray_runner.other_local_ray``)."""
+    from launchers import ray_runner
+
+    others = ray_runner.other_local_ray()
+    if others:
+        raise UsageError(
+            f"another Ray instance is running on this machine (GCS at {', '.join(others)}); a second, "
+            "embedded one would leave Ray Train unable to release finished trials' resources. Join it "
+            f"with --address {others[0]}, or stop it (ray stop) and run again"
+        )
 
 
 def _print_report(results: Path, out: Path | None = None, lm_question: bool = False) -> int:
@@ -236,8 +251,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ profile / cost
 def cmd_profile(args: argparse.Namespace) -> int:
-    from launchers.profile_runner import cli_profile
+    from launchers.profile_runner import cli_profile, load_config
 
+    load_config(args.config, {"storage": args.storage, "name": args.name})  # bad input first: exit 2
+    if not args.address:
+        _refuse_second_local_ray()
     return int(cli_profile(args) or 0)
 
 

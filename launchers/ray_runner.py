@@ -78,6 +78,25 @@ def local_cluster_shape() -> tuple[dict[str, float], list[dict[str, float]]]:
     return res, [res]
 
 
+def other_local_ray() -> list[str]:
+    """GCS addresses of Ray instances already running on this machine (empty when none, or when
+    this Ray version does not expose the lookup).
+
+    An embedded Ray next to another instance deadlocks trials: Ray Train's placement-group
+    cleaner asks the State API which instance it belongs to, cannot tell with two running, and
+    never releases a finished trial's resources (observed with Ray 2.5x: ``Found multiple
+    active Ray instances`` in the cleaner's log, then every later trial waits forever).
+    """
+    try:
+        from ray._private.services import find_gcs_addresses  # no public equivalent
+    except ImportError:  # pragma: no cover - depends on the Ray version
+        return []
+    try:
+        return sorted(find_gcs_addresses())
+    except Exception:  # noqa: BLE001 - a failed lookup must not block a run
+        return []
+
+
 def start_ray(address: str | None, verbose: bool = False) -> None:
     """Join ``address`` or start Ray embedded on this machine, bound to localhost."""
     import ray

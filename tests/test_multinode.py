@@ -266,3 +266,13 @@ def test_sweep_spans_two_ray_nodes(cluster, tmp_path):
     rank_nodes = {rank: node_of[pid] for rank, pid in pids.items()}
     assert rank_nodes[0] != rank_nodes[1], f"both ranks ran on node {rank_nodes[0]}"
     assert set(rank_nodes.values()) == set(nodes)
+
+    # While that cluster runs, an embedded sweep on the same machine is refused before anything
+    # starts: two Ray instances leave Ray Train unable to release finished trials' resources.
+    embedded = subprocess.run(
+        [sys.executable, "-m", "launchers.cli", "sweep", str(config), "--storage", str(tmp_path / "embedded")],
+        env=cluster.env, capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert embedded.returncode == 2, embedded.stderr[-3000:]
+    assert "another Ray instance is running on this machine" in embedded.stderr
+    assert "Traceback" not in embedded.stderr and not (tmp_path / "embedded").exists()
