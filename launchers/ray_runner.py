@@ -91,10 +91,19 @@ def other_local_ray() -> list[str]:
         from ray._private.services import find_gcs_addresses  # no public equivalent
     except ImportError:  # pragma: no cover - depends on the Ray version
         return []
-    try:
-        return sorted(find_gcs_addresses())
-    except Exception:  # noqa: BLE001 - a failed lookup must not block a run
-        return []
+    # An instance shut down a moment ago (a previous command's embedded Ray) may still be
+    # exiting: look again for a few seconds before calling it a conflict.
+    found: list[str] = []
+    for attempt in range(4):
+        try:
+            found = sorted(find_gcs_addresses())
+        except Exception:  # noqa: BLE001 - a failed lookup must not block a run
+            return []
+        if not found:
+            return []
+        if attempt < 3:
+            time.sleep(2.0)
+    return found
 
 
 def start_ray(address: str | None, verbose: bool = False) -> None:
