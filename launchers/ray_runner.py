@@ -29,6 +29,11 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning",
     "RAY_TRAIN_V2_ENABLED": "1",
+    # Ray Train gives a worker group 60 s to start. On a loaded machine importing torch and
+    # DeepSpeed takes longer; the timeout then errors the attempt, and without the dashboard's
+    # State API the failed attempt's placement group is never released (observed: every later
+    # trial waited forever). A generous timeout avoids the error path altogether.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900",
     # Tune's console tables would fight with our progress display; results live in Parquet.
     "RAY_AIR_NEW_OUTPUT": "0",
     # Trials with fractional CPU start more worker processes than cores; that is intended here,
