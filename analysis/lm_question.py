@@ -50,7 +50,7 @@ ALPHA_TOLERANCE = 0.25
 #: Exponents summarised in the α map (layer_fits columns).
 MAP_COLUMNS = ("alpha", "gamma", "s", "pr_h", "beta", "phi")
 #: Steps columns this report reads.
-STEPS_COLUMNS = ["trial_id", "step", "tokens_seen", "wall_time_s", "train_loss", "eval_loss",
+STEPS_COLUMNS = ["trial_id", "step", "tokens_seen", "samples_seen", "wall_time_s", "train_loss", "eval_loss", "eval_metric",
                  "step_time_s", "optimizer_time_s", "tokens_per_s", "mfu"]  # fmt: skip
 
 

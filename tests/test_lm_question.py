@@ -121,6 +121,12 @@ def test_optimizer_table_picks_on_validation_and_reports_test_intervals(results)
     assert table.loc["adamw", "n_settings"] == 2
     assert table.loc["adamw", "optimizer_share"] == pytest.approx(0.2)
     assert table.loc["spectral_newton[fixed α=2]", "optimizer_share"] == pytest.approx(0.4)
+    # Target: the median of the entries' final validation perplexity (12.1, 14.1, 14.5) = 14.1;
+    # AdamW's seeds are below it from the first evaluation (step 50, 50 · 2048 tokens).
+    assert table.loc["adamw", "target_ppl"] == pytest.approx(14.1)
+    assert table.loc["adamw", "reached"] == "3/3"
+    assert table.loc["adamw", "tokens_to_target"] == pytest.approx(50 * 2048)
+    assert table.loc["spectral_newton[measured α]", "reached"] == "0/3"
 
     lines = optimizer_conclusions(table.reset_index())
     assert any("lowest mean test loss is adamw" in line for line in lines)
