@@ -51,7 +51,9 @@ def count_train_flops(model: nn.Module, sample: torch.Tensor, loss_fn) -> float:
 
     counter = FlopCounterMode(display=False)
     was_training = model.training
-    model.train()
+    # Eval mode: a train-mode forward would update BatchNorm's running statistics with this one
+    # sample, changing the model the trial then trains. The matmul/conv FLOPs counted are the same.
+    model.eval()
     with counter:
         loss_fn(model(sample)).backward()
     model.train(was_training)
