@@ -12,7 +12,6 @@ Reads only Parquet.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.comparison_plots import _figure
+from analysis.curvature_report import markdown_table
 from analysis.dataset import load_table
 
 #: The probe's default batch (bench.probes.settings.ProbeSettings.batch_size; duplicated because
@@ -86,30 +87,6 @@ def extrapolate_to_batch(overhead: pd.DataFrame, batch: int = PROBE_DEFAULT_BATC
             "points": len(pts)}
 
 
-def _fmt(v: object) -> str:
-    if isinstance(v, (float, np.floating)):
-        if not math.isfinite(v):
-            return "—"
-        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}"
-    return str(v)
-
-
-def _md(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
-def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
 def plot_speedup(step: pd.DataFrame, out: Path) -> Path | None:
     """Sharded speedup over redundant vs P, with the ideal line y = P."""
     sharded = step[step["distribution"] == "sharded"]
@@ -165,7 +142,7 @@ def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.Path
                          plot_overhead(overhead, out) if not overhead.empty else None) if p is not None]
     parts = ["# Distributed spectral step and probe overhead", ""]
     if not step.empty:
-        parts += ["## Spectral Newton step: owner-rank sharded vs redundant", "", _md(step), ""]
+        parts += ["## Spectral Newton step: owner-rank sharded vs redundant", "", markdown_table(step), ""]
         at2 = step[(step["ranks"] == 2) & (step["distribution"] == "sharded")]
         if len(at2):
             s = float(at2["speedup_vs_redundant"].iloc[0])
@@ -174,7 +151,7 @@ def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.Path
             parts += [f"Target ≥ {SPEEDUP_TARGET}× at P = 2: **{s:.2f}× ({verdict})**; parameters after the same "
                       f"steps differ from redundant by at most {dev:.2e}.", ""]
     if not overhead.empty:
-        parts += ["## Curvature probe vs training step (built-in transformer)", "", _md(overhead), ""]
+        parts += ["## Curvature probe vs training step (built-in transformer)", "", markdown_table(overhead), ""]
         d = overhead[overhead["varied"] == "default"]
         if len(d):
             r = d.iloc[0]
