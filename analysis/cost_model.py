@@ -282,6 +282,7 @@ def build_device_profile(
         "collectives": collectives,
         "models": model_catalog(sel if "op" in sel.columns and (sel["op"] == "shape").any() else df),
         "probe": probe_overhead(sel),
+        "probe_model": fit_probe_constant(df),
     }
 
 
@@ -463,6 +464,64 @@ def probe_overhead(df: pd.DataFrame, step_time_s: float | None = None) -> dict[s
     if step_time_s:
         out["probe_in_steps"] = total / step_time_s
     return out
+
+
+# ------------------------------------------------------------------------- probe cost at scale
+#: The probe's own defaults (bench/probes/settings.py): top-K directions, probe batch (samples).
+PROBE_TOP_K = 20
+PROBE_BATCH = 2048
+
+
+def fit_probe_constant(df: pd.DataFrame) -> dict[str, Any] | None:
+    """κ of the probe's cost model, from ``op = probe_overhead`` rows (one probe and the training
+    step timed in the same job, bench/profile/probe_overhead.py):
+
+        probe seconds / training-step seconds ≈ κ · K · L · B_probe / B_train
+
+    Every one of the K directions of each of the L probed layers costs one exact Hessian-vector
+    product, a double backward over the probe batch (≈ 3 forward-backward passes per sample), so
+    κ is the cost of one HVP per sample in training-step-per-sample units (≈ 3 by that count,
+    less where fixed per-step costs inflate a small training step). Returns the median κ, its
+    range, the number of points and the leave-one-out median relative error of predicted probe
+    time; None without probe-overhead rows.
+    """
+    needed = ["seconds", "step_seconds", "k", "count", "batch", "train_batch"]
+    if df.empty or "op" not in df.columns or any(c not in df.columns for c in needed):
+        return None
+    rows = df[(df["op"] == "probe_overhead") & (df.get("status", "ok") == "ok")].dropna(subset=needed)
+    if rows.empty:
+        return None
+    units = rows["k"].astype(float) * rows["count"].astype(float) * rows["batch"].astype(float) / rows["train_batch"].astype(float)
+    kappa = (rows["seconds"].astype(float) / rows["step_seconds"].astype(float) / units).to_numpy()
+    errors = []
+    for i in range(len(kappa)):
+        others = np.delete(kappa, i)
+        if len(others):
+            errors.append(abs(float(np.median(others)) - kappa[i]) / kappa[i])
+    return {
+        "kappa": float(np.median(kappa)), "kappa_min": float(kappa.min()), "kappa_max": float(kappa.max()),
+        "points": int(len(kappa)),
+        "loo_median_rel_err": float(np.median(errors)) if errors else None,
+        "model": "probe_s / step_s ≈ κ · K · L · B_probe / B_train",
+    }
+
+
+def predict_probe_cost(
+    profile: Mapping[str, Any], layers: int, top_k: int = PROBE_TOP_K, probe_batch: int = PROBE_BATCH,
+    train_batch: int = 1024, interval: int = 100,
+) -> dict[str, Any] | None:
+    """One probe's cost in training steps for a model with ``layers`` probed matrices, from the
+    profile's κ (:func:`fit_probe_constant`); None when the profile has no probe constant."""
+    fit = profile.get("probe_model")
+    if not fit or not fit.get("kappa"):
+        return None
+    steps = float(fit["kappa"]) * top_k * layers * probe_batch / train_batch
+    return {
+        "kappa": float(fit["kappa"]), "kappa_range": (fit.get("kappa_min"), fit.get("kappa_max")),
+        "kappa_points": fit.get("points"), "layers": layers, "top_k": top_k, "probe_batch": probe_batch,
+        "train_batch": train_batch, "interval": interval, "probe_in_steps": steps,
+        "overhead_at_interval": steps / interval, "interval_for_5pct": steps / 0.05, "interval_for_1pct": steps / 0.01,
+    }
 
 
 # ------------------------------------------------------------------------------------ command

@@ -25,13 +25,17 @@ import pandas as pd
 
 from analysis.cost_model import (
     DEVICE_PROFILE_DIR,
+    PROBE_BATCH,
+    PROBE_TOP_K,
     CostModelError,
     build_device_profile,
     fit_kernels,
+    fit_probe_constant,
     held_out_accuracy,
     kernel_rows,
     load_device_profile,
     load_profile_rows,
+    predict_probe_cost,
     predict_step_cost,
     save_device_profile,
 )
@@ -230,6 +234,34 @@ def format_cost_table(table: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def format_probe_table(profile: Mapping[str, Any], models: Sequence[str] = DEFAULT_MODELS,
+                       train_batch: int = 1024, interval: int = 100) -> str:
+    """Markdown: one curvature probe (defaults K = 20, batch 2048) of each model, in training steps
+    of a ``train_batch``-sample step, from the profile's κ; the measured points behind κ."""
+    fit = profile.get("probe_model")
+    if not fit:
+        return "(no probe constant: fit with --probe-results pointing at a probe-overhead profile)"
+    lines = [f"κ = {fit['kappa']:.2f} (median of {fit['points']} measured points, range {fit['kappa_min']:.2f}–"
+             f"{fit['kappa_max']:.2f}; leave-one-out median error {fit['loo_median_rel_err']:.0%}), "
+             f"in {fit['model']}. Probed layers L = the model's spectral matrices; training batch "
+             f"{train_batch} samples.", "",
+             f"| model | L | one probe (training steps) | overhead at interval {interval} | interval for 5 % | interval for 1 % |",
+             "|---|---|---|---|---|---|"]
+    for model in models:
+        try:
+            layers = predict_step_cost(model, 1, profile, next(iter(_kernel_methods(profile))))["matrices"]
+        except (CostModelError, StopIteration):
+            continue
+        pred = predict_probe_cost(profile, layers, PROBE_TOP_K, PROBE_BATCH, train_batch, interval)
+        lines.append(f"| {model} | {layers} | {pred['probe_in_steps']:,.0f} | {pred['overhead_at_interval']:.0%} | "
+                     f"{pred['interval_for_5pct']:,.0f} | {pred['interval_for_1pct']:,.0f} |")
+    return "\n".join(lines)
+
+
+def _kernel_methods(profile: Mapping[str, Any]) -> list[str]:
+    return [key.split("|")[0] for key in profile.get("kernels", {}) if key.endswith("|fp32")]
+
+
 def format_fit_points(profile: Mapping[str, Any], methods: Sequence[str] | None = None) -> str:
     """Markdown: the measured points every fit rests on."""
     lines = ["| method | dtype | points | measured FLOP range | sustained rate 1/a | fixed cost b | "
@@ -263,10 +295,15 @@ def build_cost_report(
     profile_out: str | os.PathLike[str] | None = None,
     device: str | None = None,
     ratio_sets: Sequence[str] = ("gpt2-small", "resnet18"),
+    probe_results: str | os.PathLike[str] | None = None,
 ) -> CostReport:
     """Fit, save the device profile, plot, and write ``cost_report.md`` into ``out_dir``."""
     df = load_profile_rows(results)
     profile = build_device_profile(df, name, device, sources=[str(Path(results).resolve())])
+    if probe_results is not None:
+        # The probe constant comes from a separate probe-overhead job on the same device.
+        profile["probe_model"] = fit_probe_constant(load_profile_rows(probe_results))
+        profile["sources"].append(str(Path(probe_results).resolve()))
     out = Path(out_dir) if out_dir is not None else Path(results) / "cost_report"
     if out.suffix == ".parquet":
         out = out.parent / "cost_report"
@@ -295,7 +332,9 @@ def build_cost_report(
                   f"{r.max_rel_err:.1%} |" for r in acc.itertuples(index=False)]
         parts.append("")
     parts += ["## What it costs at scale (per optimizer step, sharded: LPT over N ranks + all-gather)", "",
-              format_cost_table(cost_table(profile)), ""]
+              format_cost_table(cost_table(profile)), "",
+              "## What one curvature probe costs at scale (K = 20 directions, probe batch 2048)", "",
+              format_probe_table(profile), ""]
     text = "\n".join(parts)
     report_path = out / "cost_report.md"
     report_path.write_text(text)
@@ -327,6 +366,21 @@ def format_breakdown(pred: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_probe_breakdown(probe: Mapping[str, Any] | None) -> str:
+    """The probe lines of the ``cost`` breakdown (or why there are none)."""
+    if probe is None:
+        return "  curvature probe          no probe constant in this device profile (see README: cost model)"
+    lo, hi = probe["kappa_range"]
+    return "\n".join([
+        f"  curvature probe          K = {probe['top_k']} on L = {probe['layers']} layers, batch {probe['probe_batch']} "
+        f"vs a {probe['train_batch']}-sample training step: κ·K·L·B_probe/B_train = "
+        f"{probe['probe_in_steps']:,.0f} training steps per probe (κ = {probe['kappa']:.2f}, measured "
+        f"{lo:.2f}–{hi:.2f} on {probe['kappa_points']} points)",
+        f"  probe overhead           {probe['overhead_at_interval']:.0%} at an interval of {probe['interval']} steps; "
+        f"5 % at {probe['interval_for_5pct']:,.0f}, 1 % at {probe['interval_for_1pct']:,.0f} steps",
+    ])
+
+
 def cost_cli(
     model: str,
     ranks: int,
@@ -334,16 +388,25 @@ def cost_cli(
     method: str = "damped_solve",
     dtype: str = "fp32",
     sharded: bool = True,
+    probe_top_k: int = PROBE_TOP_K,
+    probe_batch: int = PROBE_BATCH,
+    train_batch: int = 1024,
+    probe_interval: int = 100,
 ) -> int:
-    """Print the breakdown for ``specbench cost --model M --ranks N --device PROFILE [--method]``;
-    returns the exit status (2 on a usage problem, with the message on stderr)."""
+    """Print the breakdown for ``specbench cost --model M --ranks N --device PROFILE [--method]``
+    (the optimizer step, then one curvature probe in training steps); returns the exit status
+    (2 on a usage problem, with the message on stderr)."""
     try:
+        if min(probe_top_k, probe_batch, train_batch, probe_interval) < 1:
+            raise ValueError("--probe-k, --probe-batch, --train-batch and --probe-interval must be at least 1")
         profile = load_device_profile(device_profile_path)
         pred = predict_step_cost(model, ranks, profile, method, sharded=sharded, dtype=dtype)
     except (CostModelError, FileNotFoundError, ValueError) as exc:
         print(f"specbench: error: {exc}", file=sys.stderr)
         return 2
+    probe = predict_probe_cost(profile, pred["matrices"], probe_top_k, probe_batch, train_batch, probe_interval)
     print(format_breakdown(pred))
+    print(format_probe_breakdown(probe))
     return 0
 
 
@@ -357,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-out", help=f"device-profile JSON (default: <out>/<name>.json; "
                         f"the project keeps them in {DEVICE_PROFILE_DIR})")
     parser.add_argument("--device-name", help="device model when the results hold several")
+    parser.add_argument("--probe-results", help="profile results with probe_overhead rows (fits the probe constant κ)")
     parser.add_argument("--cost", action="store_true", help="print one prediction instead of a report")
     parser.add_argument("--model", default="llama-70b")
     parser.add_argument("--ranks", type=int, default=8)
@@ -372,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.results or not args.name:
         parser.error("a report needs RESULTS and --name")
     try:
-        rep = build_cost_report(args.results, args.name, args.out, args.profile_out, args.device_name)
+        rep = build_cost_report(args.results, args.name, args.out, args.profile_out, args.device_name,
+                                probe_results=args.probe_results)
     except (CostModelError, FileNotFoundError) as exc:
         print(f"specbench: error: {exc}", file=sys.stderr)
         return 2

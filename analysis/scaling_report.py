@@ -51,7 +51,17 @@ def spectral_step_table(profile: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=cols)
     rows = rows[[c for c in cols if c in rows.columns]].rename(columns={"phase": "distribution"})
+    rows = _as_int(rows, ["ranks", "bytes"])
     return rows.sort_values(["ranks", "distribution"]).reset_index(drop=True)
+
+
+def _as_int(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Counts back to integers (the profile table mixes row kinds, so they arrive as floats)."""
+    df = df.copy()
+    for c in cols:
+        if c in df.columns and df[c].notna().all():
+            df[c] = df[c].round().astype("int64")
+    return df
 
 
 def probe_overhead_table(profile: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +77,7 @@ def probe_overhead_table(profile: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     out = rows[[c for c in cols if c in rows.columns]].rename(
         columns={"phase": "varied", "shape_m": "width", "batch": "probe_batch", "k": "top_k", "count": "layers"})
-    return out.reset_index(drop=True)
+    return _as_int(out, ["width", "probe_batch", "top_k", "layers", "interval"]).reset_index(drop=True)
 
 
 def extrapolate_to_batch(overhead: pd.DataFrame, batch: int = PROBE_DEFAULT_BATCH) -> dict[str, float] | None:
@@ -85,6 +95,28 @@ def extrapolate_to_batch(overhead: pd.DataFrame, batch: int = PROBE_DEFAULT_BATC
     return {"batch": batch, "seconds": seconds, "overhead_at_interval": seconds / (default["interval"] * step),
             "interval_for_1pct": seconds / (0.01 * step), "interval_for_5pct": seconds / (0.05 * step),
             "points": len(pts)}
+
+
+FACTOR_COLUMNS = {"width": "width", "probe_batch": "probe_batch", "top_k": "top_k"}
+
+
+def growth_exponents(overhead: pd.DataFrame) -> pd.DataFrame:
+    """How probe time grows with each factor: the least-squares slope of log(probe seconds) on
+    log(factor) along that factor's axis (the default point included), i.e. the exponent p of
+    time ∝ factor^p with the other two factors held at their defaults. The closed form of the
+    HVP phase predicts p = 1 for the probe batch and for K; for width it lies between 1 (per-token
+    work of the probe's fixed-size parts) and 2 (the d×d matmuls)."""
+    default = overhead[overhead["varied"] == "default"]
+    rows = []
+    for factor, col in FACTOR_COLUMNS.items():
+        pts = pd.concat([default, overhead[overhead["varied"] == factor]])
+        if pts[col].nunique() < 2:
+            continue
+        x, y = np.log(pts[col].astype(float)), np.log(pts["seconds"].astype(float))
+        slope = float(np.polyfit(x, y, 1)[0])
+        rows.append({"factor": factor, "values": ", ".join(str(int(v)) for v in sorted(pts[col])),
+                     "points": len(pts), "exponent": slope})
+    return pd.DataFrame(rows, columns=["factor", "values", "points", "exponent"])
 
 
 def plot_speedup(step: pd.DataFrame, out: Path) -> Path | None:
@@ -161,6 +193,10 @@ def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.Path
                       f"{OVERHEAD_TARGET:.0%}: {verdict}); 5 % at an interval of {r.interval_for_5pct:.0f} steps, "
                       f"1 % at {r.interval_for_1pct:.0f} steps. HVPs are {r.hvp_seconds / r.seconds:.0%} of the probe.",
                       ""]
+            growth = growth_exponents(overhead)
+            if not growth.empty:
+                parts += ["Growth of the probe time along each axis (others at the default; exponent p of "
+                          "time ∝ factor^p, a least-squares slope in log-log):", "", markdown_table(growth), ""]
             ext = extrapolate_to_batch(overhead)
             if ext is not None:
                 parts += [f"At the probe's default batch of {ext['batch']} (not measured here; a line through the "

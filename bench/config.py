@@ -218,7 +218,10 @@ class SweepConfig(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name (results sub-directory)")
     seed: int = Field(0, ge=0, description="root seed: every trial, rank and data-stream seed derives from it")
     seeds: int = Field(1, gt=0, description="number of seeds per (optimizer setting, workload)")
-    storage: str = Field("results", description="results root; the sweep writes <storage>/<name>/")
+    storage: str = Field(
+        "results",
+        description="results root, a path or s3://bucket/prefix, gs://bucket/prefix; the sweep writes <storage>/<name>/",
+    )
     workloads: list[WorkloadConfig] = Field(..., min_length=1)
     optimizers: list[OptimizerEntry] = Field(..., min_length=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -227,12 +230,13 @@ class SweepConfig(_Strict):
     probes: ProbeSchedule = Field(default_factory=ProbeSchedule)
 
     @model_validator(mode="after")
-    def _storage_is_a_path(self) -> SweepConfig:
-        if "://" in self.storage:
-            # Results are written with POSIX atomic renames, which object stores do not offer.
+    def _storage_is_supported(self) -> SweepConfig:
+        from bench.results import remote
+
+        if remote.is_uri(self.storage) and remote.scheme(self.storage) not in remote.SCHEMES:
             raise ValueError(
-                f"storage '{self.storage}': object-store URIs are not supported; use a path on a shared "
-                "filesystem (NFS, Lustre, a mounted bucket) and copy results to the bucket afterwards"
+                f"storage '{self.storage}': unsupported scheme '{remote.scheme(self.storage)}'; use a path "
+                f"(a shared filesystem on a cluster) or an object-store URI ({', '.join(s + '://' for s in remote.SCHEMES)})"
             )
         return self
 

@@ -40,7 +40,7 @@ from bench.batching import GlobalBatchSampler, fetch, shard_range
 from bench.config import TrialSpec
 from bench.deepspeed_config import deepspeed_config, lr_lambda
 from bench.distributed import all_reduce_sum, rank_and_world
-from bench.results import writer
+from bench.results import remote, writer
 from bench.seeds import data_seed, derive_seed, model_init_seed, rank_seed, seed_everything
 from bench.throughput import count_train_flops, device_peak, throughput_columns
 from bench.timing import CallTimer, median_after_warmup, synchronize, timed
@@ -132,6 +132,7 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
     rank, world = rank_and_world()
     device = _device(spec)
     tcfg = spec.training
+    remote.activate(storage)  # an object-store storage: uploads follow every write from here on
     out_dir = writer.trial_dir(storage, spec.sweep_name, spec.trial_id)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t_start = time.perf_counter()
@@ -176,6 +177,7 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
         )
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.pull(out_dir)  # results and checkpoint of an earlier attempt, possibly on another node
         checkpoint.write_pid(out_dir, rank)
         prober = _Prober(spec, bundle, task, device) if spec.probes.enabled else None
         start_step = 0
@@ -394,6 +396,7 @@ def _initial_state() -> dict[str, Any]:
 def record_failure(spec: TrialSpec, storage: str | os.PathLike, error: str) -> bool:
     """Write a ``failed`` runs row for a trial that died without writing one (a worker killed,
     a rank crashed in a collective). Returns False when the trial already has its row."""
+    remote.activate(storage)
     out_dir = writer.trial_dir(storage, spec.sweep_name, spec.trial_id)
     if (out_dir / "runs.parquet").exists():
         return False

@@ -36,6 +36,58 @@ def _writable_dir(path: Path) -> None:
         raise UsageError(f"storage path {path} is not writable ({exc.strerror or exc})") from None
 
 
+#: Directories a driver never needs from an object store (checkpoints, pid files, Ray's own).
+_DRIVER_SKIP = ("checkpoint", "workers", "_ray")
+
+
+def _storage_root(storage: str, write: bool = True) -> Path:
+    """Local root of a storage: the path itself, or for an object-store URI the staging tree
+    (bench/results/remote.py), after proving the store is reachable (and writable)."""
+    from bench.results import remote
+
+    if not remote.is_uri(storage):
+        return Path(storage)
+    try:
+        mirror = remote.activate(storage)
+        if write:
+            mirror.check_writable()
+        else:
+            mirror.exists("")
+    except (OSError, ValueError) as exc:  # pyarrow: ArrowIOError (network, auth), ArrowInvalid (URI)
+        reason = " ".join(str(exc).split())[:300]
+        raise UsageError(f"storage {storage} is not {'writable' if write else 'readable'} ({reason})") from None
+    return mirror.local
+
+
+def _pull_results(storage: str, rel: str) -> None:
+    """Bring ``<storage>/<rel>``'s result files into the staging tree (no-op for a path)."""
+    from bench.results import remote
+
+    if remote.is_uri(storage):
+        try:
+            remote.activate(storage).pull_tree(rel, skip_dirs=_DRIVER_SKIP)
+        except (OSError, ValueError) as exc:
+            reason = " ".join(str(exc).split())[:300]
+            raise UsageError(f"cannot read {storage} ({reason})") from None
+
+
+def _results_path(arg: str) -> Path:
+    """A RESULTS argument: a local path, or an object-store URI of a sweep (or of a directory of
+    sweeps), downloaded to the staging tree first."""
+    from bench.results import remote
+
+    if not remote.is_uri(arg):
+        return Path(arg)
+    parts = arg.split("?", 1)
+    root, _, rel = parts[0].rstrip("/").rpartition("/")
+    storage = root + ("?" + parts[1] if len(parts) > 1 else "")
+    local = _storage_root(storage, write=False)
+    _pull_results(storage, rel)
+    # A reader: what it derives (report, layer_fits, consolidated files) stays on this machine.
+    remote.deactivate(storage)
+    return local / rel
+
+
 def _project_env() -> None:
     """Quiet, reproducible defaults for every process this command starts."""
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
@@ -52,7 +104,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {"storage": args.storage, "name": args.name})
     if not args.address:
         _refuse_second_local_ray()  # before anything is created
-    storage = Path(cfg.storage)
+    storage = _storage_root(cfg.storage)
+    _pull_results(cfg.storage, cfg.name)  # an object store's results so far: resume needs them
     sweep_dir = storage / cfg.name
     fingerprint = sweep_fingerprint(cfg)
     try:
@@ -60,6 +113,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except sweep_state.SweepMismatch as exc:
         raise UsageError(str(exc)) from None
     if moved is not None:
+        from bench.results import remote
+
+        mirror = remote.mirror_for(cfg.storage)
+        if mirror is not None:
+            mirror.move(cfg.name, moved.name)
         print(f"previous results moved to {moved}", file=sys.stderr)
     _writable_dir(sweep_dir)
     trials = expand(cfg)
@@ -99,7 +157,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from launchers.progress import SweepProgress
 
         with SweepProgress(len(pending)) as progress:
-            errors = ray_runner.run_trials(cfg, pending, storage, on_event=progress.handle)
+            errors = ray_runner.run_trials(cfg, pending, cfg.storage, on_event=progress.handle)
     finally:
         import ray
 
@@ -107,10 +165,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from bench.trial import record_failure
 
+    _pull_results(cfg.storage, cfg.name)  # what the workers uploaded, possibly from other nodes
     by_id = {t.trial_id: t for t in trials}
     for tid, err in errors.items():
         if tid in by_id:
-            record_failure(by_id[tid], storage, err)
+            record_failure(by_id[tid], cfg.storage, err)
     code = _print_report(sweep_dir)
     if errors:
         print(f"{len(errors)} trial(s) failed: {', '.join(sorted(errors))}", file=sys.stderr)
@@ -179,11 +238,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise UsageError("--workers must be at least 1")
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"num_workers": args.workers})})
-    storage = Path(cfg.storage)
+    storage = _storage_root(cfg.storage)
     _writable_dir(storage / cfg.name)
     print(f"trial {spec.trial_index}: {spec.trial_id} ({spec.optimizer_label}, {spec.workload.model} on "
           f"{spec.workload.dataset}, {spec.resources.num_workers} worker(s), no Ray)", file=sys.stderr)
-    ok = run_local(spec, storage)
+    ok = run_local(spec, cfg.storage)
     if not ok:
         print(f"trial {spec.trial_id} failed (see the traceback above)", file=sys.stderr)
         return 1
@@ -205,7 +264,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and not checkpoint.exists():
         raise UsageError(f"checkpoint {checkpoint} does not exist")
-    storage = Path(cfg.storage)
+    storage = _storage_root(cfg.storage)
     _writable_dir(storage / cfg.name)
     from analysis.consolidate import write_layer_fits
     from bench.distributed import configure_cpu_threads
@@ -225,7 +284,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
-    path = Path(args.results)
+    path = _results_path(args.results)
     if not path.exists():
         raise UsageError(f"results path {path} does not exist")
     return _print_report(path, Path(args.out) if args.out else None, lm_question=args.lm_question)
@@ -238,11 +297,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if not args.results and not args.published:
         raise UsageError("give a RESULTS directory, or --published DIR to check the paper's own result files")
-    if args.results and not Path(args.results).exists():
+    results_path = _results_path(args.results) if args.results else None
+    if results_path is not None and not results_path.exists():
         raise UsageError(f"results path {args.results} does not exist")
     try:
         results = (verify_published(args.published, args.claims) if args.published
-                   else verify(Path(args.results), args.claims))
+                   else verify(results_path, args.claims))
     except (ResultsNotFound, ResultsReadError, SchemaVersionError, ClaimsError, FileNotFoundError) as exc:
         return _fail(str(exc))
     print(format_results(results, allow_missing=args.allow_missing))
@@ -264,7 +324,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     if args.ranks < 1:
         raise UsageError("--ranks must be at least 1")
-    return int(cost_cli(args.model, args.ranks, args.device, args.method, args.dtype, not args.replicated) or 0)
+    return int(cost_cli(args.model, args.ranks, args.device, args.method, args.dtype, not args.replicated,
+                        args.probe_k, args.probe_batch, args.train_batch, args.probe_interval) or 0)
 
 
 # -------------------------------------------------------------------------------------- cluster
@@ -308,7 +369,16 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from launchers import sweep_state
 
-    sweep_dir = Path(args.name) if Path(args.name).is_dir() and not args.storage else Path(args.storage or "results") / args.name
+    if args.storage and "://" in args.storage:
+        from bench.results import remote
+
+        sweep_dir = _storage_root(args.storage, write=False) / args.name
+        _pull_results(args.storage, args.name)
+        remote.deactivate(args.storage)
+    elif Path(args.name).is_dir() and not args.storage:
+        sweep_dir = Path(args.name)
+    else:
+        sweep_dir = Path(args.storage or "results") / args.name
     record = sweep_state.read_record(sweep_dir)
     if record is None:
         raise UsageError(f"no sweep at {sweep_dir} (expected {sweep_dir / 'sweep.json'})")
@@ -326,7 +396,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     from analysis import ResultsNotFound, ResultsReadError, SchemaVersionError
     from analysis.consolidate import consolidate
 
-    path = Path(args.results)
+    path = _results_path(args.results)
     if not path.exists():
         raise UsageError(f"results path {path} does not exist")
     try:
@@ -449,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="damped_solve", help="kernel: damped_solve, gram_eigh, ns5, svd, ...")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--replicated", action="store_true", help="every rank computes every matrix (no sharding)")
+    p.add_argument("--probe-k", type=int, default=20, help="probe directions per layer (default: the probe's 20)")
+    p.add_argument("--probe-batch", type=int, default=2048, help="probe batch in samples (default: the probe's 2048)")
+    p.add_argument("--train-batch", type=int, default=1024, help="global training batch in samples (default 1024)")
+    p.add_argument("--probe-interval", type=int, default=100, help="training steps between probes (default 100)")
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("verify", help="check the paper's claims against a results directory (PASS/FAIL/NO DATA)")

@@ -67,6 +67,7 @@ def _probe_overhead_job(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Body of the probe-overhead Ray task: measure, write ``profile.parquet``, return its path."""
     import warnings
 
+    import pyarrow.parquet as pq
     import torch
 
     from bench.profile.config import ProfileConfig
@@ -78,6 +79,8 @@ def _probe_overhead_job(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     po = cfg.probe_overhead
     torch.set_num_threads(po.threads)
     path = trial_dir(cfg.storage, cfg.name, job_id) / "profile.parquet"
+    # A re-run of an interrupted job keeps the points it already measured (probes are long).
+    done = pq.read_table(path).to_pylist() if path.is_file() else []
     rows: list[dict[str, Any]] = []
 
     def log(msg: str) -> None:
@@ -89,7 +92,8 @@ def _probe_overhead_job(config: dict[str, Any], job_id: str) -> dict[str, Any]:
             default=(po.default_width, po.default_probe_batch, po.default_top_k), n_layer=po.n_layer,
             n_head=po.n_head, seq_len=po.seq_len, train_batch=po.train_batch, interval=po.interval,
             warmup=po.warmup, steps=po.steps, max_bytes=po.max_bytes, seed=cfg.seed,
-            sweep_name=cfg.name, job_id=job_id, log=log, on_row=lambda done: write_rows("profile", done, path),
+            sweep_name=cfg.name, job_id=job_id, log=log, done=done,
+            on_row=lambda so_far: write_rows("profile", so_far, path),
         )
     finally:
         if rows:
@@ -196,6 +200,9 @@ def run_profile(
         cfg = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     else:
         cfg = load_config(config, overrides)
+    # Jobs write the Parquet themselves, from their own working directory: Ray Train moves a
+    # worker's cwd into its session artifacts, so a relative storage must be made absolute here.
+    cfg = cfg.model_copy(update={"storage": str(Path(cfg.storage).resolve())})
 
     import ray
 

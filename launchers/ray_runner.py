@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -40,6 +41,9 @@ WORKER_ENV = {
     # so the raylet's "N worker processes started" warning is noise.
     "RAY_worker_maximum_startup_concurrency": "64",
 }
+
+#: Ray's switch for single-machine mode (named for the platforms where it is the default).
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 TRIAL_ACTOR_CPU = 0.01  # a Tune trial with 0 CPU is rejected; the trainer's workers hold the rest
 
@@ -111,8 +115,28 @@ def other_local_ray() -> list[str]:
     return found
 
 
+def _set_single_machine_mode(on: bool) -> None:
+    """Make an embedded Ray listen on loopback only (``on``), or restore cluster mode.
+
+    ``_node_ip_address="127.0.0.1"`` alone does not do it: Ray replaces a loopback node address
+    by the machine's routable one, and its GCS, raylet, workers and agents then listen on every
+    interface. With Ray's single-machine mode (the default on macOS and Windows) the node address
+    stays 127.0.0.1 and every server binds to loopback (tests/test_ray_localhost.py checks the
+    listening sockets). The switch is an environment variable read when Ray is imported; the
+    processes Ray starts inherit it, and this process's copy of the constant is set to match.
+    """
+    if on:
+        os.environ[LOCAL_ONLY_ENV] = "0"
+    else:
+        os.environ.pop(LOCAL_ONLY_ENV, None)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = not on
+
+
 def start_ray(address: str | None, verbose: bool = False) -> None:
     """Join ``address`` or start Ray embedded on this machine, bound to localhost."""
+    _set_single_machine_mode(not address)
     import ray
 
     os.environ.update(WORKER_ENV)
@@ -165,8 +189,12 @@ def _trial_fn(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from bench.results import remote
+
     spec = TrialSpec.model_validate(config["trial"])
     res = spec.resources
+    mirror = remote.mirror_for(config["storage"])
+    ray_fs = mirror.fs if mirror is not None else None
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config=config,
@@ -179,6 +207,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
         run_config=ray.train.RunConfig(
             name=spec.trial_id,
             storage_path=config["ray_storage"],
+            storage_filesystem=ray_fs,
             callbacks=[TuneReportCallback()],
             # A dead worker restarts the whole worker group; run_trial resumes from the checkpoint.
             failure_config=ray.train.FailureConfig(max_failures=res.max_retries),
@@ -212,15 +241,27 @@ def concurrent_trials(res, cluster: dict[str, float] | None = None) -> int:
 def run_trials(
     cfg: SweepConfig,
     trials: list[TrialSpec],
-    storage: Path,
+    storage: str | Path,
     on_event: Callable[[TrialEvent], None] | None = None,
 ) -> dict[str, str]:
     """Run ``trials`` on the connected Ray cluster; returns trial_id → error text for trials that
-    Ray reports as errored (their workers may not have written a result row)."""
+    Ray reports as errored (their workers may not have written a result row).
+
+    ``storage`` is a path (made absolute: workers run elsewhere) or an object-store URI, which
+    the workers mirror themselves (:mod:`bench.results.remote`); Ray's own bookkeeping then goes
+    to the same store, since the nodes share no filesystem.
+    """
     from ray import tune
 
-    sweep_dir = (storage / cfg.name).resolve()
-    ray_storage = str(sweep_dir / "_ray")
+    from bench.results import remote
+
+    mirror = remote.mirror_for(storage)
+    if mirror is not None:
+        storage_arg, ray_fs = str(storage), mirror.fs
+        ray_storage = f"{mirror.root}/{cfg.name}/_ray"
+    else:
+        storage_arg, ray_fs = str(Path(storage).resolve()), None
+        ray_storage = str(Path(storage_arg) / cfg.name / "_ray")
 
     class _Events(tune.Callback):
         # Tune pickles its callbacks with the experiment state; the sink (a live progress display
@@ -244,7 +285,7 @@ def run_trials(
 
     param_space = {
         "trial": tune.grid_search([t.model_dump(mode="json") for t in trials]),
-        "storage": str(storage.resolve()),
+        "storage": storage_arg,
         "ray_storage": ray_storage,
     }
     tuner = tune.Tuner(
@@ -256,6 +297,7 @@ def run_trials(
             # not Tune's, so an earlier invocation's experiment state is never restored.
             name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=ray_storage,
+            storage_filesystem=ray_fs,
             verbose=0,
             callbacks=[_Events()],
         ),

@@ -99,8 +99,3 @@ def test_cluster_templates_from_the_cli(write_yaml, tmp_path):
     too_small = run_cli("cluster", "slurm", cfg, "--nodes", "1", "--cpus-per-node", "0", "--time", "1:00:00",
                         "--partition", "gpu")
     assert_usage_error(too_small, "resources")
-
-
-def test_object_store_storage_is_refused_clearly(write_yaml, tmp_path):
-    proc = run_cli("sweep", str(write_yaml(tiny_sweep(storage="s3://bucket/results"))))
-    assert_usage_error(proc, "object-store URIs are not supported")

@@ -384,6 +384,13 @@ def test_rayjob_cpu_workers_and_defaults():
     assert k8s_name("A" * 80) == "a" * 40
 
 
+def test_rayjob_accepts_an_object_store_uri_as_storage():
+    job = _rayjob(storage="s3://lab-results/specbench")[0]
+    assert job["spec"]["entrypoint"] == (
+        "specbench sweep /config/sweep.yaml --address auto --storage s3://lab-results/specbench --name Quick_start.v2"
+    )
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -395,7 +402,7 @@ def test_rayjob_cpu_workers_and_defaults():
         ({"image": "my image"}, "image"),
         ({"name": "bad name"}, "name"),
         ({"namespace": "Research"}, "namespace"),
-        ({"storage": "s3://bucket/results"}, "is a URI"),
+        ({"storage": "ftp://host/results"}, "unsupported scheme 'ftp'"),
         ({"storage": "results"}, "absolute path"),
         ({"storage": "/elsewhere/results"}, "under the volume's mount path"),
         ({"mount_path": "/config"}, "collides"),

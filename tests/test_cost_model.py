@@ -144,3 +144,33 @@ def test_probe_overhead_uses_probe_rows_when_present():
     out = CM.probe_overhead(pd.DataFrame(rows), step_time_s=0.5)
     assert out["probe_seconds"] == 6.0 and out["phase_seconds"] == {"hvp": 5.0} and out["probe_in_steps"] == 12
     assert math.isfinite(out["probe_seconds"])
+
+
+def _probe_rows(kappa: float) -> pd.DataFrame:
+    """probe_overhead rows that follow probe/step = κ·K·L·B_probe/B_train exactly."""
+    rows = []
+    for k, layers, batch, train, step in ((20, 13, 256, 32, 0.07), (5, 13, 256, 32, 0.05), (20, 7, 64, 16, 0.01)):
+        rows.append({"op": "probe_overhead", "status": "ok", "k": k, "count": layers, "batch": batch,
+                     "train_batch": train, "step_seconds": step, "seconds": kappa * k * layers * batch / train * step})
+    return pd.DataFrame(rows)
+
+
+def test_probe_constant_is_recovered_and_predicts_probe_cost_at_scale(tmp_path, capsys):
+    fit = CM.fit_probe_constant(_probe_rows(2.5))
+    assert fit["kappa"] == pytest.approx(2.5) and fit["points"] == 3 and fit["loo_median_rel_err"] == pytest.approx(0)
+    assert CM.fit_probe_constant(synthetic()) is None  # kernel rows only: nothing to fit
+
+    prof = CM.build_device_profile(pd.concat([synthetic(), _probe_rows(2.5)]), "test")
+    pred = CM.predict_probe_cost(prof, layers=560, top_k=20, probe_batch=2048, train_batch=1024, interval=100)
+    assert pred["probe_in_steps"] == pytest.approx(2.5 * 20 * 560 * 2)  # 56,000 training steps
+    assert pred["overhead_at_interval"] == pytest.approx(560.0)
+    assert pred["interval_for_1pct"] == pytest.approx(2.5 * 20 * 560 * 2 / 0.01)
+
+    path = CM.save_device_profile(prof, tmp_path / "p.json")
+    assert CR.cost_cli("toy", 2, path, "damped_solve", probe_top_k=4, probe_batch=100, train_batch=50) == 0
+    out = capsys.readouterr().out
+    # toy has 8 matrices (3 + 5): 2.5 · 4 · 8 · 100/50 = 160 training steps per probe.
+    assert "curvature probe" in out and "160 training steps per probe" in out
+    assert CR.cost_cli("toy", 2, path, probe_batch=0) == 2
+    no_probe = CM.save_device_profile(CM.build_device_profile(synthetic(), "test"), tmp_path / "q.json")
+    assert CR.cost_cli("toy", 2, no_probe) == 0 and "no probe constant" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO
 
 from bench.profile.config import ProfileConfigError, load_profile_config, parse_profile_config
+from bench.results.writer import write_rows
 
 TINY = REPO / "configs" / "profile" / "tiny.yaml"
 
@@ -123,19 +124,27 @@ def test_cli_body_raises_the_cli_config_error(tmp_path):
     assert "invalid profile config" in err.value.render() and "repeats" in err.value.render()
 
 
-def test_scaling_measurements_through_real_ray(tmp_path):
+def test_scaling_measurements_through_real_ray(tmp_path, monkeypatch):
     """The spectral step at P = 1 and 2 (a real 2-worker gloo group under Ray Train) and the probe
     overhead, end to end: rows are consistent with their own definitions, the sharded step moves
     bytes only at P = 2 and leaves the parameters equal to the redundant run's, and the report
-    states both targets."""
+    states both targets. The storage is relative (as in the shipped configs): every job must
+    write under the caller's working directory, not its own. A probe point measured by an
+    earlier, interrupted run is kept and not measured again."""
     ray = pytest.importorskip("ray")
     from analysis.dataset import load_table
     from analysis.scaling_report import build_scaling_report
     from launchers.profile_runner import run_profile
 
     raw = yaml.safe_load((REPO / "configs" / "profile" / "scaling_tiny.yaml").read_text())
-    raw["storage"] = str(tmp_path / "results")
+    raw["storage"] = "results"
+    monkeypatch.chdir(tmp_path)
     cfg = parse_profile_config(raw, "scaling_tiny")
+    earlier = {"op": "probe_overhead", "phase": "top_k", "shape_m": 32, "batch": raw["probe_overhead"]["default_probe_batch"],
+               "k": 2, "seconds": 1234.5, "step_seconds": 0.5, "probe_to_step": 2469.0, "interval": 100,
+               "overhead_at_interval": 24.69, "interval_for_5pct": 49380.0, "interval_for_1pct": 246900.0,
+               "hvp_seconds": 1.0, "grad_svd_seconds": 0.0, "factors_seconds": 0.0, "eigh_seconds": 0.0, "count": 7}
+    write_rows("profile", [earlier], tmp_path / "results" / "scaling-tiny" / "trials" / "scaling-tiny-probe-overhead" / "profile.parquet")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
     try:
         paths = run_profile(cfg)
@@ -165,6 +174,8 @@ def test_scaling_measurements_through_real_ray(tmp_path):
         assert (phases >= 0).all() and phases.sum() <= row["seconds"]
         assert row["count"] == 7  # q, k, v, attn out, MLP up, MLP down of one block, and the head
     assert probe.loc["width", "shape_m"] == 16 and probe.loc["top_k", "k"] == 2
+    assert probe.loc["top_k", "seconds"] == 1234.5  # kept from the interrupted run, not re-measured
+    assert probe.loc["default", "seconds"] != 1234.5
 
     report = build_scaling_report(results, tmp_path / "rep")
     assert "Target ≥ 1.6× at P = 2" in report.text and "interval 100" in report.text

@@ -53,3 +53,21 @@ def test_report_states_both_targets(tmp_path):
     assert "overhead **1330.0%** at interval 100 (target < 5%: NOT met)" in rep.text  # 26.6 s / (100 · 0.02 s)
     assert "1 % at 1029000 steps" in rep.text  # (0.1·2048 + 1) / (0.01 · 0.02)
     assert (tmp_path / "out" / "scaling_report.md").is_file() and len(rep.plot_paths) == 2
+
+
+def test_growth_exponents_recover_known_power_laws():
+    from analysis.scaling_report import growth_exponents
+
+    # time = 3 · B^1 · K^1.5 · w^0.5 at every point: each axis must give back its own exponent.
+    def seconds(w, b, k):
+        return 3.0 * b * k**1.5 * w**0.5
+
+    pts = [("default", 64, 256, 20), ("probe_batch", 64, 64, 20), ("probe_batch", 64, 128, 20),
+           ("top_k", 64, 256, 5), ("top_k", 64, 256, 10), ("width", 32, 256, 20)]
+    table = pd.DataFrame([{"varied": v, "width": w, "probe_batch": b, "top_k": k, "seconds": seconds(w, b, k)}
+                          for v, w, b, k in pts])
+    got = growth_exponents(table).set_index("factor")
+    assert got.loc["probe_batch", "exponent"] == pytest.approx(1.0)
+    assert got.loc["top_k", "exponent"] == pytest.approx(1.5)
+    assert got.loc["width", "exponent"] == pytest.approx(0.5)
+    assert got.loc["probe_batch", "points"] == 3 and got.loc["width", "values"] == "32, 64"

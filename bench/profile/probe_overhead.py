@@ -42,6 +42,11 @@ def plan_points(widths: list[int], batches: list[int], top_ks: list[int], defaul
     return points
 
 
+def point_key(row: dict[str, Any]) -> tuple[str, int, int, int]:
+    """The :func:`plan_points` entry a result row belongs to."""
+    return (str(row["phase"]), int(row["shape_m"]), int(row["batch"]), int(row["k"]))
+
+
 def _train_step_times(model, data, batch: int, warmup: int, steps: int, seed: int) -> list[float]:
     """Seconds of ``steps`` AdamW training steps after ``warmup`` untimed ones."""
     import optimizers
@@ -68,12 +73,14 @@ def measure_probe_overhead(
     *, widths: list[int], probe_batches: list[int], top_ks: list[int], default: tuple[int, int, int],
     n_layer: int = 2, n_head: int = 4, seq_len: int = 64, train_batch: int = 32, interval: int = 100,
     warmup: int = 3, steps: int = 10, max_bytes: int = 400_000, seed: int = 0,
-    sweep_name: str = "", job_id: str = "", log=None, on_row=None,
+    sweep_name: str = "", job_id: str = "", log=None, on_row=None, done: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows (``op="probe_overhead"``) for every point of :func:`plan_points` (see the module
     docstring). Runs on CPU in this process; the caller sets the thread count. ``on_row(rows)``
     is called with every row so far after each point (the caller persists them, so a kill loses
-    only the point in progress)."""
+    only the point in progress). ``done``: rows of an earlier, interrupted run of the same job;
+    their points are kept as they are and not measured again (each row is self-contained: its
+    step time was measured next to its own probe)."""
     from bench.data import load_dataset
     from bench.models import build_model
     from bench.probes.runner import mean_loss_for_task, run_probe
@@ -82,8 +89,12 @@ def measure_probe_overhead(
     bundle = load_dataset("builtin:text", {"seq_len": seq_len, "max_bytes": max_bytes}, seed)
     loss_fn = mean_loss_for_task("lm")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    rows = []
     points = plan_points(widths, probe_batches, top_ks, default)
+    rows = [r for r in (done or []) if point_key(r) in set(points)]
+    measured = {point_key(r) for r in rows}
+    points = [p for p in points if p not in measured]
+    if not points:
+        return rows
     # One untimed pass at the cheapest point first: the first probe and the first steps of a
     # process pay for allocator growth and lazy initialisation that no later point pays.
     cheapest = min(points, key=lambda p: p[1] * p[2] * p[3])

@@ -52,37 +52,48 @@ def _max_over_ranks(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
-def _run(distribution: str, rows, device: torch.device, method: str, warmup: int, repeats: int, seed: int):
-    from optimizers.benchmark import ParamSet, build_optimizer
+class _Runner:
+    """One distribution's optimizer on its own copy of the parameters, timed step by step."""
 
-    params = ParamSet(rows, device, seed=seed)  # identical on every rank: same seed
-    opt = build_optimizer("spectral_newton", params, {"method": method, "distribution": distribution})
-    params.set_grads(seed=seed + 1)
-    times, compute, comm, sent, imbalance = [], [], [], [], []
-    for i in range(warmup + repeats):
+    def __init__(self, distribution: str, rows, device: torch.device, method: str, seed: int):
+        from optimizers.benchmark import ParamSet, build_optimizer
+
+        self.device = device
+        self.params = ParamSet(rows, device, seed=seed)  # identical on every rank: same seed
+        self.opt = build_optimizer("spectral_newton", self.params, {"method": method, "distribution": distribution})
+        self.params.set_grads(seed=seed + 1)
+        self.times: list[float] = []
+        self.compute: list[float] = []
+        self.comm: list[float] = []
+        self.sent: list[float] = []
+        self.imbalance: list[float] = []
+
+    def step(self, record: bool) -> None:
+        device = self.device
         if dist.is_initialized():
             dist.barrier()
         _sync(device)
         t0 = time.perf_counter()
-        opt.step()
+        self.opt.step()
         _sync(device)
         elapsed = _max_over_ranks(time.perf_counter() - t0, device)
-        metrics = opt.step_metrics()  # collective when sharded (load imbalance): every rank calls it
-        if i >= warmup:
-            times.append(elapsed)
-            compute.append(_max_over_ranks(metrics["spectral_time_s"], device))
-            comm.append(_max_over_ranks(metrics.get("comm_time_s", 0.0), device))
-            sent.append(float(metrics.get("bytes_communicated", 0.0)))
-            imbalance.append(float(metrics.get("load_imbalance", 1.0)))
-    flat = torch.cat([p.detach().reshape(-1) for p in params.parameters()])
-    return times, compute, comm, sent, imbalance, flat
+        metrics = self.opt.step_metrics()  # collective when sharded (load imbalance): every rank calls it
+        if record:
+            self.times.append(elapsed)
+            self.compute.append(_max_over_ranks(metrics["spectral_time_s"], device))
+            self.comm.append(_max_over_ranks(metrics.get("comm_time_s", 0.0), device))
+            self.sent.append(float(metrics.get("bytes_communicated", 0.0)))
+            self.imbalance.append(float(metrics.get("load_imbalance", 1.0)))
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.params.parameters()])
 
 
 def measure_spectral_step(
     *, blocks: int = 12, dim: int = 768, method: str = "solve", warmup: int = 2, repeats: int = 5,
     seed: int = 0, device: torch.device | None = None, sweep_name: str = "", job_id: str = "",
 ) -> list[dict[str, Any]]:
-    """Time one Spectral Newton step, redundant then sharded, on this process group's ranks.
+    """Time one Spectral Newton step, redundant and sharded interleaved, on this process group's ranks.
 
     Every rank must call this (it is collective); every rank returns the same rows (one per
     distribution, ``op="spectral_step"``). Without an initialised process group P = 1.
@@ -93,11 +104,15 @@ def measure_spectral_step(
     matrices = sum(1 for _, shape, _ in rows_shape if len(shape) == 2)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results: dict[str, dict[str, Any]] = {}
-    reference = None
-    for distribution in DISTRIBUTIONS:
-        times, compute, comm, sent, imbalance, flat = _run(distribution, rows_shape, device, method, warmup, repeats, seed)
-        if reference is None:
-            reference = flat
+    runners = {d: _Runner(d, rows_shape, device, method, seed) for d in DISTRIBUTIONS}
+    # Interleaved, one step of each distribution in turn: a load change on a shared machine then
+    # hits both alike, and their ratio (the speedup) stays meaningful.
+    for i in range(warmup + repeats):
+        for runner in runners.values():
+            runner.step(record=i >= warmup)
+    reference = runners["redundant"].flat()
+    for distribution, r in runners.items():
+        times, compute, comm, sent, imbalance, flat = r.times, r.compute, r.comm, r.sent, r.imbalance, r.flat()
         median = statistics.median(times)
         ordered = sorted(times)
         results[distribution] = {

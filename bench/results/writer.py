@@ -2,7 +2,8 @@
 
 A crash must never leave a half-written file visible: every file is written to a temporary
 name in the destination directory and moved into place with ``os.replace`` (atomic on POSIX
-filesystems). Only rank 0 calls these functions.
+filesystems). Only rank 0 calls these functions. A file in the staging tree of an object-store
+storage is then uploaded (:func:`bench.results.remote.after_write`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.results import remote
 from bench.results.schema import METADATA_KEY, SCHEMA_VERSION, TABLES
 
 
 def trial_dir(storage: str | os.PathLike, sweep_name: str, trial_id: str) -> Path:
-    """Where one trial's files live: ``<storage>/<sweep>/trials/<trial_id>/``."""
-    return Path(storage) / sweep_name / "trials" / trial_id
+    """Where one trial's files live: ``<storage>/<sweep>/trials/<trial_id>/`` (for an object-store
+    URI, in this machine's staging tree: :mod:`bench.results.remote`)."""
+    return remote.local_root(storage) / sweep_name / "trials" / trial_id
 
 
 def to_table(name: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -59,6 +62,7 @@ def write_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    remote.after_write(path)
     return path
 
 
@@ -85,4 +89,5 @@ def write_atomic_text(text: str, path: str | os.PathLike) -> Path:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
+    remote.after_write(path)
     return path

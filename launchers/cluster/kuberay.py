@@ -5,7 +5,7 @@ creates a Ray cluster of one head and ``workers`` worker pods, runs
 ``specbench sweep /config/sweep.yaml --address auto --storage STORAGE --name NAME`` on the head,
 and deletes the cluster when the sweep ends) and a ``ConfigMap`` holding the sweep file's text
 verbatim, mounted at ``/config``. Results go to a ReadWriteMany PersistentVolumeClaim mounted on
-every Ray pod; see the manifest's header for why object storage cannot be ``--storage``.
+every Ray pod (it also holds DeepSpeed's op cache); results go under it or to an object store.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import json
 import re
 import shlex
 from pathlib import Path, PurePosixPath
+
+from bench.results import remote
 
 #: Ray version the manifest declares (``rayClusterSpec.rayVersion``); the image must match it.
 RAY_VERSION = "2.60.0"
@@ -125,7 +127,8 @@ def render_rayjob(
         gpus_per_worker: ``nvidia.com/gpu`` per worker pod (0 for CPU pods).
         cpus_per_worker: CPU per worker pod (``4``, ``0.5``, ``"500m"``).
         memory: memory per worker pod (``"32Gi"``).
-        storage: results root inside the pods: an absolute path under ``mount_path``.
+        storage: results root: an absolute path under ``mount_path`` inside the pods, or an
+            object-store URI (``s3://…``, ``gs://…``; credentials from the pods' environment).
         name: the sweep name (``--name``); the Kubernetes names derive from it (:func:`k8s_name`).
         namespace: Kubernetes namespace of the RayJob and ConfigMap.
         volume_claim: the ReadWriteMany PersistentVolumeClaim mounted on every Ray pod.
@@ -161,23 +164,26 @@ def render_rayjob(
         if not _DNS_LABEL.match(str(value)) or len(str(value)) > 63:
             raise ValueError(f"{label} {value!r} must be a Kubernetes name (lower-case letters, digits, '-')")
     storage = str(storage).strip()
-    if re.match(r"^[a-z][a-z0-9+.-]*://", storage):
+    uri = re.match(r"^([a-z][a-z0-9+.-]*)://", storage)
+    if uri and uri.group(1) not in remote.SCHEMES:
         raise ValueError(
-            f"storage {storage!r} is a URI; specbench writes results with POSIX semantics (atomic rename), "
-            f"so --storage must be a path on the shared volume, e.g. {mount_path}/specbench. Copy the "
-            "finished sweep to object storage afterwards."
+            f"storage {storage!r}: unsupported scheme '{uri.group(1)}'; give a path on the shared volume "
+            f"(e.g. {mount_path}/specbench) or an object-store URI ({', '.join(s + '://' for s in remote.SCHEMES)})"
         )
+    if uri and (any(c.isspace() for c in storage)):
+        raise ValueError(f"storage {storage!r} must not contain whitespace")
     mount = PurePosixPath(mount_path)
     if not mount.is_absolute() or any(c.isspace() for c in mount_path):
         raise ValueError(f"mount_path {mount_path!r} must be an absolute path without spaces")
     config_mount = PurePosixPath(CONFIG_MOUNT)
     if mount == config_mount or config_mount in mount.parents or mount in config_mount.parents:
         raise ValueError(f"mount_path {mount_path!r} collides with the config mount {CONFIG_MOUNT}")
-    store = PurePosixPath(storage)
-    if not store.is_absolute() or "\n" in storage:
-        raise ValueError(f"storage {storage!r} must be an absolute path inside the pods, under {mount_path}")
-    if store != mount and mount not in store.parents:
-        raise ValueError(f"storage {storage!r} must be under the volume's mount path {mount_path}")
+    if not uri:  # a path: it must be on the shared volume (an object store is reached from every pod)
+        store = PurePosixPath(storage)
+        if not store.is_absolute() or "\n" in storage:
+            raise ValueError(f"storage {storage!r} must be an absolute path inside the pods, under {mount_path}")
+        if store != mount and mount not in store.parents:
+            raise ValueError(f"storage {storage!r} must be under the volume's mount path {mount_path}")
 
     job = k8s_name(str(name))
     entrypoint = " ".join(
