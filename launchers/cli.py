@@ -40,6 +40,11 @@ def _writable_dir(path: Path) -> None:
 _DRIVER_SKIP = ("checkpoint", "workers", "_ray")
 
 
+def _store_problem(storage: str, what: str, exc: Exception) -> UsageError:
+    reason = " ".join(str(exc).split())[:300]  # pyarrow's messages span lines
+    return UsageError(f"storage {storage} is not {what} ({reason})")
+
+
 def _storage_root(storage: str, write: bool = True) -> Path:
     """Local root of a storage: the path itself, or for an object-store URI the staging tree
     (bench/results/remote.py), after proving the store is reachable (and writable)."""
@@ -54,8 +59,7 @@ def _storage_root(storage: str, write: bool = True) -> Path:
         else:
             mirror.exists("")
     except (OSError, ValueError) as exc:  # pyarrow: ArrowIOError (network, auth), ArrowInvalid (URI)
-        reason = " ".join(str(exc).split())[:300]
-        raise UsageError(f"storage {storage} is not {'writable' if write else 'readable'} ({reason})") from None
+        raise _store_problem(storage, "writable" if write else "readable", exc) from None
     return mirror.local
 
 
@@ -67,8 +71,19 @@ def _pull_results(storage: str, rel: str) -> None:
         try:
             remote.activate(storage).pull_tree(rel, skip_dirs=_DRIVER_SKIP)
         except (OSError, ValueError) as exc:
-            reason = " ".join(str(exc).split())[:300]
-            raise UsageError(f"cannot read {storage} ({reason})") from None
+            raise _store_problem(storage, "readable", exc) from None
+
+
+def _read_from_store(storage: str, rel: str) -> Path:
+    """Download ``<storage>/<rel>``'s result files for a reader and return their local path.
+    The mirror is then deactivated: what a reader derives (report, layer_fits, consolidated
+    files) stays on this machine."""
+    from bench.results import remote
+
+    local = _storage_root(storage, write=False) / rel
+    _pull_results(storage, rel)
+    remote.deactivate(storage)
+    return local
 
 
 def _results_path(arg: str) -> Path:
@@ -80,12 +95,7 @@ def _results_path(arg: str) -> Path:
         return Path(arg)
     parts = arg.split("?", 1)
     root, _, rel = parts[0].rstrip("/").rpartition("/")
-    storage = root + ("?" + parts[1] if len(parts) > 1 else "")
-    local = _storage_root(storage, write=False)
-    _pull_results(storage, rel)
-    # A reader: what it derives (report, layer_fits, consolidated files) stays on this machine.
-    remote.deactivate(storage)
-    return local / rel
+    return _read_from_store(root + ("?" + parts[1] if len(parts) > 1 else ""), rel)
 
 
 def _project_env() -> None:
@@ -115,9 +125,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if moved is not None:
         from bench.results import remote
 
-        mirror = remote.mirror_for(cfg.storage)
-        if mirror is not None:
-            mirror.move(cfg.name, moved.name)
+        if remote.is_uri(cfg.storage):
+            remote.activate(cfg.storage).move(cfg.name, moved.name)  # the mirror _storage_root activated
         print(f"previous results moved to {moved}", file=sys.stderr)
     _writable_dir(sweep_dir)
     trials = expand(cfg)
@@ -367,14 +376,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------- status
 def cmd_status(args: argparse.Namespace) -> int:
+    from bench.results import remote
     from launchers import sweep_state
 
-    if args.storage and "://" in args.storage:
-        from bench.results import remote
-
-        sweep_dir = _storage_root(args.storage, write=False) / args.name
-        _pull_results(args.storage, args.name)
-        remote.deactivate(args.storage)
+    if args.storage and remote.is_uri(args.storage):
+        sweep_dir = _read_from_store(args.storage, args.name)
     elif Path(args.name).is_dir() and not args.storage:
         sweep_dir = Path(args.name)
     else:

@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pyarrow import fs as pafs
+
 #: Schemes accepted as object-store storage (pyarrow filesystems; the suite tests s3 against a
 #: local S3-compatible server, gs goes through the same code).
 SCHEMES = ("s3", "gs", "gcs")
@@ -62,8 +64,6 @@ class Mirror:
     both sides)."""
 
     def __init__(self, uri: str):
-        from pyarrow import fs as pafs
-
         self.uri = uri
         self.fs, path = pafs.FileSystem.from_uri(uri)
         self.root = path.rstrip("/")
@@ -89,27 +89,23 @@ class Mirror:
         """Upload one file of the staging tree to the same relative key."""
         local_path = Path(local_path)
         rel = local_path.resolve().relative_to(self.local.resolve())
-        dest = self._remote(rel)
-        self.fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
-        with open(local_path, "rb") as src, self.fs.open_output_stream(dest) as out:
+        # No create_dir first: object stores have no directories, and on S3 it would add a marker
+        # object (one more request) per upload.
+        with open(local_path, "rb") as src, self.fs.open_output_stream(self._remote(rel)) as out:
             while chunk := src.read(8 << 20):
                 out.write(chunk)
 
-    def push_tree(self, local_dir: str | Path, skip: Iterable[str] = ()) -> int:
-        """Upload every file under ``local_dir`` (except names in ``skip`` and temporary files);
-        returns the number of files."""
-        skip = set(skip)
+    def push_tree(self, local_dir: str | Path) -> int:
+        """Upload every file under ``local_dir`` (temporary files excepted); returns the count."""
         n = 0
         for path in sorted(Path(local_dir).rglob("*")):
-            if path.is_file() and path.name not in skip and not _is_temporary(path.name):
+            if path.is_file() and not _is_temporary(path.name):
                 self.push_file(path)
                 n += 1
         return n
 
     def delete(self, rel: str | Path) -> None:
         """Remove a remote file or directory (missing is fine)."""
-        from pyarrow import fs as pafs
-
         path = self._remote(rel)
         info = self.fs.get_file_info(path)
         if info.type == pafs.FileType.Directory:
@@ -119,14 +115,10 @@ class Mirror:
 
     def move(self, rel: str | Path, new_rel: str | Path) -> None:
         """Copy a remote directory to a new name, then delete the old one (stores cannot rename)."""
-        from pyarrow import fs as pafs
-
         src, dst = self._remote(rel), self._remote(new_rel)
         for info in self.fs.get_file_info(pafs.FileSelector(src, recursive=True, allow_not_found=True)):
             if info.type == pafs.FileType.File:
-                target = dst + info.path[len(src):]
-                self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-                self.fs.copy_file(info.path, target)
+                self.fs.copy_file(info.path, dst + info.path[len(src):])
         self.delete(rel)
 
     # --- download -----------------------------------------------------------------------------
@@ -134,8 +126,6 @@ class Mirror:
     def pull_tree(self, rel: str | Path, skip_dirs: Iterable[str] = ()) -> int:
         """Download every remote file under ``rel`` into the staging tree (files inside a
         directory named in ``skip_dirs`` are left out); returns the number of files."""
-        from pyarrow import fs as pafs
-
         skip_dirs = set(skip_dirs)
         base = self._remote(rel)
         infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -152,14 +142,10 @@ class Mirror:
 
     def list_dirs(self, rel: str | Path) -> list[str]:
         """Names of the remote directories directly under ``rel``."""
-        from pyarrow import fs as pafs
-
         infos = self.fs.get_file_info(pafs.FileSelector(self._remote(rel), allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     def exists(self, rel: str | Path) -> bool:
-        from pyarrow import fs as pafs
-
         return self.fs.get_file_info(self._remote(rel)).type != pafs.FileType.NotFound
 
     def _download(self, remote: str, local: Path) -> None:
@@ -209,6 +195,8 @@ def deactivate(storage: str | os.PathLike[str]) -> None:
 
 def mirror_of(path: str | os.PathLike[str]) -> Mirror | None:
     """The active mirror whose staging tree contains ``path``, if any."""
+    if not _ACTIVE:  # a path storage: every write passes here, so no filesystem calls
+        return None
     p = Path(path).resolve()
     for m in _ACTIVE:
         if p.is_relative_to(m.local.resolve()):
