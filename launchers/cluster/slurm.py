@@ -178,7 +178,7 @@ def _memory_directives(exclusive: bool, mem: str | None) -> tuple[list[str], str
         return ["#SBATCH --exclusive", "#SBATCH --mem=0"], ""
     text = str(mem).strip().upper()
     total = parse_mem(text)
-    lines = [f"#SBATCH --mem={text}"] + (["#SBATCH --exclusive"] if exclusive else [])
+    lines = (["#SBATCH --exclusive"] if exclusive else []) + [f"#SBATCH --mem={text}"]
     if total == 0:  # --mem=0: all of each node's memory, as for an exclusive job
         return lines, ""
     if total < 2**30:
