@@ -356,13 +356,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                 args.config, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node,
                 time=args.time, partition=args.partition, account=args.account,
                 storage=args.storage or cfg.storage, name=name, venv=args.venv, port=args.port,
-                extra_sbatch=args.sbatch_option or [],
+                exclusive=args.exclusive, mem=args.mem, extra_sbatch=args.sbatch_option or [],
             )
         else:
             text = render_rayjob(
                 args.config, image=args.image, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                 cpus_per_worker=args.cpus_per_worker, memory=args.memory, storage=args.storage, name=name,
-                namespace=args.namespace, volume_claim=args.volume_claim,
+                namespace=args.namespace, volume_claim=args.volume_claim, ttl_seconds=args.ttl_seconds,
             )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -551,7 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--storage", help="results root on a shared filesystem (default: the config's)")
     q.add_argument("--name")
     q.add_argument("--venv", default=".venv")
-    q.add_argument("--port", type=int, default=6379)
+    q.add_argument("--port", type=int, default=20000,
+                   help="first port of the Ray port blocks; each job takes its own block by job id")
+    q.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=True,
+                   help="whole nodes for the job (default); --no-exclusive shares them and needs --mem")
+    q.add_argument("--mem", help="memory per node, Slurm units (e.g. 480G); default: all of it (--mem=0)")
     q.add_argument("--sbatch-option", action="append", help="extra #SBATCH line content (repeatable)")
     q.add_argument("-o", "--output", help="write to this file instead of stdout")
     q.set_defaults(func=cmd_cluster)
@@ -566,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--name")
     q.add_argument("--namespace", default="default")
     q.add_argument("--volume-claim", default="specbench-results")
+    q.add_argument("--ttl-seconds", type=int, default=0,
+                   help="keep the Ray cluster (and its GPUs) this long after the sweep ends; default 0")
     q.add_argument("-o", "--output")
     q.set_defaults(func=cmd_cluster)
 

@@ -3,9 +3,13 @@
 The output (``templates/rayjob.yaml.txt``) holds two YAML documents: the ``RayJob`` (KubeRay
 creates a Ray cluster of one head and ``workers`` worker pods, runs
 ``specbench sweep /config/sweep.yaml --address auto --storage STORAGE --name NAME`` on the head,
-and deletes the cluster when the sweep ends) and a ``ConfigMap`` holding the sweep file's text
-verbatim, mounted at ``/config``. Results go to a ReadWriteMany PersistentVolumeClaim mounted on
-every Ray pod (it also holds DeepSpeed's op cache); results go under it or to an object store.
+and deletes the cluster as soon as the sweep ends) and a ``ConfigMap`` holding the sweep file's
+text verbatim, mounted at ``/config``. Results go to a ReadWriteMany PersistentVolumeClaim mounted
+on every Ray pod (it also holds DeepSpeed's op cache); results go under it or to an object store.
+
+Targets KubeRay v1.5.1 to v1.7.0 (``ray.io/v1`` RayJob; ``authOptions`` needs v1.5.1) and Ray 2.60.
+``tests/data/rayjob_schema.json`` is a hand-written JSON Schema of the part of that API the
+manifest uses, with the checks the operator adds (DNS-1035 names, the TTL rule).
 """
 
 from __future__ import annotations
@@ -26,17 +30,27 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
-#: KubeRay derives RayCluster, Service and Pod names from the RayJob's name; keep it short.
+#: KubeRay derives RayCluster, Service and Pod names from the RayJob's name and refuses names
+#: over 47 characters (53 for a RayCluster, less its "-xxxxx" suffix); 40 leaves room to spare.
 K8S_NAME_MAX = 40
+#: Put before a sweep name that does not start with a letter, as a DNS-1035 label must.
+K8S_NAME_PREFIX = "specbench-"
 
 
 def k8s_name(sweep_name: str) -> str:
-    """A DNS-1123 label derived from a sweep name (lower case, ``_``/``.`` → ``-``, ≤ 40 chars)."""
+    """A DNS-1035 label derived from a sweep name, for the RayJob and the objects named after it.
+
+    Lower case, runs of other characters than letters, digits and ``-`` become ``-``, a name
+    that does not start with a letter gets :data:`K8S_NAME_PREFIX` (``2026_sweep`` →
+    ``specbench-2026-sweep``: KubeRay rejects a RayJob name starting with a digit only after the
+    API server has accepted it), and the result is cut to :data:`K8S_NAME_MAX` characters.
+    """
     text = re.sub(r"[^a-z0-9-]+", "-", sweep_name.lower()).strip("-")
-    text = text[:K8S_NAME_MAX].rstrip("-")
     if not text:
         raise ValueError(f"name {sweep_name!r} has no letters or digits to build a Kubernetes name from")
-    return text
+    if not text[0].isalpha():
+        text = K8S_NAME_PREFIX + text
+    return text[:K8S_NAME_MAX].rstrip("-")
 
 
 def _cpu(name: str, value: object) -> str:
@@ -117,6 +131,7 @@ def render_rayjob(
     head_cpus: int | float | str = 2,
     head_memory: str = "8Gi",
     backoff_limit: int = 2,
+    ttl_seconds: int = 0,
 ) -> str:
     """A RayJob + ConfigMap manifest (two YAML documents) running ``specbench sweep`` on KubeRay.
 
@@ -135,6 +150,9 @@ def render_rayjob(
         mount_path: where the claim is mounted.
         head_cpus, head_memory: the head pod's resources (it runs the driver only).
         backoff_limit: retries of the whole job, each on a fresh cluster (each resumes the sweep).
+        ttl_seconds: how long the Ray cluster, with all its pods and GPUs, outlives the finished
+            sweep (``ttlSecondsAfterFinished``; KubeRay then deletes it). 0, the default, deletes it
+            at once; the RayJob and its submitter Job, which holds the driver's log, stay either way.
 
     Raises:
         ValueError: an argument is malformed (the message names it).
@@ -152,6 +170,9 @@ def render_rayjob(
     workers = _count("workers", workers, 1)
     gpus_per_worker = _count("gpus_per_worker", gpus_per_worker, 0)
     backoff_limit = _count("backoff_limit", backoff_limit, 0)
+    ttl_seconds = _count("ttl_seconds", ttl_seconds, 0)
+    if ttl_seconds > 2**31 - 1:
+        raise ValueError(f"ttl_seconds must be at most {2**31 - 1}, not {ttl_seconds}")
     cpus = _cpu("cpus_per_worker", cpus_per_worker)
     mem = _memory("memory", memory)
     head_cpu = _cpu("head_cpus", head_cpus)
@@ -181,7 +202,9 @@ def render_rayjob(
     if not uri:  # a path: it must be on the shared volume (an object store is reached from every pod)
         store = PurePosixPath(storage)
         if not store.is_absolute() or "\n" in storage:
-            raise ValueError(f"storage {storage!r} must be an absolute path inside the pods, under {mount_path}")
+            raise ValueError(
+                f"storage {storage!r} must be an absolute path inside the pods, under {mount_path}"
+            )
         if store != mount and mount not in store.parents:
             raise ValueError(f"storage {storage!r} must be under the volume's mount path {mount_path}")
 
@@ -207,6 +230,13 @@ def render_rayjob(
     return load_template("rayjob.yaml.txt").substitute(
         k8s_name=job,
         k8s_name_comment=job,
+        name_comment=f"{job} (from the sweep name {name})" if job != name else job,
+        ttl_seconds=ttl_seconds,
+        ttl_comment=(
+            "Delete the Ray cluster (every pod and GPU) as soon as the sweep ends"
+            if ttl_seconds == 0
+            else f"Keep the Ray cluster (every pod and GPU) {ttl_seconds} s after the sweep ends, then delete it"
+        ),
         namespace=namespace,
         namespace_comment=namespace,
         entrypoint=_quoted(entrypoint),
