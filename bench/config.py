@@ -244,11 +244,13 @@ class OptimizerEntry(_Strict):
 class SweepConfig(_Strict):
     """A whole sweep: optimizers × workloads × seeds."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name (results sub-directory)")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200,
+                      description="sweep name (results sub-directory)")
     seed: int = Field(0, ge=0, description="root seed: every trial, rank and data-stream seed derives from it")
     seeds: int = Field(1, gt=0, description="number of seeds per (optimizer setting, workload)")
     storage: str = Field(
         "results",
+        max_length=MAX_SPEC_CHARS,
         description="results root, a path or s3://bucket/prefix, gs://bucket/prefix; the sweep writes <storage>/<name>/",
     )
     workloads: list[WorkloadConfig] = Field(..., min_length=1)
@@ -405,17 +407,15 @@ def _strict_settings(name: str, settings: dict[str, Any]) -> BaseModel:
 
 
 def settings_problems(name: str, settings: dict[str, Any], where: str) -> list[str]:
-    """Problems with one optimizer's ``settings`` (empty when valid): the registry's own checks
-    (unknown keys, bounds, choices), then strict types (a quoted number, "yes" for a boolean)."""
+    """Problems with one optimizer's ``settings`` (empty when valid), from its settings model in
+    strict mode: unknown keys (with the allowed ones), types as written, bounds, choices."""
     import optimizers
 
-    problems = optimizers.validate_settings(name, settings, prefix=where)
-    if problems:
-        return problems
     try:
         _strict_settings(name, settings)
     except ValidationError as exc:
-        return pydantic_problems(exc, where)
+        allowed = ", ".join(optimizers.settings_model(name).model_fields)
+        return pydantic_problems(exc, where, unknown_hint=f"; {name} has the settings {allowed}")
     return []
 
 

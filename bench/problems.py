@@ -71,15 +71,16 @@ def _type_message(kind: str, value: Any) -> str:
     return f"expected {expected}, got {shown(value)}"
 
 
-def pydantic_problems(exc: Any, prefix: str = "") -> list[str]:
-    """One readable line per error of a ``pydantic.ValidationError``: ``training.steps: …``."""
+def pydantic_problems(exc: Any, prefix: str = "", unknown_hint: str = "") -> list[str]:
+    """One readable line per error of a ``pydantic.ValidationError``: ``training.steps: …``,
+    under ``prefix``; ``unknown_hint`` follows "unknown key" (e.g. the keys that exist)."""
     out = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])
         loc = ".".join(p for p in (prefix, loc) if p) or "(top level)"
         kind, value = err["type"], err.get("input")
         if kind == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + unknown_hint
         elif kind == "missing":
             msg = "required key is missing"
         elif kind in _EXPECTED:

@@ -116,7 +116,7 @@ def availability_problems(workloads: list[tuple[int, WorkloadConfig]]) -> list[s
 
     problems = []
     for i, wl in workloads:
-        if data.check_spec(wl.dataset) is None:
+        if not data.check_args(wl.dataset, wl.dataset_args):  # a valid spec with valid args
             problems += [f"workloads[{i}].dataset: {p}" for p in hub.availability_problems(wl.dataset, wl.dataset_args)]
     return problems
 

@@ -45,26 +45,28 @@ def _shown_default(field: Any) -> str:
     return json.dumps(default, default=str)
 
 
-def describe_config(model: type[BaseModel], title: str = "(top level)",
-                    seen: dict[type, str] | None = None) -> list[str]:
-    """Every key of ``model`` with its default and description, then each nested section."""
-    seen = {} if seen is None else seen
-    seen[model] = title
-    lines = [f"{title}:"]
-    nested = []
-    for name, field in model.model_fields.items():
-        lines.append(f"  {name}: {_shown_default(field)}    # {field.description or ''}")
-        found = _nested(field.annotation)
-        if found is not None:
+def describe_config(model: type[BaseModel]) -> list[str]:
+    """Every key of ``model`` with its default and description, then every nested section,
+    breadth first (a section model met twice is printed once and referred to after)."""
+    lines: list[str] = []
+    queue: list[tuple[type[BaseModel], str]] = [(model, "")]
+    seen: dict[type, str] = {model: "(top level)"}
+    while queue:
+        current, title = queue.pop(0)
+        lines.append(f"{title or '(top level)'}:")
+        for name, field in current.model_fields.items():
+            lines.append(f"  {name}: {_shown_default(field)}    # {field.description or ''}")
+            found = _nested(field.annotation)
+            if found is None:
+                continue
             sub, suffix = found
-            path = f"{name}{suffix}" if title == "(top level)" else f"{title}.{name}{suffix}"
-            nested.append((sub, path))
-    lines.append("")
-    for sub, path in nested:
-        if sub in seen:
-            lines += [f"{path}: the same keys as {seen[sub]}", ""]
-        else:
-            lines += describe_config(sub, path, seen)
+            path = f"{title}.{name}{suffix}" if title else f"{name}{suffix}"
+            if sub in seen:
+                lines.append(f"    ({path}: the same keys as {seen[sub]})")
+            else:
+                seen[sub] = path
+                queue.append((sub, path))
+        lines.append("")
     return lines
 
 
