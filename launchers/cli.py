@@ -26,12 +26,9 @@ def _fail(message: str) -> int:
 
 
 def _writable_dir(path: Path) -> None:
-    """Create ``path`` if needed and prove it is writable, or raise UsageError."""
+    """Create ``path`` (the gate found it creatable; this only catches a change since)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".specbench-write-test"
-        probe.write_text("ok")
-        probe.unlink()
     except OSError as exc:
         raise UsageError(f"storage path {path} is not writable ({exc.strerror or exc})") from None
 
@@ -46,21 +43,19 @@ def _store_problem(storage: str, what: str, exc: Exception) -> UsageError:
     return UsageError(store_problem(storage, what, exc))
 
 
-def _storage_root(storage: str, write: bool = True) -> Path:
+def _storage_root(storage: str) -> Path:
     """Local root of a storage: the path itself, or for an object-store URI the staging tree
-    (bench/results/remote.py), after proving the store is reachable (and writable)."""
+    (bench/results/remote.py), with its mirror active, after proving the store is reachable
+    (writers went through the gate, which proved it writable)."""
     from bench.results import remote
 
     if not remote.is_uri(storage):
         return Path(storage)
     try:
         mirror = remote.activate(storage)
-        if write:
-            mirror.check_writable()
-        else:
-            mirror.exists("")
+        mirror.exists("")
     except (OSError, ValueError) as exc:  # pyarrow: ArrowIOError (network, auth), ArrowInvalid (URI)
-        raise _store_problem(storage, "writable" if write else "readable", exc) from None
+        raise _store_problem(storage, "readable", exc) from None
     return mirror.local
 
 
@@ -81,7 +76,7 @@ def _read_from_store(storage: str, rel: str) -> Path:
     files) stays on this machine."""
     from bench.results import remote
 
-    local = _storage_root(storage, write=False) / rel
+    local = _storage_root(storage) / rel
     _pull_results(storage, rel)
     remote.deactivate(storage)
     return local
@@ -404,8 +399,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         node = {"CPU": float(args.cpus_per_node), "GPU": float(args.gpus_per_node)}
         cluster = ({k: args.nodes * v for k, v in node.items()}, [node] * max(args.nodes, 0))
     # The whole config is validated (and its resources against the allocation) before anything is
-    # generated; storage lives on the cluster, so it is not checked from here.
-    cfg = check_sweep(args.config, cluster=cluster, storage=False, extra=flags).cfg
+    # generated; storage and hub access are the cluster's, so they are not checked from here.
+    cfg = check_sweep(args.config, cluster=cluster, here=False, extra=flags).cfg
     name = args.name or cfg.name
     try:
         if args.target == "slurm":

@@ -64,12 +64,13 @@ class CheckedSweep:
 
 def check_sweep(path: str | Path, assignments: list[str] | tuple[str, ...] = (),
                 overrides: dict[str, Any] | None = None, *, cluster: ClusterShape | None = None,
-                force_new: bool = False, storage: bool = True, resume: bool = True,
+                force_new: bool = False, here: bool = True, resume: bool = True,
                 extra: list[str] | tuple[str, ...] = ()) -> CheckedSweep:
     """Run the gate on a sweep file (see the module doc).
 
-    ``cluster``: the shape resources are checked against (None: not checked here); ``storage``:
-    whether this command writes results (then they must be writable); ``resume``: whether it
+    ``cluster``: the shape resources are checked against (None: not checked here); ``here``:
+    whether this machine runs the trials or drives them (then its hub access and the storage are
+    checked; not for a script generated for another cluster); ``resume``: whether it
     continues the sweep under its name (then another config's results there are refused unless
     ``force_new``); ``extra``: problems the caller found in its own flags, reported with the rest.
     """
@@ -79,18 +80,18 @@ def check_sweep(path: str | Path, assignments: list[str] | tuple[str, ...] = (),
         doc, more = merge_document(raw, source, overrides, assignments)
     except ConfigError as exc:
         raise ConfigError(source, [*extra, *exc.problems]) from None
-    problems += more
-    cfg: SweepConfig | None
+    problems = [*extra, *problems, *more]
+    cfg: SweepConfig | None = None
     try:
-        cfg = validate_document(doc, source, problems)
-        problems = list(extra)
+        cfg = validate_document(doc, source)
     except ConfigError as exc:
-        cfg, problems = None, [*extra, *exc.problems]
+        problems += exc.problems
     workloads = list(enumerate(cfg.workloads)) if cfg else valid_items(WorkloadConfig, doc.get("workloads"))
-    problems += availability_problems(workloads)
+    if here:
+        problems += availability_problems(workloads)
     fingerprint = sweep_fingerprint(cfg) if cfg and resume else None
     placement = cfg or _valid(_Placement, doc)
-    if storage and placement is not None:
+    if here and placement is not None:
         problems += storage_problems(placement.storage, placement.name, fingerprint, force_new)
     resources = cfg.resources if cfg else _valid(ResourcesConfig, doc.get("resources", {}))
     if cluster is not None and resources is not None:

@@ -255,3 +255,14 @@ def test_help_of_each_command_runs(flag, capsys):
             cli.main([command, flag])
         assert info.value.code == 0
     assert "KEY=VALUE" in capsys.readouterr().out
+
+
+def test_flag_mistakes_are_listed_with_the_config_ones(write_yaml, tmp_path, capsys):
+    doc = tiny_sweep()
+    doc["seeds"] = 0
+    cfg = str(write_yaml(doc))
+    code, _, err = run(capsys, "train", cfg, "--workers", "0", "--storage", str(tmp_path / "out"))
+    assert code == 2 and "--workers must be at least 1" in err and "seeds" in err
+    code, _, err = run(capsys, "probe", cfg, "--checkpoint", str(tmp_path / "none"), "--storage", str(tmp_path / "out"))
+    assert code == 2 and "does not exist" in err and "seeds" in err
+    assert not (tmp_path / "out").exists()
