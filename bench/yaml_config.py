@@ -146,15 +146,13 @@ class _Census:
 
     def _children(self, node: Node, where: str) -> list[tuple[str, Node]]:
         if isinstance(node, ScalarNode):
-            if node.tag not in _ALLOWED:
-                self.problems.append(f"{_line(node)}: {where or 'value'}: tag {_tag(node)} is not supported "
-                                     "(a config holds strings, numbers, booleans, null, lists and mappings)")
+            self._tag_is(node, _ALLOWED, where)
             return []
         if isinstance(node, SequenceNode):
-            self._tag_is(node, _SEQ, where)
+            self._tag_is(node, {_SEQ}, where)
             return [(f"{where}[{i}]", child) for i, child in enumerate(node.value)]
         assert isinstance(node, MappingNode)
-        self._tag_is(node, _MAP, where)
+        self._tag_is(node, {_MAP}, where)
         seen: dict[str, Node] = {}
         out = []
         for key, value in node.value:
@@ -175,9 +173,10 @@ class _Census:
             out.append((f"{where}.{name}" if where else name, value))
         return out
 
-    def _tag_is(self, node: Node, tag: str, where: str) -> None:
-        if node.tag != tag:
-            self.problems.append(f"{_line(node)}: {where or 'the document'}: tag {_tag(node)} is not supported")
+    def _tag_is(self, node: Node, tags: set[str], where: str) -> None:
+        if node.tag not in tags:
+            self.problems.append(f"{_line(node)}: {where or 'the document'}: tag {_tag(node)} is not supported "
+                                 "(a config holds strings, numbers, booleans, null, lists and mappings)")
 
 
 def _syntax_problem(exc: yaml.YAMLError) -> str:
