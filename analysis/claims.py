@@ -279,6 +279,8 @@ def load_claims(path: str | os.PathLike[str] | None = None) -> list[Claim]:
         doc = yaml.safe_load(claims_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ClaimsError(f"claims file {claims_path} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError:
+        raise ClaimsError(f"claims file {claims_path} is not UTF-8 text; save it as UTF-8") from None
     return parse_claims(doc)
 
 

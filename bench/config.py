@@ -5,15 +5,42 @@ every field has a default and a description so that ``specbench config --show`` 
 Cross-field rules that need the registries (unknown optimizer, model or dataset names, optimizer
 settings, ZeRO compatibility) live in :func:`semantic_problems`, which returns every problem at
 once instead of stopping at the first.
+
+Types are taken as written (:func:`validate_strict`): a config is read as YAML 1.2
+(:mod:`bench.yaml_config`), and a value whose type does not fit its field is refused, never
+converted. A quoted number (``steps: "20"``, ``lr: "0.01"``) is a string and is refused where a
+number is expected; ``yes``/``on`` are strings and are refused where a boolean is expected; a
+float is refused where an integer is expected. The one widening is an integer where a float is
+expected (``damping: 1`` is 1.0). Optimizer settings are validated the same way against the
+optimizer's settings model, and trials carry the validated values (:func:`resolved_settings`),
+so ``lr: 1`` and ``lr: 1.0`` are one trial.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import json
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.probes.settings import ProbeSettings
+from bench.problems import pydantic_problems, shown
+
+#: Longest model or dataset spec (a name or a path); longer strings are refused before any
+#: registry looks at them.
+MAX_SPEC_CHARS = 1024
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def validate_strict(model: type[_M], raw: Any) -> _M:
+    """``model`` validated from a loaded document with types as written (see the module doc).
+
+    pydantic's strict mode on JSON input: strict scalars, and lists accepted for tuple fields
+    (strict Python input would insist on tuples, which YAML cannot write). Raises
+    ``pydantic.ValidationError``, or ``TypeError`` for a value JSON cannot hold.
+    """
+    return model.model_validate_json(json.dumps(raw, allow_nan=True), strict=True)
 
 
 class _Strict(BaseModel):
@@ -131,8 +158,10 @@ class WorkloadConfig(_Strict):
     bench/data (``builtin:cnn``, ``timm:resnet18``, ``hf:gpt2``; ``sklearn:digits``,
     ``builtin:text``, ``hf:<dataset>``, a local file)."""
 
-    model: str = Field(..., description="model spec, e.g. builtin:cnn, timm:resnet18, hf:gpt2")
-    dataset: str = Field(..., description="dataset spec, e.g. sklearn:digits, builtin:text, hf:cifar10, data.parquet")
+    model: str = Field(..., min_length=1, max_length=MAX_SPEC_CHARS,
+                       description="model spec, e.g. builtin:cnn, timm:resnet18, hf:gpt2")
+    dataset: str = Field(..., min_length=1, max_length=MAX_SPEC_CHARS,
+                         description="dataset spec, e.g. sklearn:digits, builtin:text, hf:cifar10, data.parquet")
     model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model builder")
     dataset_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the dataset loader")
 
@@ -158,7 +187,7 @@ class SearchDim(_Strict):
         if self.low is None or self.high is None:
             raise ValueError("a search axis needs low and high (or values)")
         if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            raise ValueError(f"low ({shown(self.low)}) must be below high ({shown(self.high)})")
         if self.log and self.low <= 0:
             raise ValueError("a log-scale axis needs low > 0")
         return self
@@ -215,11 +244,13 @@ class OptimizerEntry(_Strict):
 class SweepConfig(_Strict):
     """A whole sweep: optimizers × workloads × seeds."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name (results sub-directory)")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200,
+                      description="sweep name (results sub-directory)")
     seed: int = Field(0, ge=0, description="root seed: every trial, rank and data-stream seed derives from it")
     seeds: int = Field(1, gt=0, description="number of seeds per (optimizer setting, workload)")
     storage: str = Field(
         "results",
+        max_length=MAX_SPEC_CHARS,
         description="results root, a path or s3://bucket/prefix, gs://bucket/prefix; the sweep writes <storage>/<name>/",
     )
     workloads: list[WorkloadConfig] = Field(..., min_length=1)
@@ -235,7 +266,7 @@ class SweepConfig(_Strict):
 
         if remote.is_uri(self.storage) and remote.scheme(self.storage) not in remote.SCHEMES:
             raise ValueError(
-                f"storage '{self.storage}': unsupported scheme '{remote.scheme(self.storage)}'; use a path "
+                f"storage {shown(self.storage)}: unsupported scheme {shown(remote.scheme(self.storage))}; use a path "
                 f"(a shared filesystem on a cluster) or an object-store URI ({', '.join(s + '://' for s in remote.SCHEMES)})"
             )
         return self
@@ -305,23 +336,25 @@ def semantic_problems(cfg: SweepConfig) -> list[str]:
 def partial_semantic_problems(raw: dict[str, Any]) -> list[str]:
     """Registry problems of the entries that are well-formed in a document that failed schema
     validation elsewhere, so that one run of the validator reports every mistake."""
-    from pydantic import ValidationError
-
-    def valid(model, items) -> list[tuple[int, Any]]:
-        out = []
-        for i, item in enumerate(items if isinstance(items, list) else []):
-            try:
-                out.append((i, model.model_validate(item)))
-            except ValidationError:
-                pass
-        return out
 
     zero = 0
     training = raw.get("training")
     if isinstance(training, dict) and training.get("zero_stage") in (0, 1, 2, 3):
         zero = training["zero_stage"]
-    return _registry_problems(valid(WorkloadConfig, raw.get("workloads")), valid(OptimizerEntry, raw.get("optimizers")),
-                              zero)
+    return _registry_problems(valid_items(WorkloadConfig, raw.get("workloads")),
+                              valid_items(OptimizerEntry, raw.get("optimizers")), zero)
+
+
+def valid_items(model: type[_M], items: Any) -> list[tuple[int, _M]]:
+    """``(index, validated item)`` for the items of a document's list that are valid on their own
+    (the rest are reported by the schema), so that checks on them can still run."""
+    out = []
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        try:
+            out.append((i, validate_strict(model, item)))
+        except (ValidationError, TypeError):
+            pass
+    return out
 
 
 def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: list[tuple[int, OptimizerEntry]],
@@ -353,10 +386,9 @@ def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: lis
         # Validate the fixed settings with every grid value (and every search-axis bound or value)
         # substituted, so a bad value is reported too.
         for combo in grid_points(entry.grid) + _search_corners(entry.search) or [{}]:
-            for m in optimizers.validate_settings(entry.name, {**entry.settings, **combo}):
-                line = f"{where} ({entry.name}): {m}"
-                if line not in problems:
-                    problems.append(line)
+            for m in settings_problems(entry.name, {**entry.settings, **combo}, f"{where}.settings"):
+                if m not in problems:
+                    problems.append(m)
         if zero_stage > 0 and optimizers.requires_full_matrices(entry.name):
             problems.append(
                 f"{where} ({entry.name}): needs whole gradient matrices, but training.zero_stage="
@@ -366,6 +398,31 @@ def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: lis
                 "optimizer such as adamw."
             )
     return problems
+
+
+def _strict_settings(name: str, settings: dict[str, Any]) -> BaseModel:
+    import optimizers
+
+    return validate_strict(optimizers.settings_model(name), settings)
+
+
+def settings_problems(name: str, settings: dict[str, Any], where: str) -> list[str]:
+    """Problems with one optimizer's ``settings`` (empty when valid), from its settings model in
+    strict mode: unknown keys (with the allowed ones), types as written, bounds, choices."""
+    import optimizers
+
+    try:
+        _strict_settings(name, settings)
+    except ValidationError as exc:
+        allowed = ", ".join(optimizers.settings_model(name).model_fields)
+        return pydantic_problems(exc, where, unknown_hint=f"; {name} has the settings {allowed}")
+    return []
+
+
+def resolved_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The validated values of the keys given (``lr: 1`` becomes 1.0, a list of betas stays a
+    list): what a trial runs with and what its id hashes. Call after :func:`settings_problems`."""
+    return _strict_settings(name, settings).model_dump(mode="json", include=set(settings))
 
 
 def _search_corners(search: dict[str, SearchDim]) -> list[dict[str, Any]]:

@@ -26,12 +26,9 @@ def _fail(message: str) -> int:
 
 
 def _writable_dir(path: Path) -> None:
-    """Create ``path`` if needed and prove it is writable, or raise UsageError."""
+    """Create ``path`` (the gate found it creatable; this only catches a change since)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".specbench-write-test"
-        probe.write_text("ok")
-        probe.unlink()
     except OSError as exc:
         raise UsageError(f"storage path {path} is not writable ({exc.strerror or exc})") from None
 
@@ -41,25 +38,24 @@ _DRIVER_SKIP = ("checkpoint", "workers", "_ray")
 
 
 def _store_problem(storage: str, what: str, exc: Exception) -> UsageError:
-    reason = " ".join(str(exc).split())[:300]  # pyarrow's messages span lines
-    return UsageError(f"storage {storage} is not {what} ({reason})")
+    from launchers.gate import store_problem
+
+    return UsageError(store_problem(storage, what, exc))
 
 
-def _storage_root(storage: str, write: bool = True) -> Path:
+def _storage_root(storage: str) -> Path:
     """Local root of a storage: the path itself, or for an object-store URI the staging tree
-    (bench/results/remote.py), after proving the store is reachable (and writable)."""
+    (bench/results/remote.py), with its mirror active, after proving the store is reachable
+    (writers went through the gate, which proved it writable)."""
     from bench.results import remote
 
     if not remote.is_uri(storage):
         return Path(storage)
     try:
         mirror = remote.activate(storage)
-        if write:
-            mirror.check_writable()
-        else:
-            mirror.exists("")
+        mirror.exists("")
     except (OSError, ValueError) as exc:  # pyarrow: ArrowIOError (network, auth), ArrowInvalid (URI)
-        raise _store_problem(storage, "writable" if write else "readable", exc) from None
+        raise _store_problem(storage, "readable", exc) from None
     return mirror.local
 
 
@@ -80,7 +76,7 @@ def _read_from_store(storage: str, rel: str) -> Path:
     files) stays on this machine."""
     from bench.results import remote
 
-    local = _storage_root(storage, write=False) / rel
+    local = _storage_root(storage) / rel
     _pull_results(storage, rel)
     remote.deactivate(storage)
     return local
@@ -106,31 +102,66 @@ def _project_env() -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "specbench" / "torch_extensions"))
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("specbench")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "(not installed)"
+
+
+def _checked(args: argparse.Namespace, *, resources: bool, **kwargs: Any):
+    """The validation gate (launchers/gate.py) on a command's CONFIG, overrides and flags;
+    ``resources``: check them against this machine when the command would start Ray here."""
+    from launchers import gate, ray_runner
+
+    cluster = ray_runner.local_cluster_shape() if resources and not getattr(args, "address", None) else None
+    return gate.check_sweep(args.config, args.overrides, {"storage": args.storage, "name": args.name},
+                            cluster=cluster, **kwargs)
+
+
+def _check_joined_cluster(cfg, source: str) -> None:
+    """Resources against the Ray cluster this process joined (``--address``)."""
+    from launchers import ray_runner
+    from launchers.sweep import ConfigError
+
+    problems = ray_runner.resource_problems(cfg.resources, *ray_runner.cluster_shape())
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def _start_ray(address: str | None, verbose: bool = False) -> None:
+    from launchers import ray_runner
+
+    try:
+        ray_runner.start_ray(address, verbose=verbose)
+    except ConnectionError as exc:
+        raise UsageError(
+            f"cannot join the Ray cluster at {address} ({exc}). A cluster with token authentication "
+            "(Ray's default) needs RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
+            "or ~/.ray/auth_token"
+        ) from None
+
+
 # ---------------------------------------------------------------------------------------- sweep
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.results import remote
     from launchers import sweep_state
-    from launchers.sweep import expand, load_config, sweep_fingerprint
 
-    cfg = load_config(args.config, {"storage": args.storage, "name": args.name})
+    # Everything the user can get wrong, in one message, before anything is written or started.
+    checked = _checked(args, resources=True, force_new=args.force_new)
+    cfg, trials, fingerprint = checked.cfg, checked.trials, checked.fingerprint
     if not args.address:
-        _refuse_second_local_ray()  # before anything is created
-    storage = _storage_root(cfg.storage)
+        _refuse_second_local_ray()
+    storage = remote.local_root(cfg.storage)
+    remote.activate(cfg.storage)
     _pull_results(cfg.storage, cfg.name)  # an object store's results so far: resume needs them
     sweep_dir = storage / cfg.name
-    fingerprint = sweep_fingerprint(cfg)
-    try:
-        moved = sweep_state.check_or_replace(sweep_dir, fingerprint, args.force_new)
-    except sweep_state.SweepMismatch as exc:
-        raise UsageError(str(exc)) from None
-    if moved is not None:
-        from bench.results import remote
-
-        if remote.is_uri(cfg.storage):
-            remote.activate(cfg.storage).move(cfg.name, moved.name)  # the mirror _storage_root activated
-        print(f"previous results moved to {moved}", file=sys.stderr)
-    _writable_dir(sweep_dir)
-    trials = expand(cfg)
-    before = sweep_state.states(sweep_dir, [t.trial_id for t in trials])
+    record = sweep_state.read_record(sweep_dir)
+    replacing = record is not None and record.get("fingerprint") != fingerprint  # --force-new (gate-checked)
+    before = (dict.fromkeys((t.trial_id for t in trials), "pending") if replacing
+              else sweep_state.states(sweep_dir, [t.trial_id for t in trials]))
     pending = [t for t in trials if before[t.trial_id] not in sweep_state.FINISHED]
     if len(pending) < len(trials):
         print(f"resuming sweep '{cfg.name}': {sweep_state.summary_line(before)}; "
@@ -140,27 +171,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from launchers import ray_runner
 
-    if not args.address:
-        problems = ray_runner.resource_problems(cfg.resources, *ray_runner.local_cluster_shape())
-        if problems:
-            from launchers.sweep import ConfigError
-
-            raise ConfigError(args.config, problems)
-    try:
-        ray_runner.start_ray(args.address, verbose=args.verbose)
-    except ConnectionError as exc:
-        raise UsageError(
-            f"cannot join the Ray cluster at {args.address} ({exc}). A cluster with token authentication "
-            "(Ray's default) needs RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
-            "or ~/.ray/auth_token"
-        ) from None
+    _start_ray(args.address, verbose=args.verbose)
     try:
         if args.address:
-            problems = ray_runner.resource_problems(cfg.resources, *ray_runner.cluster_shape())
-            if problems:
-                from launchers.sweep import ConfigError
-
-                raise ConfigError(args.config, problems)
+            _check_joined_cluster(cfg, args.config)  # still before anything is written
+        moved = sweep_state.check_or_replace(sweep_dir, fingerprint, args.force_new)
+        if moved is not None:
+            if remote.is_uri(cfg.storage):
+                remote.activate(cfg.storage).move(cfg.name, moved.name)
+            print(f"previous results moved to {moved}", file=sys.stderr)
+        _writable_dir(sweep_dir)
         _write_sweep_record(sweep_dir, cfg, trials, fingerprint)
         print(f"sweep '{cfg.name}': {len(pending)} trials → {sweep_dir.resolve()}", file=sys.stderr)
         from launchers.progress import SweepProgress
@@ -206,9 +226,11 @@ def _refuse_second_local_ray() -> None:
     others = ray_runner.other_local_ray()
     if others:
         raise UsageError(
-            f"another Ray instance is running on this machine (GCS at {', '.join(others)}); a second, "
-            "embedded one would leave Ray Train unable to release finished trials' resources. Join it "
-            f"with --address {others[0]}, or stop it (ray stop) and run again"
+            f"another Ray instance is running on this machine (GCS at {', '.join(others)}). An embedded Ray "
+            "beside it would leave Ray Train unable to release finished trials' resources, so none is "
+            f"started. To run the sweep on the running instance, add --address {others[0]}: the trials then "
+            "share its CPUs and GPUs with whatever else it runs (on a shared machine it may be someone "
+            "else's; it keeps running when the sweep ends). Otherwise run again once it has stopped."
         )
 
 
@@ -234,18 +256,21 @@ def _print_report(results: Path, out: Path | None = None, lm_question: bool = Fa
 
 
 # ---------------------------------------------------------------------------------------- train
-def cmd_train(args: argparse.Namespace) -> int:
-    from launchers.local import run_local
-    from launchers.sweep import expand, load_config
-
-    cfg = load_config(args.config, {"storage": args.storage, "name": args.name})
-    trials = expand(cfg)
+def _trial_of(args: argparse.Namespace, trials: list) -> Any:
     if not 0 <= args.trial < len(trials):
         raise UsageError(f"--trial {args.trial} is out of range: the sweep has trials 0..{len(trials) - 1}")
-    spec = trials[args.trial]
+    return trials[args.trial]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from launchers.local import run_local
+
+    flags = ["--workers must be at least 1"] if args.workers is not None and args.workers < 1 else []
+    # One trial's files go beside whatever the sweep directory holds (trial ids keep configs
+    # apart), so another config's results under the name are no reason to refuse.
+    checked = _checked(args, resources=False, resume=False, extra=flags)
+    cfg, spec = checked.cfg, _trial_of(args, checked.trials)
     if args.workers is not None:
-        if args.workers < 1:
-            raise UsageError("--workers must be at least 1")
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"num_workers": args.workers})})
     storage = _storage_root(cfg.storage)
     _writable_dir(storage / cfg.name)
@@ -264,15 +289,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- probe
 def cmd_probe(args: argparse.Namespace) -> int:
-    from launchers.sweep import expand, load_config
-
-    cfg = load_config(args.config, {"storage": args.storage, "name": args.name})
-    trials = expand(cfg)
-    if not 0 <= args.trial < len(trials):
-        raise UsageError(f"--trial {args.trial} is out of range: the sweep has trials 0..{len(trials) - 1}")
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    if checkpoint is not None and not checkpoint.exists():
-        raise UsageError(f"checkpoint {checkpoint} does not exist")
+    flags = [f"--checkpoint {checkpoint} does not exist"] if checkpoint is not None and not checkpoint.exists() else []
+    checked = _checked(args, resources=False, resume=False, extra=flags)
+    cfg, spec = checked.cfg, _trial_of(args, checked.trials)
     storage = _storage_root(cfg.storage)
     _writable_dir(storage / cfg.name)
     from analysis.consolidate import write_layer_fits
@@ -281,10 +301,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     configure_cpu_threads(max(1, os.cpu_count() or 1))
     try:
-        out = probe_checkpoint(trials[args.trial], storage, checkpoint)
+        out = probe_checkpoint(spec, storage, checkpoint)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
-    write_layer_fits(storage / cfg.name / "trials" / trials[args.trial].trial_id)
+    write_layer_fits(storage / cfg.name / "trials" / spec.trial_id)
     print(f"probed {out['layers']} layers at step {out['step']} → {out['files']['curvature']}")
     for row in out["unsupported"]:
         print(f"  not (fully) probed: {row.get('layer', row.get('name'))}: {row.get('reason')}")
@@ -292,11 +312,40 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------- report
+def _is_config(arg: str) -> bool:
+    return Path(arg).suffix in (".yaml", ".yml") and Path(arg).is_file()
+
+
+def _sweep_dir_of_config(path: str, storage: str | None = None) -> Path:
+    """The results directory a sweep file names (``<storage>/<name>``; an object store's files
+    are downloaded to the staging tree first)."""
+    from bench.results import remote
+    from launchers.sweep import load_config
+
+    cfg = load_config(path, {"storage": storage})
+    if remote.is_uri(cfg.storage):
+        return _read_from_store(cfg.storage, cfg.name)
+    return Path(cfg.storage) / cfg.name
+
+
+def _output_dir(arg: str | None, flag: str) -> Path | None:
+    """An output directory flag, refused before any work if it cannot be created and written."""
+    from launchers.gate import writable_problem
+
+    if arg is None:
+        return None
+    problem = writable_problem(arg, flag)
+    if problem:
+        raise UsageError(problem)
+    return Path(arg)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    path = _results_path(args.results)
+    out = _output_dir(args.out, "--out")
+    path = _sweep_dir_of_config(args.results) if _is_config(args.results) else _results_path(args.results)
     if not path.exists():
         raise UsageError(f"results path {path} does not exist")
-    return _print_report(path, Path(args.out) if args.out else None, lm_question=args.lm_question)
+    return _print_report(path, out, lm_question=args.lm_question)
 
 
 # --------------------------------------------------------------------------------------- verify
@@ -309,6 +358,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     results_path = _results_path(args.results) if args.results else None
     if results_path is not None and not results_path.exists():
         raise UsageError(f"results path {args.results} does not exist")
+    if args.claims and Path(args.claims).is_dir():
+        raise UsageError(f"--claims {args.claims} is a directory; give a claims YAML file")
     try:
         results = (verify_published(args.published, args.claims) if args.published
                    else verify(results_path, args.claims))
@@ -340,18 +391,19 @@ def cmd_cost(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------- cluster
 def cmd_cluster(args: argparse.Namespace) -> int:
     from launchers.cluster import render_rayjob, render_sbatch
-    from launchers.ray_runner import resource_problems
-    from launchers.sweep import ConfigError, load_config
+    from launchers.gate import check_sweep, output_file_problem
 
-    cfg = load_config(args.config)  # the whole config is validated before anything is generated
+    flags = [p for p in [output_file_problem(args.output, "-o")] if p] if args.output else []
+    cluster = None
+    if args.target == "slurm":
+        node = {"CPU": float(args.cpus_per_node), "GPU": float(args.gpus_per_node)}
+        cluster = ({k: args.nodes * v for k, v in node.items()}, [node] * max(args.nodes, 0))
+    # The whole config is validated (and its resources against the allocation) before anything is
+    # generated; storage and hub access are the cluster's, so they are not checked from here.
+    cfg = check_sweep(args.config, cluster=cluster, here=False, extra=flags).cfg
     name = args.name or cfg.name
     try:
         if args.target == "slurm":
-            nodes = [{"CPU": float(args.cpus_per_node), "GPU": float(args.gpus_per_node)}] * args.nodes
-            total = {"CPU": args.nodes * float(args.cpus_per_node), "GPU": args.nodes * float(args.gpus_per_node)}
-            problems = resource_problems(cfg.resources, total, nodes)
-            if problems:
-                raise ConfigError(args.config, problems)
             text = render_sbatch(
                 args.config, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node,
                 time=args.time, partition=args.partition, account=args.account,
@@ -367,7 +419,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"-o {args.output}: cannot write ({exc.strerror or exc})") from None
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         print(text, end="")
@@ -379,13 +434,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     from bench.results import remote
     from launchers import sweep_state
 
-    if args.storage and remote.is_uri(args.storage):
+    if _is_config(args.name):
+        sweep_dir = _sweep_dir_of_config(args.name, args.storage)
+    elif args.storage and remote.is_uri(args.storage):
         sweep_dir = _read_from_store(args.storage, args.name)
     elif Path(args.name).is_dir() and not args.storage:
         sweep_dir = Path(args.name)
     else:
         sweep_dir = Path(args.storage or "results") / args.name
-    record = sweep_state.read_record(sweep_dir)
+    try:
+        record = sweep_state.read_record(sweep_dir)
+    except sweep_state.SweepMismatch as exc:
+        raise UsageError(str(exc)) from None
     if record is None:
         raise UsageError(f"no sweep at {sweep_dir} (expected {sweep_dir / 'sweep.json'})")
     trials = record["trials"]
@@ -402,11 +462,12 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     from analysis import ResultsNotFound, ResultsReadError, SchemaVersionError
     from analysis.consolidate import consolidate
 
+    out = _output_dir(args.out, "--out")
     path = _results_path(args.results)
     if not path.exists():
         raise UsageError(f"results path {path} does not exist")
     try:
-        written = consolidate(path, Path(args.out) if args.out else None)
+        written = consolidate(path, out)
     except (ResultsNotFound, ResultsReadError, SchemaVersionError) as exc:
         return _fail(str(exc))
     for table, (file, rows) in written.items():
@@ -415,95 +476,100 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------- config
-def cmd_config(args: argparse.Namespace) -> int:
-    if args.config:
-        from launchers.sweep import expand, load_config
+def _with_args(spec: str, args: dict[str, Any]) -> str:
+    from bench.problems import clip
 
-        cfg = load_config(args.config)
-        if args.show:
-            print(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        trials = expand(cfg)
-        print(f"config OK: {len(trials)} trials", file=sys.stderr)
-        for t in trials:
-            print(f"  [{t.trial_index}] {t.trial_id}  {t.optimizer_label}  {t.workload.model} / {t.workload.dataset}"
-                  f"  seed {t.seed_index}")
+    if not args:
+        return spec
+    return spec + clip("{" + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(args.items())) + "}")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from launchers.listing import describe_defaults
+
+    if not args.config:
+        if args.overrides:
+            raise UsageError("overrides need a CONFIG: specbench config CONFIG KEY=VALUE ...")
+        print(describe_defaults())
         return 0
-    print(_describe_defaults())
+    # The same gate as `sweep` (and with --address the same joined-cluster check), so that a
+    # config that passes here starts.
+    checked = _checked(args, resources=True, force_new=args.force_new)
+    if args.address:
+        _start_ray(args.address)
+        try:
+            _check_joined_cluster(checked.cfg, args.config)
+        finally:
+            import ray
+
+            ray.shutdown()
+    if args.show:
+        print(json.dumps(checked.cfg.model_dump(mode="json"), indent=2))
+    print(f"config OK: {len(checked.trials)} trials", file=sys.stderr)
+    for t in checked.trials:
+        print(f"  [{t.trial_index}] {t.trial_id}  {t.optimizer_label}  {_with_args(t.workload.model, t.workload.model_args)}"
+              f" / {_with_args(t.workload.dataset, t.workload.dataset_args)}  seed {t.seed_index}")
     return 0
 
 
-def _describe_defaults() -> str:
-    """Every section's keys with defaults and descriptions, plus every optimizer's settings."""
-    import optimizers
-    from bench.config import (
-        LrSchedule,
-        OptimizerEntry,
-        ResourcesConfig,
-        SweepConfig,
-        TrainingConfig,
-        WorkloadConfig,
-    )
+# ----------------------------------------------------------------------------------------- list
+def cmd_list(args: argparse.Namespace) -> int:
+    from launchers.listing import LISTINGS
 
-    lines: list[str] = []
-
-    def section(title: str, model) -> None:
-        lines.append(f"{title}:")
-        for name, field in model.model_fields.items():
-            default: Any = field.default if field.default_factory is None else field.default_factory()
-            if hasattr(default, "model_dump"):
-                default = "{...}"
-            shown = "(required)" if field.is_required() else json.dumps(default, default=str)
-            lines.append(f"  {name}: {shown}    # {field.description or ''}")
-        lines.append("")
-
-    section("(top level)", SweepConfig)
-    section("workloads[]", WorkloadConfig)
-    section("optimizers[]", OptimizerEntry)
-    section("training", TrainingConfig)
-    section("training.lr_schedule", LrSchedule)
-    section("resources", ResourcesConfig)
-    for name in optimizers.available():
-        lines.append(f"optimizers[].settings for name: {name}")
-        for field, default, desc in optimizers.describe(name):
-            lines.append(f"  {field}: {json.dumps(default, default=str)}    # {desc}")
-        lines.append("")
-    return "\n".join(lines)
+    print(LISTINGS[args.what]())
+    return 0
 
 
 # ----------------------------------------------------------------------------------------- main
+_OVERRIDES_HELP = ("override config keys after CONFIG, read like YAML values, e.g. training.steps=20 "
+                   "optimizers.0.settings.lr=1e-3 resources.num_workers=1")
+
+
+def _placement_flags(p: argparse.ArgumentParser, what: str = "results") -> None:
+    p.add_argument("--storage", help=f"{what} root, a path or s3://bucket/prefix, gs://bucket/prefix "
+                   "(overrides the config's storage)")
+    p.add_argument("--name", help="sweep name, the results sub-directory (overrides the config's name)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from launchers.listing import LISTINGS
+
     parser = argparse.ArgumentParser(prog="specbench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"specbench {_version()}",
+                        help="print the installed specbench version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sweep", help="validate, expand and run a sweep on Ray, then report")
     p.add_argument("config", help="sweep YAML file")
-    p.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: embedded local Ray")
-    p.add_argument("--storage", help="results root (overrides the config's storage)")
-    p.add_argument("--name", help="sweep name (overrides the config's name)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument("--address", help="Ray cluster to join ('auto', 'HEAD_IP:6379', 'ray://host:10001'); "
+                   "default: an embedded Ray on this machine")
+    _placement_flags(p)
     p.add_argument("--verbose", action="store_true", help="show Ray and DeepSpeed logs")
     p.add_argument("--force-new", action="store_true",
                    help="results of a different config exist under this name: move them aside and start afresh")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="run one trial of a sweep without Ray (debugging)")
-    p.add_argument("config")
-    p.add_argument("--trial", type=int, default=0, help="trial index (see `specbench config CONFIG`)")
-    p.add_argument("--workers", type=int, help="local worker processes (default: resources.num_workers)")
-    p.add_argument("--storage")
-    p.add_argument("--name")
+    p.add_argument("config", help="sweep YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument("--trial", type=int, default=0, help="trial index (see `specbench config CONFIG`; default 0)")
+    p.add_argument("--workers", type=int, help="local worker processes over gloo (default: resources.num_workers)")
+    _placement_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("probe", help="run the curvature probe on a trial's checkpoint (or initial weights)")
-    p.add_argument("config")
-    p.add_argument("--trial", type=int, default=0, help="trial index (see `specbench config CONFIG`)")
+    p.add_argument("config", help="sweep YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument("--trial", type=int, default=0, help="trial index (see `specbench config CONFIG`; default 0)")
     p.add_argument("--checkpoint", help="a trial's checkpoint/ directory or one of its step<N> tags; "
                    "omit to probe the initial weights")
-    p.add_argument("--storage")
-    p.add_argument("--name")
+    _placement_flags(p)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("report", help="tables and plots from a results directory")
-    p.add_argument("results", help="a sweep directory (<storage>/<name>) or a directory of sweeps")
+    p.add_argument("results", help="a sweep directory (<storage>/<name>), a directory of sweeps, a sweep's "
+                   "object-store URI, or the sweep's CONFIG file")
     p.add_argument("--out", help="where to write report.md and plots (default: <results>/report)")
     p.add_argument("--lm-question", action="store_true",
                    help="also write lm_question.md/.html: the α map and optimizer comparison of language "
@@ -512,10 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="time the spectral kernels on every Ray node (writes the profile table)")
     p.add_argument("config", help="profile YAML (configs/profile/)")
-    p.add_argument("--address", help="Ray cluster to join; default: embedded local Ray")
-    p.add_argument("--storage", help="results root (overrides the config)")
-    p.add_argument("--name", help="job name (overrides the config)")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--address", help="Ray cluster to join; default: an embedded Ray on this machine")
+    p.add_argument("--storage", help="results root (overrides the config's storage)")
+    p.add_argument("--name", help="job name (overrides the config's name)")
+    p.add_argument("--verbose", action="store_true", help="show Ray logs")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("cost", help="predicted per-step spectral cost of a model on N devices, from a device profile")
@@ -523,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, required=True, help="devices the per-matrix work is sharded over")
     p.add_argument("--device", required=True, help="a name in analysis/device_profiles/ (cpu-2core, h200) or a JSON path")
     p.add_argument("--method", default="damped_solve", help="kernel: damped_solve, gram_eigh, ns5, svd, ...")
-    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--dtype", default="fp32", help="kernel precision in the device profile (default fp32)")
     p.add_argument("--replicated", action="store_true", help="every rank computes every matrix (no sharding)")
     p.add_argument("--probe-k", type=int, default=20, help="probe directions per layer (default: the probe's 20)")
     p.add_argument("--probe-batch", type=int, default=2048, help="probe batch in samples (default: the probe's 2048)")
@@ -539,20 +605,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("cluster", help="generate a SLURM sbatch script or a KubeRay RayJob manifest for a sweep")
-    csub = p.add_subparsers(dest="target", required=True)
+    csub = p.add_subparsers(dest="target", required=True, metavar="TARGET")
     q = csub.add_parser("slurm", help="sbatch script: Ray head + workers across the allocation, then the sweep")
-    q.add_argument("config")
-    q.add_argument("--nodes", type=int, required=True)
-    q.add_argument("--cpus-per-node", type=int, required=True)
-    q.add_argument("--gpus-per-node", type=int, default=0)
+    q.add_argument("config", help="sweep YAML file (validated here, copied into the script's command)")
+    q.add_argument("--nodes", type=int, required=True, help="nodes in the allocation (#SBATCH --nodes)")
+    q.add_argument("--cpus-per-node", type=int, required=True, help="CPUs Ray may use on each node")
+    q.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 0)")
     q.add_argument("--time", required=True, help="SLURM time limit, e.g. 24:00:00")
-    q.add_argument("--partition", required=True)
-    q.add_argument("--account")
-    q.add_argument("--storage", help="results root on a shared filesystem (default: the config's)")
-    q.add_argument("--name")
-    q.add_argument("--venv", default=".venv")
+    q.add_argument("--partition", required=True, help="SLURM partition (#SBATCH --partition)")
+    q.add_argument("--account", help="SLURM account to charge (#SBATCH --account)")
+    q.add_argument("--storage", help="results root on a shared filesystem or object store (default: the config's)")
+    q.add_argument("--name", help="sweep name (default: the config's)")
+    q.add_argument("--venv", default=".venv", help="virtual environment activated on every node (default .venv)")
     q.add_argument("--port", type=int, default=20000,
-                   help="first port of the Ray port blocks; each job takes its own block by job id")
+                   help="first port of the Ray port blocks; each job takes its own block by job id (default 20000)")
     q.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=True,
                    help="whole nodes for the job (default); --no-exclusive shares them and needs --mem")
     q.add_argument("--mem", help="memory per node, Slurm units (e.g. 480G); default: all of it (--mem=0)")
@@ -560,43 +626,57 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", help="write to this file instead of stdout")
     q.set_defaults(func=cmd_cluster)
     q = csub.add_parser("kuberay", help="KubeRay RayJob + ConfigMap manifest for the sweep")
-    q.add_argument("config")
+    q.add_argument("config", help="sweep YAML file (validated here, shipped in the ConfigMap)")
     q.add_argument("--image", required=True, help="container image with specbench installed")
-    q.add_argument("--workers", type=int, required=True)
+    q.add_argument("--workers", type=int, required=True, help="Ray worker pods")
     q.add_argument("--cpus-per-worker", required=True, help="Kubernetes quantity, e.g. 8 or 500m")
     q.add_argument("--memory", required=True, help="per worker, e.g. 64Gi")
-    q.add_argument("--gpus-per-worker", type=int, default=0)
-    q.add_argument("--storage", required=True, help="results root on the mounted shared volume, e.g. /results")
-    q.add_argument("--name")
-    q.add_argument("--namespace", default="default")
-    q.add_argument("--volume-claim", default="specbench-results")
+    q.add_argument("--gpus-per-worker", type=int, default=0, help="GPUs per worker pod (default 0)")
+    q.add_argument("--storage", required=True, help="results root on the mounted shared volume (e.g. /results) "
+                   "or s3://bucket/prefix")
+    q.add_argument("--name", help="sweep name and RayJob name (default: the config's)")
+    q.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    q.add_argument("--volume-claim", default="specbench-results",
+                   help="ReadWriteMany PersistentVolumeClaim mounted at --storage (default specbench-results)")
     q.add_argument("--ttl-seconds", type=int, default=0,
                    help="keep the Ray cluster (and its GPUs) this long after the sweep ends; default 0")
-    q.add_argument("-o", "--output")
+    q.add_argument("-o", "--output", help="write to this file instead of stdout")
     q.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("status", help="list the trials of a sweep by state")
-    p.add_argument("name", help="sweep name (under --storage) or a sweep directory")
-    p.add_argument("--storage", help="results root (default: results)")
+    p.add_argument("name", help="sweep name (under --storage), a sweep directory, or the sweep's CONFIG file")
+    p.add_argument("--storage", help="results root (default: results, or the config's storage)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("consolidate", help="rebuild one Parquet file per table from the per-trial files")
-    p.add_argument("results", help="a sweep directory")
+    p.add_argument("results", help="a sweep directory or a sweep's object-store URI")
     p.add_argument("--out", help="output directory (default: <results>/consolidated)")
     p.set_defaults(func=cmd_consolidate)
 
-    p = sub.add_parser("config", help="validate a sweep file and list its trials, or show every default")
-    p.add_argument("config", nargs="?", help="sweep YAML file (omit with --show to list all defaults)")
-    p.add_argument("--show", action="store_true", help="print the resolved config with every default")
+    p = sub.add_parser("config", help="validate a sweep file as `sweep` would and list its trials, or show "
+                       "every key with its default")
+    p.add_argument("config", nargs="?", help="sweep YAML file (omit to list every key, default and setting)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument("--show", action="store_true", help="with CONFIG: print the resolved config with every default")
+    p.add_argument("--address", help="check resources against this Ray cluster (joined, then left) instead of "
+                   "this machine")
+    _placement_flags(p)
+    p.add_argument("--force-new", action="store_true",
+                   help="as for sweep: do not report another config's results under this name")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("list", help="what the registries hold: models (with sizes), datasets, optimizers "
+                       "(with settings)")
+    p.add_argument("what", choices=sorted(LISTINGS), help="which registry to list")
+    p.set_defaults(func=cmd_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launchers.sweep import ConfigError
-
     _project_env()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --version, --help and flag mistakes end here, fast
+    from launchers.sweep import ConfigError  # imports torch (through the config schema)
+
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

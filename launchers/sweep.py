@@ -18,18 +18,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from bench import yaml_config
 from bench.config import (
     SweepConfig,
     TrialSpec,
     grid_points,
     partial_semantic_problems,
+    resolved_settings,
     search_points,
     semantic_problems,
+    validate_strict,
 )
+from bench.problems import pydantic_problems
 from bench.seeds import derive_seed, trial_seed
+from launchers.overrides import apply_overrides
 
 
 class ConfigError(Exception):
@@ -46,48 +50,64 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
-def _pydantic_problems(exc: ValidationError) -> list[str]:
-    out = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        out.append(f"{loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "missing")
-                                       and not isinstance(err.get("input"), (dict, list)) else ""))
-    return out
+def read_document(path: str | Path) -> tuple[Any, list[str]]:
+    """The YAML document of a config file (:mod:`bench.yaml_config` rules) with the problems that
+    still leave a document (duplicate keys); ConfigError when there is none."""
+    try:
+        return yaml_config.load(path)
+    except yaml_config.YamlProblems as exc:
+        raise ConfigError(str(path), exc.problems) from None
 
 
-def parse_config(raw: Any, source: str = "<config>", overrides: dict[str, Any] | None = None) -> SweepConfig:
-    """Validate a loaded YAML document (plus CLI overrides) into a :class:`SweepConfig`."""
+def merge_document(raw: Any, source: str, overrides: dict[str, Any] | None = None,
+                   assignments: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    """A private copy of a loaded document with the command line's ``path=value``
+    ``assignments`` and its ``overrides`` of top-level keys (None values ignored) applied, and
+    the problems of the assignments."""
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the file must be a YAML mapping (key: value) at the top level"])
-    raw = {**raw, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     try:
-        cfg = SweepConfig.model_validate(raw)
+        doc = json.loads(json.dumps(raw, allow_nan=True))  # a copy that shares nothing (YAML aliases do)
+    except (TypeError, ValueError) as exc:  # a caller's Python object no config file can hold
+        raise ConfigError(source, [f"the document holds a value that is not YAML data ({exc})"]) from None
+    problems = apply_overrides(doc, list(assignments))
+    doc.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return doc, problems
+
+
+def validate_document(doc: dict[str, Any], source: str, problems: list[str] | None = None) -> SweepConfig:
+    """A merged document as a :class:`SweepConfig`, or one :class:`ConfigError` with every
+    problem of every layer (``problems`` found before, schema, registries, duplicate trials)."""
+    problems = list(problems or [])
+    try:
+        cfg = validate_strict(SweepConfig, doc)
     except ValidationError as exc:
-        raise ConfigError(source, _pydantic_problems(exc) + partial_semantic_problems(raw)) from None
-    problems = semantic_problems(cfg)
+        raise ConfigError(source, problems + pydantic_problems(exc) + partial_semantic_problems(doc)) from None
+    problems += semantic_problems(cfg)
+    if not problems:
+        try:
+            expand(cfg)  # duplicate trials are a config mistake too; report them before anything runs
+        except ConfigError as exc:
+            problems += exc.problems
     if problems:
         raise ConfigError(source, problems)
-    expand(cfg)  # duplicate trials are a config mistake too; report them before anything runs
     return cfg
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), ["file not found"])
-    try:
-        # safe_load: a config never constructs Python objects or runs code.
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(str(path), [f"malformed YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
-    return parse_config(raw, str(path), overrides)
+def parse_config(raw: Any, source: str = "<config>", overrides: dict[str, Any] | None = None,
+                 assignments: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """Validate a loaded YAML document (plus command-line assignments and overrides, see
+    :func:`merge_document`) into a :class:`SweepConfig`; :class:`ConfigError` lists every problem."""
+    doc, problems = merge_document(raw, source, overrides, assignments)
+    return validate_document(doc, source, problems)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                assignments: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+    """Read and validate a sweep file (see :func:`parse_config`)."""
+    raw, problems = read_document(path)
+    doc, more = merge_document(raw, str(path), overrides, assignments)
+    return validate_document(doc, str(path), problems + more)
 
 
 def _hash(payload: dict[str, Any]) -> str:
@@ -117,7 +137,7 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
             space = {k: v.model_dump(exclude_none=True) for k, v in entry.search.items()}
             probes = entry.probe_schedule(cfg.probes)
             for tuning_index, point in zip(indices, points, strict=True):
-                settings = {**entry.settings, **point}
+                settings = resolved_settings(entry.name, {**entry.settings, **point})
                 for seed_index in range(cfg.seeds):
                     seed = trial_seed(cfg.seed, seed_index)
                     identity = {
@@ -139,7 +159,7 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                             seed_index=seed_index,
                             seed=seed,
                             optimizer=entry.name,
-                            optimizer_label=_label(entry.name, entry.label, point),
+                            optimizer_label=_label(entry.name, entry.label, {k: settings[k] for k in point}),
                             optimizer_settings=settings,
                             optimizer_entry=entry.label or entry.name,
                             workload=workload,

@@ -181,3 +181,84 @@ def test_concurrent_trials_default_to_the_worker_groups_that_fit():
     assert concurrent_trials(ResourcesConfig(num_workers=8, use_gpu=True), {"CPU": 64.0, "GPU": 16.0}) == 2
     assert concurrent_trials(ResourcesConfig(num_workers=2, max_concurrent_trials=5), cpu) == 5
     assert concurrent_trials(ResourcesConfig(num_workers=4, cpus_per_worker=1.0), cpu) == 1
+
+
+# ---------------------------------------------------------------------- types as written (YAML 1.2)
+def test_exponent_numbers_are_floats_and_the_same_trial_as_decimals(write_yaml):
+    """`lr: 1e-3` is the float 0.001 (YAML 1.1 read a string), so the trial, its id and its label
+    equal those of `lr: 0.001`; an int for a float setting is the same trial as the float."""
+    from launchers.sweep import load_config
+
+    def trial(text: str):
+        doc = "\n".join(["name: t", "workloads: [{model: builtin:cnn, dataset: sklearn:digits}]",
+                         f"optimizers: [{{name: adamw, settings: {{{text}}}, grid: {{weight_decay: [0, 1e-2]}}}}]"])
+        return expand(load_config(write_yaml(doc)))
+
+    exp, dec, ints = trial("lr: 1e-3"), trial("lr: 0.001"), trial("lr: 1")
+    assert exp[0].optimizer_settings["lr"] == 0.001 and isinstance(exp[0].optimizer_settings["lr"], float)
+    assert [t.trial_id for t in exp] == [t.trial_id for t in dec]
+    assert exp[0].optimizer_label == "adamw(weight_decay=0.0)"  # the validated value, not the int 0
+    assert ints[0].optimizer_settings["lr"] == 1.0 and ints[0].trial_id == trial("lr: 1.0")[0].trial_id
+
+
+def test_quoted_numbers_and_yes_are_refused_where_numbers_and_booleans_belong():
+    doc = tiny_sweep(
+        seeds="2",
+        optimizers=[{"name": "spectral_newton", "settings": {"lr": "0.02", "nesterov": "yes"},
+                     "grid": {"damping": [0.1, "0.2"]}}],
+        workloads=[{"model": "hf:gpt2", "dataset": "builtin:text",
+                    "model_args": {"size": "tiny", "n_layer": "4", "scale_attn_weights": "yes"}}],
+    )
+    doc["training"].update(steps=1e3, keep_checkpoint="yes")
+    text = "\n".join(problems_of(doc))
+    for needle in [
+        "seeds: expected an integer, got the string '2'; numbers are written without quotes",
+        "training.steps: expected an integer, got 1000.0",
+        "training.keep_checkpoint: expected true or false, got the string 'yes'",
+        "optimizers[0].settings.lr: expected a number, got the string '0.02'",
+        "optimizers[0].settings.nesterov: expected true or false, got the string 'yes'",
+        "optimizers[0].settings.damping: expected a number, got the string '0.2'",
+        "n_layer must be an integer like its default 12, got '4'",
+        "scale_attn_weights must be true or false",
+    ]:
+        assert needle in text, text
+    # "yes" where a string belongs is just a string.
+    assert parse_config(tiny_sweep(optimizers=[{"name": "adamw", "label": "yes"}])).optimizers[0].label == "yes"
+
+
+def test_messages_never_echo_a_long_value():
+    huge = "x" * 1_000_000
+    doc = tiny_sweep(workloads=[{"model": huge, "dataset": "hf:" + huge}], name=huge)
+    doc["training"]["precision"] = huge
+    doc["optimizers"][0]["settings"]["lr"] = huge
+    probs = problems_of(doc)
+    assert len(probs) >= 4 and all(len(p) < 400 for p in probs), [p[:200] for p in probs]
+
+
+# ----------------------------------------------------------------------------- command-line overrides
+def test_overrides_set_nested_keys_and_list_items_with_yaml_values():
+    doc = tiny_sweep(optimizers=[{"name": "adamw"}, {"name": "spectral_newton"}])
+    cfg = parse_config(doc, assignments=["training.steps=20", "optimizers.1.settings.lr=1e-3",
+                                         "resources.num_workers=1", "probes.at_steps=[2, 4]"])
+    assert cfg.training.steps == 20 and cfg.resources.num_workers == 1 and cfg.probes.at_steps == [2, 4]
+    assert cfg.optimizers[1].settings == {"lr": 0.001}
+    assert doc["training"]["steps"] == 6  # the caller's document is untouched
+
+
+def test_override_mistakes_are_reported_with_the_file_problems():
+    doc = tiny_sweep()
+    doc["training"]["bogus"] = 1
+    probs = problems_of_assign(doc, ["training.stepz=3", "optimizers.5.name=x", "name.first=y", "noequals",
+                                     'seeds="3"'])
+    text = "\n".join(probs)
+    assert "training.stepz: unknown key" in text and "training.bogus: unknown key" in text
+    assert "override optimizers.5.name=x: optimizers is a list of 1" in text
+    assert "override name.first=y: name is 'tiny', not a mapping or list" in text
+    assert "override noequals: expected KEY.PATH=VALUE" in text
+    assert "seeds: expected an integer, got the string '3'" in text
+
+
+def problems_of_assign(doc, assignments) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, "test.yaml", assignments=assignments)
+    return info.value.problems

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.problems import shown
+
 
 def int_problems(name: str, value: Any, minimum: int = 1, optional: bool = False) -> list[str]:
     """``value`` must be an int >= ``minimum`` (or None when ``optional``)."""
     if value is None and optional:
         return []
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return [f"{name} must be an integer >= {minimum}, got {value!r}"]
+        return [f"{name} must be an integer >= {minimum}, got {shown(value)}"]
     return []
 
 
@@ -23,5 +25,5 @@ def str_problems(name: str, value: Any, optional: bool = True) -> list[str]:
     if value is None and optional:
         return []
     if not isinstance(value, str) or not value:
-        return [f"{name} must be a non-empty string, got {value!r}"]
+        return [f"{name} must be a non-empty string, got {shown(value)}"]
     return []

@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 
 from bench.data.splits import fraction_problems, stratified_split
 from bench.data.task import DataBundle, TaskInfo
+from bench.problems import shown
 
 NAMES = ("digits",)
 
@@ -30,7 +31,7 @@ DEFAULTS: dict[str, Any] = {"val_fraction": 0.15, "test_fraction": 0.15}
 def check_name(name: str) -> str | None:
     """Problem with the part after ``sklearn:``, or None."""
     if name not in NAMES:
-        return f"unknown sklearn dataset {name!r}; available: {', '.join(NAMES)}"
+        return f"unknown sklearn dataset {shown(name)}; available: {', '.join(NAMES)}"
     return None
 
 

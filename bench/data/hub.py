@@ -18,12 +18,16 @@ and local dataset directories load offline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import re
+import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -40,6 +44,7 @@ from bench.data.packing import TokenBlocks, pack_documents, split_blocks
 from bench.data.splits import fraction_problems, stratified_split
 from bench.data.task import DataBundle, TaskInfo
 from bench.data.tokenizer import ByteTokenizer
+from bench.problems import shown
 
 #: File suffix → the `datasets` packaged builder that reads it.
 LOCAL_BUILDERS: dict[str, str] = {
@@ -124,7 +129,7 @@ def check_name(name: str) -> str | None:
     if name.startswith(("/", "./", "../", "~")):
         return f"local dataset directory not found: {name}"
     if not _HUB_ID.match(name):
-        return f"{name!r} is neither a hub dataset id (owner/name) nor an existing local directory"
+        return f"{shown(name)} is neither a hub dataset id (owner/name) nor an existing local directory"
     return None
 
 
@@ -149,7 +154,91 @@ def validate_args(args: dict[str, Any]) -> list[str]:
     ):
         problems += str_problems(name, opts.get(name))
     if opts["normalize"] not in NORMALIZE_MODES:
-        problems.append(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {opts['normalize']!r}")
+        problems.append(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {shown(opts['normalize'])}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Can the hub names of a workload be fetched from this machine? (checked before a run starts)
+
+#: Files of a tokenizer repository; any one of them in the local cache means it was downloaded.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face libraries are in offline mode (``HF_HUB_OFFLINE`` or
+    ``HF_DATASETS_OFFLINE`` set to a true value, as both libraries read them)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in {
+        "1", "ON", "YES", "TRUE"}
+
+
+@functools.cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One TCP connection to the hub endpoint (``HF_ENDPOINT``), so that a machine without network
+    is told at validation rather than hanging in the first trial's download."""
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _dataset_cached(name: str, args: dict[str, Any]) -> bool:
+    """``datasets``' own offline lookup: the builder of a dataset it prepared before (the call
+    reads only the local cache when offline mode is on)."""
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    level = ds_logging.get_verbosity()
+    ds_logging.set_verbosity_error()  # "Using the latest cached version ..." is not news here
+    try:
+        datasets.load_dataset_builder(name, args.get("config"), revision=args.get("revision"),
+                                      cache_dir=args.get("cache_dir"))
+    except Exception:  # noqa: BLE001 - ConnectionError, FileNotFoundError, ValueError (config not cached)
+        return False
+    finally:
+        ds_logging.set_verbosity(level)
+    return True
+
+
+def _tokenizer_cached(name: str) -> bool:
+    """huggingface_hub's own cache lookup for any of a tokenizer repository's files."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(name, f), str) for f in _TOKENIZER_FILES)
+
+
+def availability_problems(spec: str, args: dict[str, Any]) -> list[str]:
+    """Hub names of a workload (an ``hf:`` dataset id, a ``tokenizer`` name) that this machine
+    cannot fetch: in offline mode, those missing from the local cache; otherwise, every uncached
+    one when the hub is unreachable. Local files and directories always pass."""
+    wanted: list[tuple[str, str, Any]] = []  # (what, name, cached?)
+    name = spec[3:] if spec.startswith("hf:") else None
+    if name and not Path(name).expanduser().exists():
+        wanted.append(("dataset", spec, lambda: _dataset_cached(name, args)))
+    tokenizer = args.get("tokenizer")
+    if isinstance(tokenizer, str) and tokenizer != "byte" and not Path(tokenizer).expanduser().exists():
+        wanted.append(("tokenizer", tokenizer, lambda: _tokenizer_cached(tokenizer)))
+    if not wanted:
+        return []
+    offline = hub_offline()
+    if not offline and hub_reachable():
+        return []
+    problems = []
+    for what, label, cached in wanted:
+        if offline and cached():
+            continue
+        why = ("HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set and it is not in the local cache" if offline else
+               "the Hugging Face Hub is not reachable from this machine (if it is in the local cache, set "
+               "HF_HUB_OFFLINE=1 to use the cached copy)")
+        problems.append(f"{what} {shown(label)} cannot be fetched offline: {why}; download it once on a "
+                        "connected machine, or name a local copy")
     return problems
 
 

@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from bench.data.task import DataBundle
+from bench.problems import shown
 
 #: scheme → loader module.
 SCHEMES: dict[str, str] = {
@@ -39,14 +40,14 @@ def _local_builder(spec: str) -> str | None:
 def _parse(spec: str) -> tuple[str, str] | str:
     """``(scheme, name)`` — scheme ``"local"`` for a data file — or an error message."""
     if not isinstance(spec, str) or not spec.strip():
-        return f"dataset {spec!r}: empty spec; {_USAGE}"
+        return f"dataset {shown(spec)}: empty spec; {_USAGE}"
     if _local_builder(spec) is not None:
         return "local", spec
     scheme, sep, name = spec.partition(":")
     if not sep:
-        return f"dataset {spec!r}: not a known spec or a supported data file; {_USAGE}"
+        return f"dataset {shown(spec)}: not a known spec or a supported data file; {_USAGE}"
     if scheme not in SCHEMES:
-        return f"dataset {spec!r}: unknown scheme {scheme!r}; {_USAGE}"
+        return f"dataset {shown(spec)}: unknown scheme {shown(scheme)}; {_USAGE}"
     return scheme, name
 
 
@@ -65,7 +66,7 @@ def check_spec(spec: str) -> str | None:
     scheme, name = parsed
     module = _module(scheme)
     problem = module.check_local(name) if scheme == "local" else module.check_name(name)
-    return None if problem is None else f"dataset {spec!r}: {problem}"
+    return None if problem is None else f"dataset {shown(spec)}: {problem}"
 
 
 def allowed_args(spec: str) -> dict[str, str]:
@@ -84,7 +85,7 @@ def check_args(spec: str, args: dict[str, Any]) -> list[str]:
     if problem:
         return [problem]
     if not isinstance(args, dict):
-        return [f"dataset {spec!r}: args must be a mapping, got {type(args).__name__}"]
+        return [f"dataset {shown(spec)}: args must be a mapping, got {type(args).__name__}"]
     allowed = allowed_args(spec)
     problems = []
     for key in sorted(args):
@@ -92,12 +93,12 @@ def check_args(spec: str, args: dict[str, Any]) -> list[str]:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(
-                f"dataset {spec!r}: unknown arg {key!r}{hint}; allowed: {', '.join(sorted(allowed))}"
+                f"dataset {shown(spec)}: unknown arg {shown(key)}{hint}; allowed: {', '.join(sorted(allowed))}"
             )
     if problems:
         return problems
     scheme, _ = _parse(spec)  # type: ignore[misc]
-    return [f"dataset {spec!r}: {p}" for p in _module(scheme).validate_args(args)]
+    return [f"dataset {shown(spec)}: {p}" for p in _module(scheme).validate_args(args)]
 
 
 def load_dataset(spec: str, args: dict[str, Any] | None = None, seed: int = 0) -> DataBundle:

@@ -22,6 +22,7 @@ from bench.data.packing import pack_documents, split_blocks
 from bench.data.splits import fraction_problems
 from bench.data.task import DataBundle, TaskInfo
 from bench.data.tokenizer import ByteTokenizer
+from bench.problems import shown
 
 __all__ = ["ByteTokenizer", "check_name", "load", "read_stdlib_corpus", "validate_args"]
 
@@ -45,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
 def check_name(name: str) -> str | None:
     """Problem with the part after ``builtin:``, or None."""
     if name not in NAMES:
-        return f"unknown builtin dataset {name!r}; available: {', '.join(NAMES)}"
+        return f"unknown builtin dataset {shown(name)}; available: {', '.join(NAMES)}"
     return None
 
 

@@ -16,6 +16,7 @@ from bench.data.argcheck import int_problems
 from bench.data.task import TaskInfo
 from bench.models.cnn import SmallCNN
 from bench.models.transformer import TransformerLM
+from bench.problems import shown
 
 #: name → {arg → description}
 ALLOWED_ARGS: dict[str, dict[str, str]] = {
@@ -39,7 +40,7 @@ TASK_KIND = {"cnn": "classification", "transformer": "lm"}
 def check_name(name: str) -> str | None:
     """Problem with the part after ``builtin:``, or None."""
     if name not in ALLOWED_ARGS:
-        return f"unknown builtin model {name!r}; available: {', '.join(ALLOWED_ARGS)}"
+        return f"unknown builtin model {shown(name)}; available: {', '.join(ALLOWED_ARGS)}"
     return None
 
 
@@ -58,7 +59,7 @@ def validate_args(name: str, args: dict[str, Any]) -> list[str]:
             and len(channels) == 3
             and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
         ):
-            problems.append(f"channels must be three positive integers, got {channels!r}")
+            problems.append(f"channels must be three positive integers, got {shown(channels)}")
         problems += int_problems("hidden", args.get("hidden", 64))
     else:
         for key in ("d_model", "n_layer", "n_head"):

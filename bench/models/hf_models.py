@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from bench.data.task import TaskInfo
+from bench.problems import shown
 
 #: Named checkpoint shapes → (model_type, config overrides). Only the shapes are used.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -197,15 +198,35 @@ def allowed_args(name: str) -> dict[str, str]:
     return allowed
 
 
+def _type_problem(key: str, value: Any, default: Any) -> str | None:
+    """A value whose type cannot stand for the config field's default: a quoted number for an
+    int/float field, a string such as "yes" for a boolean. Fields whose default is None or a
+    string accept anything (transformers checks them when the config is built)."""
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        return None
+    return None if ok else f"{key} must be {want} like its default {default!r}, got {shown(value)}"
+
+
 def validate_args(name: str, args: dict[str, Any]) -> list[str]:
-    """Problems with argument values (names are checked by the registry)."""
-    if "size" not in args:
-        return []
-    model_type = _model_type(name)
-    sizes = LM_SIZES.get(model_type or "", {})
-    if args["size"] not in sizes:
-        return [f"size {args['size']!r} unknown for {model_type}; use one of {', '.join(sizes) or '(none)'}"]
-    return []
+    """Problems with argument values (names are checked by the registry): a ``size`` this family
+    does not have, and values whose type does not match the config field's default."""
+    problems = []
+    if "size" in args:
+        model_type = _model_type(name)
+        sizes = LM_SIZES.get(model_type or "", {})
+        if args["size"] not in sizes:
+            problems.append(f"size {shown(args['size'])} unknown for {model_type}; use one of {', '.join(sizes) or '(none)'}")
+    if any(key != "size" for key in args):
+        _, _, fields = _base(name)
+        problems += [p for key, value in args.items() if key in fields
+                     and (p := _type_problem(key, value, fields[key])) is not None]
+    return problems
 
 
 def build_config(name: str, task: TaskInfo, args: dict[str, Any]) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from bench.data.task import TaskInfo
+from bench.problems import shown
 
 #: scheme → builder module.
 SCHEMES: dict[str, str] = {
@@ -34,12 +35,12 @@ _USAGE = "use builtin:cnn, builtin:transformer, timm:<name> or hf:<name-or-confi
 def _parse(spec: str) -> tuple[str, str] | str:
     """``(scheme, name)`` or an error message."""
     if not isinstance(spec, str) or not spec.strip():
-        return f"model {spec!r}: empty spec; {_USAGE}"
+        return f"model {shown(spec)}: empty spec; {_USAGE}"
     scheme, sep, name = spec.partition(":")
     if not sep:
-        return f"model {spec!r}: missing scheme; {_USAGE}"
+        return f"model {shown(spec)}: missing scheme; {_USAGE}"
     if scheme not in SCHEMES:
-        return f"model {spec!r}: unknown scheme {scheme!r}; {_USAGE}"
+        return f"model {shown(spec)}: unknown scheme {shown(scheme)}; {_USAGE}"
     return scheme, name
 
 
@@ -57,7 +58,7 @@ def check_spec(spec: str) -> str | None:
         return parsed
     scheme, name = parsed
     problem = _module(scheme).check_name(name)
-    return None if problem is None else f"model {spec!r}: {problem}"
+    return None if problem is None else f"model {shown(spec)}: {problem}"
 
 
 def allowed_args(spec: str) -> dict[str, str] | None:
@@ -76,7 +77,7 @@ def check_args(spec: str, args: dict[str, Any]) -> list[str]:
     if problem:
         return [problem]
     if not isinstance(args, dict):
-        return [f"model {spec!r}: args must be a mapping, got {type(args).__name__}"]
+        return [f"model {shown(spec)}: args must be a mapping, got {type(args).__name__}"]
     scheme, name = _parse(spec)  # type: ignore[misc]
     module = _module(scheme)
     allowed = module.allowed_args(name)
@@ -87,10 +88,10 @@ def check_args(spec: str, args: dict[str, Any]) -> list[str]:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 listing = ", ".join(sorted(allowed)) if len(allowed) <= 12 else "see its config class"
-                problems.append(f"model {spec!r}: unknown arg {key!r}{hint}; allowed: {listing}")
+                problems.append(f"model {shown(spec)}: unknown arg {shown(key)}{hint}; allowed: {listing}")
     if problems:
         return problems
-    return [f"model {spec!r}: {p}" for p in module.validate_args(name, args)]
+    return [f"model {shown(spec)}: {p}" for p in module.validate_args(name, args)]
 
 
 def build_model(spec: str, task: TaskInfo, args: dict[str, Any] | None = None) -> nn.Module:

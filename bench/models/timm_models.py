@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from bench.data.task import TaskInfo
+from bench.problems import shown
 
 #: Arguments the registry sets itself; a config may not override them.
 RESERVED = {
@@ -36,7 +37,7 @@ def check_name(name: str) -> str | None:
         return None
     close = difflib.get_close_matches(name, timm.list_models(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown timm model {name!r}{hint}"
+    return f"unknown timm model {shown(name)}{hint}"
 
 
 def allowed_args(name: str) -> None:
