@@ -272,9 +272,12 @@ class MatrixOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load (hyperparameters and state from the checkpoint), keeping this optimizer's
-        group structure and, when sharded, only the state of the matrices this rank owns."""
+        group structure, filling hyperparameters the checkpoint lacks (an older version's) from
+        this optimizer's settings and, when sharded, keeping only the state of owned matrices."""
         structure = [{k: g[k] for k in GROUP_STRUCTURE if k in g} for g in self.param_groups]
         super().load_state_dict(state_dict)
         for group, keys in zip(self.param_groups, structure, strict=True):
             group.update(keys)
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         self.sharding.drop_unowned(self.state, self.matrix_params())

@@ -226,8 +226,10 @@ def test_checkpoint_restores_hyperparameters_but_not_group_structure() -> None:
     opt = make("spectral_newton", model)
     saved = copy.deepcopy(opt.state_dict())
     saved["param_groups"][0].update(kind="spectral", name="spectral", lr=0.5)  # e.g. an older checkpoint
+    del saved["param_groups"][0]["damping"]  # a hyperparameter it did not store
     opt.load_state_dict(saved)
     assert opt.param_groups[0]["kind"] == "matrix" and opt.param_groups[0]["name"] == "matrix"
+    assert opt.param_groups[0]["damping"] == 0.1
     assert opt.param_groups[0]["lr"] == 0.5 and len(opt.matrix_params()) == 2  # conv + hidden linear
 
 
