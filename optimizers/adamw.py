@@ -16,13 +16,13 @@ head go to AdamW).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .param_groups import NO_DECAY_TYPES, assign_parameters, build_param_groups
+from .param_groups import ADAMW, NO_DECAY_TYPES, build_param_groups, trainable_parameters
 
 
 def adamw_step_(
@@ -91,16 +91,18 @@ def build_adamw(
     weight_decay: float = 0.01,
     no_decay_types: Iterable[str] = NO_DECAY_TYPES,
     fused: bool | None = None,
+    layer_types: Mapping[str, str] | None = None,
 ) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over every trainable parameter of ``model``.
 
     ``momentum`` is β₁ (the first-moment decay): the suite uses one key, ``momentum``, across
     optimizers so that sweeps can share it. Parameters whose layer type is in
     ``no_decay_types`` (default bias and norm) or that are 1-D get ``weight_decay = 0``
-    (group ``adamw_no_decay``); the rest are in group ``adamw``.
+    (group ``adamw_no_decay``); the rest are in group ``adamw``. ``layer_types`` replaces the
+    tagger's types (:func:`optimizers.layer_types.tag_parameters`).
     """
-    assignment = {name: "adamw" for name in assign_parameters(model, adamw_types=())}
-    groups = build_param_groups(model, assignment, no_decay_types)
+    assignment = {name: ADAMW for name, _ in trainable_parameters(model)}
+    groups = build_param_groups(model, assignment, no_decay_types, layer_types)
     params = [p for g in groups for p in g["params"]]
     named = torch.__version__ >= "2.6"  # torch ≥ 2.6 keeps (name, param) pairs as param_names
     for g in groups:

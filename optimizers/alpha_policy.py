@@ -8,15 +8,16 @@ as h_k ∝ σ_k^α. Three policies choose α per parameter:
   (convs ≈ 2; mini GPT-2: QKV 1.43, attention out 1.17, MLP-up 0.84, MLP-down 1.15; PAPER.md §4);
 - ``measured``: per-parameter values set by the training loop from the suite's own curvature probe
   (``SpectralNewton.set_measured_alpha``), falling back to the table for unmeasured parameters.
+
+Pure functions of the settings (the policy, α and the table's overrides are Spectral Newton
+settings, validated by :class:`optimizers.settings.SpectralNewtonSettings`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
-
-from .param_groups import check_layer_types
 
 AlphaPolicy = Literal["fixed", "by_layer_type", "measured"]
 ALPHA_POLICIES: tuple[str, ...] = ("fixed", "by_layer_type", "measured")
@@ -48,33 +49,40 @@ def check_alpha(value: float, what: str) -> float:
     return value
 
 
-class AlphaResolver:
-    """Resolves α for a parameter from its name and layer type under one policy."""
+def table_alpha(table: Mapping[str, float], layer_type: str, alpha: float) -> float:
+    """α of ``layer_type`` from the overrides ``table``, else :data:`DEFAULT_ALPHA_TABLE`, else ``alpha``."""
+    if layer_type in table:
+        return table[layer_type]
+    return DEFAULT_ALPHA_TABLE.get(layer_type, alpha)
 
-    def __init__(
-        self,
-        policy: str = "fixed",
-        alpha: float = 2.0,
-        table: Mapping[str, float] | None = None,
-    ) -> None:
-        if policy not in ALPHA_POLICIES:
-            raise ValueError(f"alpha_policy must be one of {', '.join(ALPHA_POLICIES)} (got {policy!r})")
-        self.policy = policy
-        self.alpha = check_alpha(alpha, "alpha")
-        overrides = dict(table or {})
-        check_layer_types(overrides, "alpha_table")
-        self.table = {**DEFAULT_ALPHA_TABLE, **{k: check_alpha(v, f"alpha_table.{k}") for k, v in overrides.items()}}
-        self.measured: dict[str, float] = {}
 
-    def __call__(self, name: str, layer_type: str) -> float:
-        """α for one parameter. Types missing from the table (e.g. ``other``) use ``alpha``."""
-        if self.policy == "fixed":
-            return self.alpha
-        if self.policy == "measured" and name in self.measured:
-            return self.measured[name]
-        return self.table.get(layer_type, self.alpha)
+def resolve_alpha(
+    policy: str,
+    alpha: float,
+    table: Mapping[str, float],
+    measured: Mapping[str, float],
+    name: str,
+    layer_type: str,
+) -> float:
+    """α for the parameter ``name`` of type ``layer_type`` under ``policy`` (module docstring).
 
-    def set_measured(self, alphas: Mapping[str, float]) -> None:
-        """Record measured α values (only used under the ``measured`` policy)."""
-        for name, value in alphas.items():
-            self.measured[name] = check_alpha(value, f"measured alpha for {name!r}")
+    ``measured`` holds the values set by the training loop; under ``measured`` a parameter
+    without one falls back to the table, and types missing from the table (e.g. ``other``) use
+    ``alpha``.
+    """
+    if policy == "fixed":
+        return alpha
+    if policy == "measured" and name in measured:
+        return measured[name]
+    return table_alpha(table, layer_type, alpha)
+
+
+def alphas_other_than(
+    target: float, policy: str, alpha: float, table: Mapping[str, float], layer_types: Iterable[str]
+) -> dict[str, float] | None:
+    """The layer types among ``layer_types`` whose α under ``policy`` differs from ``target``
+    (empty: every matrix gets ``target``); ``None`` under ``measured``, whose values are only known
+    during training. Spectral Newton's ``solve`` method needs α = 2 for every matrix."""
+    if policy == "measured":
+        return None
+    return {t: a for t in layer_types if (a := alpha if policy == "fixed" else table_alpha(table, t, alpha)) != target}

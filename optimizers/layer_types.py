@@ -6,14 +6,16 @@ works on module classes and on the naming conventions of timm, Hugging Face tran
 (GPT-2, Llama, BERT-like) and plain ``torch.nn`` models, without importing either library:
 classes are recognised by ``isinstance`` for ``torch.nn`` and by duck typing otherwise.
 
-Also here: the "out × in" matrix view of a weight (PAPER.md §1: conv kernels are reshaped
-``weight.reshape(out, -1)``; GPT-2's ``Conv1D`` stores in × out and is transposed) and the split of
-a fused QKV weight into q/k/v views.
+Also here: the "out × in" matrix view of a weight (:func:`matrix_view`, a tensor; PAPER.md §1:
+conv kernels are reshaped ``weight.reshape(out, -1)``; GPT-2's ``Conv1D`` stores in × out and is
+transposed), the shape of that matrix from a parameter shape alone (:func:`matrix_shape`), and the
+split of a fused QKV weight into q/k/v views.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -312,6 +314,20 @@ def _transposed_storage(module: nn.Module | None) -> bool:
     """Modules whose weight is stored in × out: GPT-2 ``Conv1D`` (x @ W) and embeddings (a lookup
     is ``Wᵀ · one_hot``, so the output side is the embedding dimension)."""
     return is_conv1d_transposed(module) or isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+
+
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """(m, n) of the out × rest matrix of a parameter of ``shape``: m = ``shape[0]``, n = the product
+    of the other dimensions (conv kernels: out × in·kh·kw, PAPER.md §1); (m, 1) for a vector and
+    (1, 1) for a scalar.
+
+    The shape-only counterpart of :func:`matrix_view`: without the owning module it cannot see a
+    transposed storage (GPT-2 ``Conv1D``), so it serves where orientation does not matter (cost
+    estimates, the smaller side of a matrix).
+    """
+    if len(shape) == 0:
+        return 1, 1
+    return int(shape[0]), int(math.prod(shape[1:]))
 
 
 def matrix_view(

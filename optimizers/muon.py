@@ -26,7 +26,8 @@ CI runs on) and owner sharding (the state lives in this optimizer, only for owne
 With ``ns_dtype='bfloat16'`` (the default) the arithmetic is exactly timm's.
 
 Only matrix groups get Muon; biases, norms, embeddings and the head are updated by the suite's
-AdamW side-car, by the same grouping rules as Spectral Newton (:mod:`optimizers.matrix_base`).
+AdamW side-car, by the same grouping rules as Spectral Newton (:mod:`optimizers.matrix_base`, which
+also applies W ← W·(1 − lr·λ) − lr·s(m, n)·O with the weight decay before the update, as timm).
 
 Update-scale convention (``adjust_lr``; s(m, n) with m × n the matrix view, m = out):
 
@@ -49,14 +50,16 @@ new values are broadcast (:mod:`optimizers.distributed`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
+from functools import cache
+from types import ModuleType
 from typing import Any
 
 import torch
 
-from .distributed import DEFAULT_BUCKET_CAP_MB
+from .layer_types import matrix_shape
 from .matrix_base import MatrixOptimizer
-from .timing import StepTimer
+from .settings import MuonSettings
 
 ADJUST_LR: dict[str, str | None] = {
     "original": "original",
@@ -64,95 +67,46 @@ ADJUST_LR: dict[str, str | None] = {
     "spectral": "rms_to_rms",
     "none": None,
 }
-NS_COEFFICIENTS: tuple[str, ...] = ("original", "quintic", "polar_express", "polar_express_safer")
+"""The suite's names of the update-scale conventions → timm's ``adjust_lr_fn`` names."""
 NS_EPS = 1e-7  # Keller Jordan's ε of the Frobenius normalisation (torch and timm alike)
 NS_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@cache
+def _timm_muon() -> ModuleType:
+    """``timm.optim.muon``, imported on first use (importing timm takes seconds)."""
+    from timm.optim import muon
+
+    return muon
 
 
 class Muon(MatrixOptimizer):
     """Muon (timm 1.0.31's building blocks) on matrix groups + AdamW side-car; see the module docstring.
 
-    Args (defaults are the registry's, ``optimizers.settings.MuonSettings``): ``lr``,
-    ``momentum`` (μ), ``nesterov``, ``weight_decay`` (decoupled λ, matrix and decayed AdamW
-    groups), ``ns_steps``, ``ns_coefficients`` (a timm preset), ``ns_dtype``, ``adjust_lr``
-    (update-scale convention), ``adamw_lr``/``adamw_betas``/``adamw_eps``, ``distribution``,
-    ``bucket_cap_mb``.
+    Settings: :class:`optimizers.settings.MuonSettings` (``lr``, ``momentum`` μ, ``nesterov``,
+    ``weight_decay``, ``ns_steps``, ``ns_coefficients`` (a timm preset), ``ns_dtype``,
+    ``adjust_lr`` and the shared matrix-optimizer settings).
     """
 
-    owner_name = "Muon"
+    settings_model = MuonSettings
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 0.02,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        ns_steps: int = 5,
-        ns_coefficients: str = "original",
-        ns_dtype: str = "bfloat16",
-        adjust_lr: str = "original",
-        adamw_lr: float = 1e-3,
-        adamw_betas: tuple[float, float] = (0.9, 0.999),
-        adamw_eps: float = 1e-8,
-        distribution: str = "sharded",
-        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
-    ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0 (got {lr})")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1) (got {momentum})")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be ≥ 0 (got {weight_decay})")
-        if ns_steps < 1:
-            raise ValueError(f"ns_steps must be ≥ 1 (got {ns_steps})")
-        if ns_coefficients not in NS_COEFFICIENTS:
-            raise ValueError(f"ns_coefficients must be one of {', '.join(NS_COEFFICIENTS)} (got {ns_coefficients!r})")
-        if ns_dtype not in NS_DTYPES:
-            raise ValueError(f"ns_dtype must be one of {', '.join(NS_DTYPES)} (got {ns_dtype!r})")
-        if adjust_lr not in ADJUST_LR:
-            raise ValueError(f"adjust_lr must be one of {', '.join(ADJUST_LR)} (got {adjust_lr!r})")
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "nesterov": nesterov,
-            "weight_decay": weight_decay,
-            "ns_steps": ns_steps,
-            "ns_coefficients": ns_coefficients,
-            "ns_dtype": ns_dtype,
-            "adjust_lr": adjust_lr,
-        }
-        super().__init__(
-            params, defaults, adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
-            distribution=distribution, bucket_cap_mb=bucket_cap_mb,
+    def init_state(self, grad: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
+        return {"momentum_buffer": torch.zeros_like(grad, memory_format=torch.preserve_format)}
+
+    def update(self, grad: torch.Tensor, state: dict[str, Any], group: Mapping[str, Any]) -> torch.Tensor:
+        """O = NS₅(u) of the (Nesterov) EMA momentum u, conv kernels flattened to out × (in·kh·kw)."""
+        muon = _timm_muon()
+        mu = group["momentum"]
+        buf = state["momentum_buffer"]
+        buf.lerp_(grad, 1.0 - mu)
+        u = grad.lerp(buf, mu) if group["nesterov"] else buf.clone()
+        matrix = muon.reshape_for_muon(u, mode="flatten")[0] if u.ndim >= 3 else u
+        coefficients = muon.resolve_ns_coefficients(group["ns_coefficients"], muon._COEFFICIENTS)
+        return muon.zeropower_via_newtonschulz(
+            matrix, group["ns_steps"], coefficients, eps=NS_EPS, safety_factor=1.0, dtype=NS_DTYPES[group["ns_dtype"]]
         )
 
-    def _matrix_step(self, timer: StepTimer) -> None:
-        from timm.optim import muon as timm_muon
-
-        for group in self.matrix_groups():
-            coefficients = timm_muon.resolve_ns_coefficients(group["ns_coefficients"], timm_muon._COEFFICIENTS)
-            adjust = ADJUST_LR[group["adjust_lr"]]
-            dtype = NS_DTYPES[group["ns_dtype"]]
-            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None or not self._owns(p):
-                    continue
-                with timer.measure(p.device):
-                    g = p.grad
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    buf = state["momentum_buffer"]
-                    p.mul_(1 - lr * wd)
-                    buf.lerp_(g, 1.0 - mu)
-                    update = g.lerp(buf, mu) if group["nesterov"] else buf.clone()
-                    if update.ndim >= 3:
-                        matrix, shape = timm_muon.reshape_for_muon(update, mode="flatten")
-                    else:
-                        matrix, shape = update, update.shape
-                    ortho = timm_muon.zeropower_via_newtonschulz(
-                        matrix, group["ns_steps"], coefficients, eps=NS_EPS, safety_factor=1.0, dtype=dtype
-                    )
-                    scale = timm_muon.get_lr_scale(ortho.shape, adjust) if adjust else 1.0
-                    p.add_(ortho.reshape(shape), alpha=-lr * scale)
+    def lr_scale(self, shape: tuple[int, ...], group: Mapping[str, Any]) -> float:
+        """s(m, n) of the ``adjust_lr`` convention for the out × rest matrix (module docstring)."""
+        adjust = ADJUST_LR[group["adjust_lr"]]
+        return _timm_muon().get_lr_scale(matrix_shape(shape), adjust) if adjust else 1.0

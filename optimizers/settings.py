@@ -1,20 +1,27 @@
 """Typed settings of each optimizer (pydantic, ``extra='forbid'``, every field defaulted and
-described). Field names are the config keys and the ``build()`` keyword arguments.
+described). Field names are the config keys, the ``build()`` keyword arguments and the matrix
+optimizers' constructor arguments.
+
+These models are the one place where defaults are written: a matrix optimizer's constructor
+validates its keyword arguments with its model (:func:`parse_settings`), so a constructor cannot
+drift from the registry. :class:`MatrixSettings` holds what every matrix optimizer shares — the
+AdamW side-car, the grouping by layer type, the owner-rank distribution and its bucket size —
+and each optimizer's model adds its own math.
 
 ``momentum`` is shared by every optimizer so that one sweep axis can cover them all: for AdamW it
 is β₁ (the first-moment decay), for Spectral Newton, Muon and Shampoo the μ of the momentum
-buffer, for SOAP its β₁. Every matrix optimizer also has ``distribution`` (sharded | redundant)
-and ``bucket_cap_mb`` (:mod:`optimizers.distributed`).
+buffer, for SOAP its β₁.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .alpha_policy import DEFAULT_ALPHA_TABLE
+from .alpha_policy import DEFAULT_ALPHA_TABLE, AlphaPolicy, alphas_other_than
 from .distributed import DEFAULT_BUCKET_CAP_MB
 from .layer_types import LAYER_TYPES
 from .param_groups import DEFAULT_ADAMW_TYPES, NO_DECAY_TYPES
@@ -31,37 +38,6 @@ def _check_betas(v: tuple[float, float]) -> tuple[float, float]:
     if not all(0 <= b < 1 for b in v):
         raise ValueError(f"each beta must be in [0, 1) (got {list(v)})")
     return v
-
-
-Distribution = Literal["sharded", "redundant"]
-
-
-def _distribution_field() -> Any:
-    return Field(
-        "sharded",
-        description="sharded: each matrix is computed by one owner rank (LPT on m·n·min(m,n)) and the new values "
-        "are broadcast in buckets; redundant: every rank computes every matrix. Same on one process.",
-    )
-
-
-def _bucket_field() -> Any:
-    return Field(DEFAULT_BUCKET_CAP_MB, gt=0, description="Largest broadcast buffer (MiB) of the sharded mode.")
-
-
-def _adamw_fields() -> dict[str, Any]:
-    return {
-        "adamw_lr": Field(1e-3, gt=0, description="Learning rate of the AdamW groups; schedulers scale it with lr."),
-        "adamw_betas": Field((0.9, 0.999), description="(β₁, β₂) of the AdamW groups."),
-        "adamw_eps": Field(1e-8, gt=0, description="ε of the AdamW groups."),
-        "adamw_types": Field(
-            default_factory=lambda: list(DEFAULT_ADAMW_TYPES),
-            description="Layer types updated by AdamW instead of the matrix optimizer (non-matrix parameters "
-            "always are).",
-        ),
-        "no_decay_types": Field(
-            default_factory=lambda: list(NO_DECAY_TYPES), description="Layer types with no weight decay."
-        ),
-    }
 
 
 class AdamWSettings(BaseModel):
@@ -85,30 +61,61 @@ class AdamWSettings(BaseModel):
     _types = field_validator("no_decay_types")(_check_types)
 
 
-class SpectralNewtonSettings(BaseModel):
-    """Spectral Newton (PAPER.md §5): ΔW = U diag(σ/(σ^α + d)) Vᵀ of the momentum matrix; AdamW for
-    biases, norms, embeddings and the head."""
+class MatrixSettings(BaseModel):
+    """Settings every matrix optimizer shares (:class:`optimizers.matrix_base.MatrixOptimizer`): the
+    AdamW side-car for non-matrix parameters, which layer types it gets, weight decay, and the
+    distribution of the matrix work over data-parallel ranks. Subclass it for a new optimizer."""
 
     model_config = ConfigDict(extra="forbid")
 
-    lr: float = Field(0.02, gt=0, description="Learning rate of the spectral (matrix) group.")
-    momentum: float = Field(0.95, ge=0, lt=1, description="μ of the momentum buffer buf ← μ·buf + g (0 disables).")
-    nesterov: bool = Field(True, description="Transform g + μ·buf (Nesterov, as Muon) instead of buf.")
     weight_decay: float = Field(
         0.0, ge=0, description="Decoupled weight decay λ for all groups except biases/norms: p ← p·(1 − lr·λ)."
     )
+    adamw_lr: float = Field(1e-3, gt=0, description="Learning rate of the AdamW groups; schedulers scale it with lr.")
+    adamw_betas: tuple[float, float] = Field((0.9, 0.999), description="(β₁, β₂) of the AdamW groups.")
+    adamw_eps: float = Field(1e-8, gt=0, description="ε of the AdamW groups.")
+    adamw_types: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ADAMW_TYPES),
+        description="Layer types updated by AdamW instead of the matrix optimizer (non-matrix parameters always "
+        "are).",
+    )
+    no_decay_types: list[str] = Field(
+        default_factory=lambda: list(NO_DECAY_TYPES), description="Layer types with no weight decay."
+    )
+    distribution: Literal["sharded", "redundant"] = Field(
+        "sharded",
+        description="sharded: each matrix is computed by one owner rank (LPT on m·n·min(m,n)) and the new values "
+        "are broadcast in buckets; redundant: every rank computes every matrix. Same on one process.",
+    )
+    bucket_cap_mb: float = Field(
+        DEFAULT_BUCKET_CAP_MB, gt=0, description="Largest broadcast buffer (MiB) of the sharded distribution."
+    )
+
+    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
+    _betas = field_validator("adamw_betas")(_check_betas)
+
+
+class SpectralNewtonSettings(MatrixSettings):
+    """Spectral Newton (PAPER.md §5): ΔW = U diag(σ/(σ^α + d)) Vᵀ of the momentum matrix; AdamW for
+    biases, norms, embeddings and the head."""
+
+    lr: float = Field(0.02, gt=0, description="Learning rate of the matrix group.")
+    momentum: float = Field(0.95, ge=0, lt=1, description="μ of the momentum buffer buf ← μ·buf + g (0 disables).")
+    nesterov: bool = Field(True, description="Transform g + μ·buf (Nesterov, as Muon) instead of buf.")
     method: Literal["svd", "gram", "solve", "polar"] = Field(
         "gram",
         description="How T is computed: svd (reference), gram (eigh of GᵀG, any α), solve (Cholesky, α = 2 only), "
         "polar (Newton–Schulz polar factor, the paper's route).",
     )
-    alpha_policy: Literal["fixed", "by_layer_type", "measured"] = Field(
+    alpha_policy: AlphaPolicy = Field(
         "fixed",
         description="fixed: alpha for every matrix; by_layer_type: alpha_table; measured: per-layer values "
         "set by the training loop, table as fallback.",
     )
-    alpha: float = Field(2.0, gt=0, description="Curvature exponent α of T(σ; α) under the fixed policy.")
-    damping: float = Field(0.1, ge=0, description="Damping d of T(σ; α) = σ/(σ^α + d) (the paper's 0.1).")
+    alpha: float = Field(
+        2.0, gt=0, allow_inf_nan=False, description="Curvature exponent α of T(σ; α) under the fixed policy."
+    )
+    damping: float = Field(0.1, ge=0, allow_inf_nan=False, description="Damping d of T(σ; α) = σ/(σ^α + d).")
     normalize: Literal["none", "frobenius", "spectral"] = Field(
         "none", description="Divide G before T by 1 (paper-faithful), ‖G‖_F, or σ₁ (power-iteration estimate)."
     )
@@ -118,16 +125,6 @@ class SpectralNewtonSettings(BaseModel):
         description="If set, rescale each update matrix to this RMS (0.2 ≈ AdamW's update RMS, Muon's "
         "convention); null keeps the raw paper update.",
     )
-    adamw_lr: float = Field(1e-3, gt=0, description="Learning rate of the AdamW groups; schedulers scale it with lr.")
-    adamw_betas: tuple[float, float] = Field((0.9, 0.999), description="(β₁, β₂) of the AdamW groups.")
-    adamw_eps: float = Field(1e-8, gt=0, description="ε of the AdamW groups.")
-    adamw_types: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_ADAMW_TYPES),
-        description="Layer types updated by AdamW instead of the spectral update (non-matrix parameters always are).",
-    )
-    no_decay_types: list[str] = Field(
-        default_factory=lambda: list(NO_DECAY_TYPES), description="Layer types with no weight decay."
-    )
     alpha_table: dict[str, float] = Field(
         default_factory=dict,
         description="Per-layer-type α overrides for by_layer_type/measured; defaults: "
@@ -135,11 +132,6 @@ class SpectralNewtonSettings(BaseModel):
         + ".",
     )
     power_iters: int = Field(10, ge=1, description="Power iterations estimating σ₁ for normalize=spectral.")
-    distribution: Distribution = _distribution_field()
-    bucket_cap_mb: float = _bucket_field()
-
-    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
-    _betas = field_validator("adamw_betas")(_check_betas)
 
     @field_validator("alpha_table")
     @classmethod
@@ -152,33 +144,31 @@ class SpectralNewtonSettings(BaseModel):
 
     @model_validator(mode="after")
     def _solve_needs_alpha_2(self) -> SpectralNewtonSettings:
+        """The one check of "method solve needs α = 2": solve computes G(GᵀG + dI)⁻¹, which is T only
+        for α = 2. The model is not known here, so every layer type that can reach the matrix
+        group (all but ``adamw_types``) must get α = 2."""
         if self.method != "solve":
             return self
-        if self.alpha_policy == "measured":
-            raise ValueError("method 'solve' needs alpha = 2; alpha_policy 'measured' sets α per layer")
-        if self.alpha_policy == "fixed" and self.alpha != 2.0:
-            raise ValueError(f"method 'solve' needs alpha = 2 (got {self.alpha}); use gram or polar")
-        if self.alpha_policy == "by_layer_type":
-            table = {**DEFAULT_ALPHA_TABLE, **self.alpha_table}
-            odd = {t: a for t, a in table.items() if a != 2.0 and t not in self.adamw_types}
-            if odd:
-                raise ValueError(f"method 'solve' needs alpha = 2 but alpha_table gives {odd}; use gram or polar")
+        types = [t for t in LAYER_TYPES if t not in self.adamw_types]
+        odd = alphas_other_than(2.0, self.alpha_policy, self.alpha, self.alpha_table, types)
+        if odd is None:
+            raise ValueError("method 'solve' needs alpha = 2, but alpha_policy 'measured' sets α per layer; "
+                             "use method gram or polar")
+        if odd:
+            given = f"alpha {self.alpha}" if self.alpha_policy == "fixed" else ", ".join(f"{t} {a}" for t, a in odd.items())
+            raise ValueError(f"method 'solve' needs alpha = 2, but alpha_policy {self.alpha_policy!r} gives {given}; "
+                             "use method gram or polar")
         return self
 
 
-class MuonSettings(BaseModel):
+class MuonSettings(MatrixSettings):
     """Muon (timm 1.0.31's timm.optim.muon) on matrices, conv kernels as out × (in·kh·kw); AdamW for biases,
     norms, embeddings and the head (optimizers/muon.py)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(0.02, gt=0, description="Learning rate of the Muon (matrix) group (Keller Jordan's 0.02).")
+    lr: float = Field(0.02, gt=0, description="Learning rate of the matrix group.")
     momentum: float = Field(0.95, ge=0, lt=1, description="μ of the EMA momentum buf ← μ·buf + (1 − μ)·g.")
     nesterov: bool = Field(True, description="Orthogonalise (1 − μ)·g + μ·buf (Nesterov) instead of buf.")
-    weight_decay: float = Field(
-        0.0, ge=0, description="Decoupled weight decay λ for all groups except biases/norms: p ← p·(1 − lr·λ)."
-    )
-    ns_steps: int = Field(5, ge=1, le=50, description="Newton–Schulz iterations (bf16).")
+    ns_steps: int = Field(5, ge=1, le=50, description="Newton–Schulz iterations of the orthogonalisation.")
     ns_coefficients: Literal["original", "quintic", "polar_express", "polar_express_safer"] = Field(
         "original",
         description="Newton–Schulz coefficient preset: original = (3.4445, −4.7750, 2.0315), Keller Jordan's and "
@@ -186,8 +176,8 @@ class MuonSettings(BaseModel):
     )
     ns_dtype: Literal["bfloat16", "float32"] = Field(
         "bfloat16",
-        description="dtype of the Newton–Schulz iteration: bfloat16 as timm/torch/Keller Jordan; float32 for CPUs "
-        "without native bf16 matmul (~100× faster there).",
+        description="dtype of the Newton–Schulz matrix products: bfloat16 (as timm, torch.optim.Muon and Keller "
+        "Jordan) or float32 (for CPUs without native bfloat16 matrix multiplication, which emulate it slowly).",
     )
     adjust_lr: Literal["original", "match_rms_adamw", "spectral", "none"] = Field(
         "original",
@@ -195,30 +185,14 @@ class MuonSettings(BaseModel):
         "torch default); match_rms_adamw 0.2·√max(m, n) (Moonlight: AdamW's update RMS); spectral √(m/n) "
         "(Bernstein); none 1.",
     )
-    adamw_lr: float = _adamw_fields()["adamw_lr"]
-    adamw_betas: tuple[float, float] = _adamw_fields()["adamw_betas"]
-    adamw_eps: float = _adamw_fields()["adamw_eps"]
-    adamw_types: list[str] = _adamw_fields()["adamw_types"]
-    no_decay_types: list[str] = _adamw_fields()["no_decay_types"]
-    distribution: Distribution = _distribution_field()
-    bucket_cap_mb: float = _bucket_field()
 
-    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
-    _betas = field_validator("adamw_betas")(_check_betas)
-
-
-class ShampooSettings(BaseModel):
+class ShampooSettings(MatrixSettings):
     """Shampoo (Gupta et al. 2018 with Anil et al. 2020's frequency, blocking, grafting; the suite's own
     implementation, optimizers/shampoo.py); AdamW for biases, norms, embeddings and the head."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(0.01, gt=0, description="Learning rate of the Shampoo (matrix) group.")
+    lr: float = Field(0.01, gt=0, description="Learning rate of the matrix group.")
     momentum: float = Field(0.9, ge=0, lt=1, description="μ of M ← μ·M + P on the grafted update P (0 disables).")
     nesterov: bool = Field(True, description="Apply μ·M + P (Nesterov) instead of M.")
-    weight_decay: float = Field(
-        0.0, ge=0, description="Decoupled weight decay λ for all groups except biases/norms: p ← p·(1 − lr·λ)."
-    )
     beta2: float = Field(
         1.0, gt=0, le=1, description="Statistics decay: 1 sums G Gᵀ (Gupta et al.); < 1 an EMA with weight 1 − β₂."
     )
@@ -241,25 +215,12 @@ class ShampooSettings(BaseModel):
         description="Conv kernels as out × (in·kh·kw) matrices (suite convention) or order-4 tensors with one "
         "factor per dimension (Gupta et al.).",
     )
-    adamw_lr: float = _adamw_fields()["adamw_lr"]
-    adamw_betas: tuple[float, float] = _adamw_fields()["adamw_betas"]
-    adamw_eps: float = _adamw_fields()["adamw_eps"]
-    adamw_types: list[str] = _adamw_fields()["adamw_types"]
-    no_decay_types: list[str] = _adamw_fields()["no_decay_types"]
-    distribution: Distribution = _distribution_field()
-    bucket_cap_mb: float = _bucket_field()
 
-    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
-    _betas = field_validator("adamw_betas")(_check_betas)
-
-
-class SOAPSettings(BaseModel):
+class SOAPSettings(MatrixSettings):
     """SOAP (pytorch_optimizer.SOAP, pytorch-optimizer 4.1.0; reference defaults of Vyas et al. 2024) on
     matrices; AdamW for biases, norms, embeddings and the head (optimizers/soap.py)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float = Field(3e-3, gt=0, description="Learning rate of the SOAP (matrix) group.")
+    lr: float = Field(3e-3, gt=0, description="Learning rate of the matrix group.")
     momentum: float = Field(0.95, ge=0, lt=1, description="β₁ of SOAP's first moment (shared key across optimizers).")
     beta2: float = Field(0.95, ge=0, lt=1, description="β₂ of SOAP's second moment in the rotated basis.")
     shampoo_beta: float | None = Field(
@@ -267,7 +228,8 @@ class SOAPSettings(BaseModel):
     )
     eps: float = Field(1e-8, gt=0, description="ε added to √V.")
     weight_decay: float = Field(
-        0.01, ge=0, description="Decoupled weight decay λ (SOAP's reference 0.01; also the decayed AdamW groups)."
+        0.01, ge=0, description="Decoupled weight decay λ of the matrix group (applied after SOAP's update) and "
+        "the decayed AdamW groups."
     )
     precondition_frequency: int = Field(10, ge=1, description="Eigenbasis refresh (power iteration + QR) every f steps.")
     max_precond_dim: int = Field(10000, ge=1, description="Dimensions larger than this are not rotated.")
@@ -279,13 +241,63 @@ class SOAPSettings(BaseModel):
         description="Conv kernels as 4-D tensors with one rotation per dimension (the reference's default) or as "
         "out × (in·kh·kw) matrices (the suite's matrix convention; dense rotations up to max_precond_dim).",
     )
-    adamw_lr: float = _adamw_fields()["adamw_lr"]
-    adamw_betas: tuple[float, float] = _adamw_fields()["adamw_betas"]
-    adamw_eps: float = _adamw_fields()["adamw_eps"]
-    adamw_types: list[str] = _adamw_fields()["adamw_types"]
-    no_decay_types: list[str] = _adamw_fields()["no_decay_types"]
-    distribution: Distribution = _distribution_field()
-    bucket_cap_mb: float = _bucket_field()
 
-    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
-    _betas = field_validator("adamw_betas")(_check_betas)
+
+# --- validation with messages that name the config path ------------------------------------------
+
+_BOUND_WORDS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": ("≥", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("≤", "le"),
+}
+
+
+def _format_error(model: type[BaseModel], prefix: str, err: Mapping[str, Any]) -> str:
+    loc = ".".join(str(x) for x in err["loc"])
+    where = f"{prefix}.{loc}" if loc else prefix
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "literal_error":
+        field = model.model_fields.get(str(err["loc"][0]))
+        choices = [a for a in get_args(field.annotation)] if field is not None else []
+        allowed = ", ".join(str(c) for c in choices) if choices else err.get("ctx", {}).get("expected", "")
+        return f"{where}: must be one of {allowed} (got {got!r})"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown setting; allowed: {', '.join(model.model_fields)}"
+    if kind in _BOUND_WORDS:
+        symbol, key = _BOUND_WORDS[kind]
+        return f"{where}: must be {symbol} {err['ctx'][key]} (got {got!r})"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if kind.startswith("value_error") or kind == "assertion_error" or not loc:
+        return f"{where}: {msg}"
+    return f"{where}: {msg[:1].lower() + msg[1:]} (got {got!r})"
+
+
+class SettingsError(ValueError):
+    """Invalid optimizer settings; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid optimizer settings:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def parse_settings(model: type[BaseModel], settings: Any, where: str) -> BaseModel:
+    """``settings`` validated by ``model``, every default filled in; raises :class:`SettingsError`
+    with one line per problem, each prefixed with the config path ``where``, e.g.
+    ``optimizers.spectral_newton.method: must be one of svd, gram, solve, polar (got 'qr')``."""
+    if not isinstance(settings, Mapping):
+        raise SettingsError([f"{where}: expected a mapping of settings (got {type(settings).__name__})"])
+    try:
+        return model.model_validate(dict(settings))
+    except ValidationError as exc:
+        raise SettingsError([_format_error(model, where, e) for e in exc.errors()]) from None
+
+
+def settings_problems(model: type[BaseModel], settings: Any, where: str) -> list[str]:
+    """The problems :func:`parse_settings` would raise (empty list when ``settings`` are valid)."""
+    try:
+        parse_settings(model, settings, where)
+    except SettingsError as exc:
+        return exc.problems
+    return []

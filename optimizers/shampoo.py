@@ -62,19 +62,15 @@ lr 1.0 with SGD grafting.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from .distributed import DEFAULT_BUCKET_CAP_MB
+from .layer_types import matrix_shape
 from .matrix_base import MatrixOptimizer
+from .settings import ShampooSettings
 from .spectral import compute_dtype
-from .timing import StepTimer
-
-GRAFTS: tuple[str, ...] = ("adagrad", "sgd", "none")
-CONV_VIEWS: tuple[str, ...] = ("matrix", "tensor")
 
 # --- pure math ---------------------------------------------------------------------------------
 
@@ -152,109 +148,49 @@ def precondition_block(block: torch.Tensor, roots: Sequence[torch.Tensor]) -> to
 class Shampoo(MatrixOptimizer):
     """Shampoo on matrix groups + AdamW side-car; see the module docstring for the algorithm.
 
-    Args (defaults are the registry's, ``optimizers.settings.ShampooSettings``): ``lr``,
-    ``momentum``, ``nesterov``, ``weight_decay``, ``beta2``, ``epsilon``, ``epsilon_relative``,
-    ``preconditioning_frequency``, ``max_preconditioner_dim``, ``graft``, ``graft_eps``,
-    ``conv_view``, ``adamw_lr``/``adamw_betas``/``adamw_eps``, ``distribution``, ``bucket_cap_mb``.
+    Settings: :class:`optimizers.settings.ShampooSettings` (``lr``, ``momentum``, ``nesterov``,
+    ``weight_decay``, ``beta2``, ``epsilon``, ``epsilon_relative``, ``preconditioning_frequency``,
+    ``max_preconditioner_dim``, ``graft``, ``graft_eps``, ``conv_view`` and the shared
+    matrix-optimizer settings).
     """
 
-    owner_name = "Shampoo"
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        beta2: float = 1.0,
-        epsilon: float = 1e-6,
-        epsilon_relative: bool = True,
-        preconditioning_frequency: int = 10,
-        max_preconditioner_dim: int = 1024,
-        graft: str = "adagrad",
-        graft_eps: float = 1e-8,
-        conv_view: str = "matrix",
-        adamw_lr: float = 1e-3,
-        adamw_betas: tuple[float, float] = (0.9, 0.999),
-        adamw_eps: float = 1e-8,
-        distribution: str = "sharded",
-        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
-    ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0 (got {lr})")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1) (got {momentum})")
-        if not 0 < beta2 <= 1:
-            raise ValueError(f"beta2 must be in (0, 1] (got {beta2})")
-        if weight_decay < 0 or epsilon < 0 or graft_eps < 0:
-            raise ValueError("weight_decay, epsilon and graft_eps must be ≥ 0")
-        if preconditioning_frequency < 1 or max_preconditioner_dim < 1:
-            raise ValueError("preconditioning_frequency and max_preconditioner_dim must be ≥ 1")
-        if graft not in GRAFTS:
-            raise ValueError(f"graft must be one of {', '.join(GRAFTS)} (got {graft!r})")
-        if conv_view not in CONV_VIEWS:
-            raise ValueError(f"conv_view must be one of {', '.join(CONV_VIEWS)} (got {conv_view!r})")
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "nesterov": nesterov,
-            "weight_decay": weight_decay,
-            "beta2": beta2,
-            "epsilon": epsilon,
-            "epsilon_relative": epsilon_relative,
-            "preconditioning_frequency": preconditioning_frequency,
-            "max_preconditioner_dim": max_preconditioner_dim,
-            "graft": graft,
-            "graft_eps": graft_eps,
-            "conv_view": conv_view,
-        }
-        super().__init__(
-            params, defaults, adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
-            distribution=distribution, bucket_cap_mb=bucket_cap_mb,
-        )
+    settings_model = ShampooSettings
 
     @staticmethod
-    def _view_shape(p: torch.Tensor, conv_view: str) -> tuple[int, ...]:
-        if conv_view == "matrix" and p.ndim > 2:
-            return (p.shape[0], math.prod(p.shape[1:]))
-        return tuple(p.shape)
+    def _view_shape(shape: Sequence[int], conv_view: str) -> tuple[int, ...]:
+        """The tensor Shampoo preconditions: out × (in·kh·kw) under ``conv_view='matrix'``, else the shape."""
+        return matrix_shape(shape) if conv_view == "matrix" and len(shape) > 2 else tuple(shape)
 
-    def _matrix_step(self, timer: StepTimer) -> None:
-        for group in self.matrix_groups():
-            for p in group["params"]:
-                if p.grad is None or not self._owns(p):
-                    continue
-                with timer.measure(p.device):
-                    self._param_step(p, group)
+    def init_state(self, grad: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
+        """Zero statistics S_i per block and mode; the AdaGrad graft's Σ G² if grafting by AdaGrad."""
+        shape = self._view_shape(grad.shape, group["conv_view"])
+        dtype = compute_dtype(grad.dtype)
+        sizes = block_sizes(shape, group["max_preconditioner_dim"])
+        state: dict[str, Any] = {
+            "step": 0,
+            "block_sizes": sizes,
+            "stats": [
+                [torch.zeros(d, d, dtype=dtype, device=grad.device) for d in b.shape]
+                for b in split_blocks(grad.reshape(shape), sizes)
+            ],
+            "roots": None,
+        }
+        if group["graft"] == "adagrad":
+            state["graft_sum"] = torch.zeros(shape, dtype=dtype, device=grad.device)
+        return state
 
-    def _param_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        shape = self._view_shape(p, group["conv_view"])
-        work_dtype = compute_dtype(p.dtype)
-        g = p.grad.reshape(shape).to(work_dtype)
-        state = self.state[p]
-        if not state:
-            sizes = block_sizes(shape, group["max_preconditioner_dim"])
-            state["step"] = 0
-            state["block_sizes"] = sizes
-            state["stats"] = [
-                [torch.zeros(b.shape[i], b.shape[i], dtype=work_dtype, device=p.device) for i in range(b.ndim)]
-                for b in split_blocks(g, sizes)
-            ]
-            state["roots"] = None
-            if group["graft"] == "adagrad":
-                state["graft_sum"] = torch.zeros(shape, dtype=work_dtype, device=p.device)
+    def update(self, grad: torch.Tensor, state: dict[str, Any], group: Mapping[str, Any]) -> torch.Tensor:
+        """Statistics, roots every F steps, the grafted preconditioned gradient, then momentum."""
+        g = grad.reshape(self._view_shape(grad.shape, group["conv_view"])).to(compute_dtype(grad.dtype))
         state["step"] += 1
-        t = state["step"]
         sizes = state["block_sizes"]
         blocks = split_blocks(g, sizes)
-
         beta2 = group["beta2"]
         w = 1.0 if beta2 == 1.0 else 1.0 - beta2
         for stats, block in zip(state["stats"], blocks, strict=True):
             for i, s in enumerate(stats):
                 s.mul_(beta2).add_(mode_gram(block, i), alpha=w)
-        if t % group["preconditioning_frequency"] == 0:
+        if state["step"] % group["preconditioning_frequency"] == 0:
             state["roots"] = [
                 [inverse_root(s, 2 * len(stats), group["epsilon"], group["epsilon_relative"]) for s in stats]
                 for stats in state["stats"]
@@ -270,20 +206,15 @@ class Shampoo(MatrixOptimizer):
         if state["roots"] is None:
             update = graft_dir if graft_dir is not None else g
         else:
-            pre = [precondition_block(b, r) for b, r in zip(blocks, state["roots"], strict=True)]
-            update = merge_blocks(pre, sizes)
+            update = merge_blocks([precondition_block(b, r) for b, r in zip(blocks, state["roots"], strict=True)], sizes)
             if graft_dir is not None:
-                norm = torch.linalg.vector_norm(update)
-                update = update * (torch.linalg.vector_norm(graft_dir) / (norm + 1e-16))
+                update = update * (torch.linalg.vector_norm(graft_dir) / (torch.linalg.vector_norm(update) + 1e-16))
 
         mu = group["momentum"]
         if mu > 0:
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros(shape, dtype=work_dtype, device=p.device)
+                state["momentum_buffer"] = torch.zeros_like(update)
             buf = state["momentum_buffer"]
             buf.mul_(mu).add_(update)
             update = buf * mu + update if group["nesterov"] else buf
-        lr, wd = group["lr"], group["weight_decay"]
-        if wd:
-            p.mul_(1 - lr * wd)
-        p.add_(update.reshape(p.shape).to(p.dtype), alpha=-lr)
+        return update

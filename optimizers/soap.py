@@ -54,79 +54,31 @@ are broadcast (:mod:`optimizers.distributed`).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
-from .distributed import DEFAULT_BUCKET_CAP_MB
-from .matrix_base import MatrixOptimizer
-from .timing import StepTimer
-
-CONV_VIEWS: tuple[str, ...] = ("matrix", "tensor")
+from .layer_types import matrix_shape
+from .matrix_base import MatrixOptimizer, OwnedMatrix
+from .settings import SOAPSettings
 
 
 class SOAP(MatrixOptimizer):
     """SOAP (pytorch-optimizer 4.1.0) on matrix groups + AdamW side-car; see the module docstring.
 
-    Args (defaults are the registry's, ``optimizers.settings.SOAPSettings``): ``lr``,
-    ``momentum`` (β₁), ``beta2``, ``shampoo_beta`` (None: β₂), ``eps``, ``weight_decay``,
-    ``precondition_frequency``, ``max_precond_dim``, ``merge_dims``, ``normalize_grads``,
-    ``correct_bias``, ``conv_view``, ``adamw_lr``/``adamw_betas``/``adamw_eps``, ``distribution``,
-    ``bucket_cap_mb``.
+    Settings: :class:`optimizers.settings.SOAPSettings` (``lr``, ``momentum`` (β₁), ``beta2``,
+    ``shampoo_beta`` (None: β₂), ``eps``, ``weight_decay``, ``precondition_frequency``,
+    ``max_precond_dim``, ``merge_dims``, ``normalize_grads``, ``correct_bias``, ``conv_view`` and
+    the shared matrix-optimizer settings). The library optimizer keeps the matrix state and
+    applies the update, so this class replaces the frame's per-matrix step
+    (:meth:`step_owned`) and adds the library's state to the checkpoint.
     """
 
-    owner_name = "SOAP"
+    settings_model = SOAPSettings
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 3e-3,
-        momentum: float = 0.95,
-        beta2: float = 0.95,
-        shampoo_beta: float | None = None,
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-        precondition_frequency: int = 10,
-        max_precond_dim: int = 10000,
-        merge_dims: bool = False,
-        normalize_grads: bool = False,
-        correct_bias: bool = True,
-        conv_view: str = "tensor",
-        adamw_lr: float = 1e-3,
-        adamw_betas: tuple[float, float] = (0.9, 0.999),
-        adamw_eps: float = 1e-8,
-        distribution: str = "sharded",
-        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
-    ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0 (got {lr})")
-        for what, b in (("momentum", momentum), ("beta2", beta2)):
-            if not 0 <= b < 1:
-                raise ValueError(f"{what} must be in [0, 1) (got {b})")
-        if shampoo_beta is not None and not 0 <= shampoo_beta < 1:
-            raise ValueError(f"shampoo_beta must be in [0, 1) or None (got {shampoo_beta})")
-        if conv_view not in CONV_VIEWS:
-            raise ValueError(f"conv_view must be one of {', '.join(CONV_VIEWS)} (got {conv_view!r})")
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "beta2": beta2,
-            "shampoo_beta": shampoo_beta,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "precondition_frequency": precondition_frequency,
-            "max_precond_dim": max_precond_dim,
-            "merge_dims": merge_dims,
-            "normalize_grads": normalize_grads,
-            "correct_bias": correct_bias,
-            "conv_view": conv_view,
-        }
-        super().__init__(
-            params, defaults, adamw_lr=adamw_lr, adamw_betas=adamw_betas, adamw_eps=adamw_eps,
-            distribution=distribution, bucket_cap_mb=bucket_cap_mb,
-        )
+    def __init__(self, params: Iterable[Any], **settings: Any) -> None:
+        super().__init__(params, **settings)
         # The library optimizer is built on first use (step or load_state_dict): the matrix views
         # must share the storage the parameters have *after* the engine moved the model.
         self.inner: torch.optim.Optimizer | None = None
@@ -145,7 +97,7 @@ class SOAP(MatrixOptimizer):
                 "SOAP with conv_view='matrix' needs contiguous conv kernels (got a channels_last weight?); "
                 "use conv_view='tensor'"
             )
-        return p.detach().view(p.shape[0], math.prod(p.shape[1:]))
+        return p.detach().view(matrix_shape(p.shape))
 
     def _inner_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -191,29 +143,32 @@ class SOAP(MatrixOptimizer):
                 k += 1
         return self.inner
 
-    def _matrix_step(self, timer: StepTimer) -> None:
+    def step_owned(self, matrices: Sequence[OwnedMatrix]) -> None:
+        """One library step on the owned matrices: the others' gradients are hidden from it, so it
+        neither updates them nor creates state for them. Called on every rank every step, so the
+        library's per-group step counter stays the same on all ranks (and in a checkpoint)."""
         inner = self._ensure_inner()
         if inner is None:
             return
-        pairs = [(p, g) for g in self.matrix_groups() for p in g["params"]]
+        owned = {id(m.param) for m in matrices}
+        params = self.matrix_params()
         for outer, ig in zip(self.matrix_groups(), inner.param_groups, strict=True):
             ig.update(self._inner_hyperparameters(outer))
         hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
-            for (p, _), v in zip(pairs, self._views, strict=True):
-                owned = p.grad is not None and self._owns(p)
+            for p, v in zip(params, self._views, strict=True):
+                mine = p.grad is not None and id(p) in owned
                 if v is p:
-                    if p.grad is not None and not owned:
+                    if p.grad is not None and not mine:
                         hidden.append((p, p.grad))
                         p.grad = None
                 else:
-                    v.grad = p.grad.view(v.shape) if owned else None
-            with timer.measure(pairs[0][0].device):
-                inner.step()
+                    v.grad = p.grad.view(v.shape) if mine else None
+            inner.step()
         finally:
             for p, g in hidden:
                 p.grad = g
-            for (p, _), v in zip(pairs, self._views, strict=True):
+            for p, v in zip(params, self._views, strict=True):
                 if v is not p:
                     v.grad = None
 

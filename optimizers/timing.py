@@ -1,9 +1,11 @@
-"""Timing inside an optimizer step without forcing host–device synchronisation.
+"""Device timing for the whole suite: the one synchronisation helper and the in-step timer.
 
-:class:`StepTimer` accumulates the seconds spent in marked sections of one step. On CUDA it
-records events and resolves them only when :meth:`StepTimer.seconds` is read (from
-``step_metrics()`` after the step), so ``step()`` itself never waits for the GPU; elsewhere it
-uses ``time.perf_counter``.
+:func:`synchronize` waits for the work queued on a device (CUDA kernels run asynchronously, so a
+wall-clock measurement must synchronise first or it bills one phase's kernels to the next).
+:class:`StepTimer` accumulates the seconds spent in marked sections of one optimizer step without
+forcing such a wait: on CUDA it records events and resolves them only when
+:meth:`StepTimer.seconds` is read (from ``step_metrics()`` after the step), so ``step()`` itself
+never waits for the GPU; elsewhere it uses ``time.perf_counter``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,14 @@ import time
 from typing import Any
 
 import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait until every kernel queued on ``device`` has finished (CUDA); a no-op on the CPU,
+    whose operations are synchronous."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class StepTimer:

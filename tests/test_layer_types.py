@@ -9,6 +9,7 @@ from torch import nn
 from optimizers.layer_types import (
     LAYER_TYPES,
     from_matrix_view,
+    matrix_shape,
     matrix_view,
     owner_modules,
     qkv_split,
@@ -250,3 +251,10 @@ def test_matrix_view_rejects_vectors() -> None:
         matrix_view(torch.zeros(4), "bias")
     with pytest.raises(ValueError, match="unknown layer type"):
         matrix_view(torch.zeros(4, 4), "dense")
+
+
+def test_matrix_shape_is_the_shape_of_the_out_by_rest_view(resnet18: nn.Module) -> None:
+    conv = resnet18.layer1[0].conv1
+    assert matrix_shape(conv.weight.shape) == tuple(matrix_view(conv.weight, "conv", conv).shape) == (64, 576)
+    assert matrix_shape((768, 3072)) == (768, 3072)
+    assert matrix_shape((10,)) == (10, 1) and matrix_shape(()) == (1, 1)

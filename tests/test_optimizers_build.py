@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +9,7 @@ from torch import nn
 
 import optimizers
 from optimizers import spectral_newton as sn_module
+from optimizers.alpha_policy import DEFAULT_ALPHA_TABLE
 from optimizers.param_groups import assign_parameters, build_param_groups, check_coverage
 from optimizers.spectral_newton import SpectralNewton
 
@@ -96,33 +95,6 @@ def test_conv_update_uses_out_by_in_kh_kw(net: TinyNet) -> None:
     assert (net.conv.weight.detach() - wrong).abs().max() > 1e-6
 
 
-def test_adamw_groups_match_torch_adamw(net: TinyNet) -> None:
-    ref_net = copy.deepcopy(net)
-    opt = SpectralNewton.from_model(net, weight_decay=0.1, adamw_lr=3e-3, adamw_betas=(0.8, 0.99))
-    names = [n for g in opt.param_groups if g["kind"] == "adamw" for n in g["param_names"]]
-    assert set(names) == {"conv.bias", "norm.weight", "norm.bias", "wide.bias", "head.weight", "head.bias"}
-    ref_params = dict(ref_net.named_parameters())
-    ref = torch.optim.AdamW(
-        [
-            {"params": [ref_params["head.weight"]], "weight_decay": 0.1},
-            {"params": [ref_params[n] for n in names if n != "head.weight"], "weight_decay": 0.0},
-        ],
-        lr=3e-3,
-        betas=(0.8, 0.99),
-        eps=1e-8,
-    )
-    for step in range(3):
-        with torch.no_grad():  # same spectral weights, so both nets see the same AdamW gradients
-            for n in ("conv.weight", "wide.weight", "tall.weight"):
-                ref_params[n].copy_(dict(net.named_parameters())[n])
-        _grads(net, seed=step)
-        _grads(ref_net, seed=step)
-        opt.step()
-        ref.step()
-    for n in names:
-        torch.testing.assert_close(dict(net.named_parameters())[n], ref_params[n], atol=1e-14, rtol=0)
-
-
 def test_nesterov_momentum_weight_decay_and_rms_match(net: TinyNet) -> None:
     lr, mu, wd, rho = 0.1, 0.9, 0.05, 0.2
     opt = SpectralNewton.from_model(net, lr=lr, momentum=mu, weight_decay=wd, rms_match=rho, alpha=1.43)
@@ -192,14 +164,31 @@ def test_alpha_policies(gpt2: nn.Module) -> None:
     assert fresh.alpha_for("transformer.h.0.mlp.c_fc.weight") == 1.9
 
 
-def test_solve_with_alpha_other_than_2_is_refused(gpt2: nn.Module, net: TinyNet) -> None:
-    with pytest.raises(ValueError, match="alpha = 2"):
-        SpectralNewton.from_model(net, method="solve", alpha=1.5)
-    with pytest.raises(ValueError, match="alpha = 2"):
-        SpectralNewton.from_model(gpt2, method="solve", alpha_policy="by_layer_type")
-    with pytest.raises(ValueError, match="alpha = 2"):
-        SpectralNewton.from_model(net, method="solve", alpha_policy="measured")
-    SpectralNewton.from_model(net, method="solve", alpha_policy="by_layer_type")  # convs/linear: 2.0
+SOLVE_CASES = [
+    ({"alpha": 1.5}, False),
+    ({"alpha_policy": "by_layer_type"}, False),  # the LM types of the table are not 2
+    ({"alpha_policy": "measured"}, False),  # known only during training
+    ({"alpha_policy": "by_layer_type", "alpha_table": {t: 2.0 for t, a in DEFAULT_ALPHA_TABLE.items() if a != 2}}, True),
+    ({"alpha_policy": "by_layer_type", "alpha": 1.5,  # type `other` (not in the table) would get alpha 1.5
+      "alpha_table": {t: 2.0 for t, a in DEFAULT_ALPHA_TABLE.items() if a != 2}}, False),
+    ({"alpha_policy": "fixed", "alpha": 2.0}, True),
+]
+
+
+@pytest.mark.parametrize(("settings", "valid"), SOLVE_CASES, ids=lambda x: str(x))
+def test_solve_needs_alpha_2_one_rule_everywhere(gpt2: nn.Module, settings: dict, valid: bool) -> None:
+    """Config validation, optimizers.build and the constructor apply the same rule: the model is
+    unknown at config time, so every layer type that can reach the matrix group must get α = 2."""
+    settings = {"method": "solve", **settings}
+    problems = optimizers.validate_settings("spectral_newton", settings)
+    assert (problems == []) is valid and all("alpha = 2" in p for p in problems)
+    for make in (lambda: optimizers.build("spectral_newton", gpt2, **settings),
+                 lambda: SpectralNewton.from_model(gpt2, **settings)):
+        if valid:
+            make()
+        else:
+            with pytest.raises(ValueError, match="alpha = 2"):
+                make()
 
 
 # --- grouping ----------------------------------------------------------------------------------
@@ -218,21 +207,21 @@ def test_groups_cover_resnet18(resnet18: nn.Module) -> None:
     assert "fc.weight" in by_name["adamw"]["param_names"]
     assert "bn1.weight" in by_name["adamw_no_decay"]["param_names"]
     assert by_name["adamw_no_decay"]["weight_decay"] == 0.0
-    spectral = by_name["spectral"]
-    assert len(spectral["params"]) == 20 and all(p.ndim == 4 for p in spectral["params"])
-    assert by_name["spectral"]["lr"] == 0.02 and by_name["adamw"]["lr"] == 1e-3
+    matrix = by_name["matrix"]
+    assert len(matrix["params"]) == 20 and all(p.ndim == 4 for p in matrix["params"])
+    assert by_name["matrix"]["lr"] == 0.02 and by_name["adamw"]["lr"] == 1e-3
     _assert_exact_cover(resnet18, optimizers.build("adamw", resnet18))
 
 
 def test_groups_cover_gpt2_with_tied_head(gpt2: nn.Module) -> None:
     opt = optimizers.build("spectral_newton", gpt2)
     _assert_exact_cover(gpt2, opt)
-    spectral = next(g for g in opt.param_groups if g["kind"] == "spectral")
-    assert sorted(set(spectral["layer_types"])) == ["attn_out", "attn_qkv", "mlp_down", "mlp_up"]
-    # Moving embeddings to the spectral side is a setting, not a code change.
+    matrix = next(g for g in opt.param_groups if g["kind"] == "matrix")
+    assert sorted(set(matrix["layer_types"])) == ["attn_out", "attn_qkv", "mlp_down", "mlp_up"]
+    # Moving embeddings to the matrix side is a setting, not a code change.
     opt2 = optimizers.build("spectral_newton", gpt2, adamw_types=["bias", "norm"])
-    spectral2 = next(g for g in opt2.param_groups if g["kind"] == "spectral")
-    assert "transformer.wte.weight" in spectral2["param_names"]
+    matrix2 = next(g for g in opt2.param_groups if g["kind"] == "matrix")
+    assert "transformer.wte.weight" in matrix2["param_names"]
 
 
 def test_missing_or_duplicated_parameter_is_named(net: TinyNet) -> None:
@@ -247,34 +236,24 @@ def test_missing_or_duplicated_parameter_is_named(net: TinyNet) -> None:
         check_coverage(net, groups)
     w = net.tall.weight
     dup = [
-        {"params": [w], "param_names": ["tall.weight"], "kind": "spectral", "name": "spectral"},
+        {"params": [w], "param_names": ["tall.weight"], "kind": "matrix", "name": "matrix"},
         {"params": [w], "param_names": ["tall.weight"], "kind": "adamw", "name": "adamw"},
     ]
     with pytest.raises(ValueError, match="'tall.weight' is in more than one param group"):
         SpectralNewton(dup)
     with pytest.raises(ValueError, match="'head.bias'.*not a matrix"):
-        SpectralNewton([{"params": [net.head.bias], "param_names": ["head.bias"], "kind": "spectral"}])
+        SpectralNewton([{"params": [net.head.bias], "param_names": ["head.bias"], "kind": "matrix"}])
 
 
 def test_plain_parameter_list_and_lr_scheduler(net: TinyNet) -> None:
     opt = SpectralNewton(net.parameters(), lr=0.1, adamw_lr=0.01)
     kinds = {g["kind"]: g for g in opt.param_groups}
-    assert all(p.ndim >= 2 for p in kinds["spectral"]["params"])
+    assert all(p.ndim >= 2 for p in kinds["matrix"]["params"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
     _grads(net)
     opt.step()
     sched.step()
-    assert kinds["spectral"]["lr"] == pytest.approx(0.05) and kinds["adamw"]["lr"] == pytest.approx(0.005)
-
-
-def test_zero_flat_partition_is_refused_clearly(net: TinyNet) -> None:
-    opt = SpectralNewton.from_model(net)
-    flat = nn.Parameter(torch.zeros(10, dtype=torch.float64))
-    flat.grad = torch.ones(10, dtype=torch.float64)
-    spectral = next(g for g in opt.param_groups if g["kind"] == "spectral")
-    spectral["params"] = [flat]  # what a ZeRO ≥ 1 engine hands the optimizer
-    with pytest.raises(RuntimeError, match="ZeRO stage 0"):
-        opt.step()
+    assert kinds["matrix"]["lr"] == pytest.approx(0.05) and kinds["adamw"]["lr"] == pytest.approx(0.005)
 
 
 # --- registry ----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Owner-rank sharding of the matrix optimizers (optimizers.distributed).
 
 Unit tests of the LPT assignment and the bucket plan, then two real gloo processes: for Spectral
-Newton, Muon, Shampoo and SOAP, the sharded optimizer (each matrix computed by its owner, values
-broadcast) must give the parameters of the redundant one (every rank computes everything, i.e.
-the single-process optimizer), with the same gradients fed on both ranks.
+Newton, Muon, Shampoo, SOAP and a plug-in matrix optimizer (tests/test_optimizers_frame.py), the
+sharded optimizer (each matrix computed by its owner, values broadcast) must give the parameters
+of the redundant one (every rank computes everything, i.e. the single-process optimizer), with
+the same gradients fed on both ranks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import optimizers
-from optimizers.distributed import OwnerSharding, lpt_assign, matrix_cost, plan_buckets, rank_loads
+from optimizers.distributed import (
+    OwnerSharding,
+    lpt_assign,
+    matrix_cost,
+    plan_buckets,
+    rank_and_world,
+    rank_loads,
+)
 
 # --- assignment and buckets --------------------------------------------------------------------
 
@@ -99,6 +107,7 @@ SETTINGS = {
     "muon": {"weight_decay": 0.01},
     "shampoo": {"preconditioning_frequency": 2, "weight_decay": 0.01},
     "soap": {"precondition_frequency": 2},
+    "sign_momentum": {"weight_decay": 0.01},  # a plug-in that writes only its per-matrix update
 }
 STEPS = 4
 
@@ -125,16 +134,12 @@ def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
         opt.step()
 
 
-def matrix_params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return opt._spectral_params() if hasattr(opt, "_spectral_params") else opt.matrix_params()
-
-
 def matrix_state(opt: torch.optim.Optimizer) -> dict:
     """state of the matrix params (where each optimizer keeps it), keyed by position."""
     if getattr(opt, "inner", None) is not None:  # SOAP keeps it in pytorch-optimizer's optimizer
         keys = opt._views
         return {i: opt.inner.state[k] for i, k in enumerate(keys) if k in opt.inner.state and opt.inner.state[k]}
-    return {i: opt.state[p] for i, p in enumerate(matrix_params(opt)) if p in opt.state and opt.state[p]}
+    return {i: opt.state[p] for i, p in enumerate(opt.matrix_params()) if p in opt.state and opt.state[p]}
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -142,14 +147,18 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     try:
-        out: dict = {}
+        from test_optimizers_frame import SignMomentum
+
+        # The plug-in example, registered in this worker process only.
+        optimizers.register(optimizers.matrix_spec("sign_momentum", SignMomentum))
+        out: dict = {"rank_and_world": rank_and_world()}
         for name, settings in SETTINGS.items():
             sharded_model, redundant_model = make_model(), make_model()
             sharded = optimizers.build(name, sharded_model, distribution="sharded", bucket_cap_mb=0.004, **settings)
             redundant = optimizers.build(name, redundant_model, distribution="redundant", **settings)
             train(sharded_model, sharded, range(STEPS))
             train(redundant_model, redundant, range(STEPS))
-            names = [n for n, p in sharded_model.named_parameters() if any(p is q for q in matrix_params(sharded))]
+            names = [n for n, p in sharded_model.named_parameters() if any(p is q for q in sharded.matrix_params())]
             res = {
                 "params": {n: p.detach().clone() for n, p in sharded_model.named_parameters()},
                 "max_diff": max((a - b).abs().max().item() for a, b in
@@ -200,6 +209,11 @@ def two_rank_results(tmp_path_factory) -> list[dict]:
         with open(out / f"rank{rank}.pkl", "rb") as fh:
             results.append(pickle.load(fh))
     return results
+
+
+def test_rank_and_world(two_rank_results: list[dict]) -> None:
+    assert rank_and_world() == (0, 1)  # no process group here
+    assert [r["rank_and_world"] for r in two_rank_results] == [(0, 2), (1, 2)]
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))

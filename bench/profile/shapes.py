@@ -164,14 +164,14 @@ def shapes_of_model(model, name: str, source: str) -> ShapeSet:
     set is exactly what Spectral Newton would transform.
     """
     from optimizers.layer_types import matrix_view, owner_modules, tag_parameters
-    from optimizers.param_groups import assign_parameters
+    from optimizers.param_groups import MATRIX, assign_parameters
 
     types = tag_parameters(model)
     groups = assign_parameters(model, layer_types=types)
     owners = owner_modules(model)
     counts: OrderedDict[tuple[str, str, int, int], int] = OrderedDict()
     for pname, param in model.named_parameters():
-        if groups.get(pname) != "spectral":
+        if groups.get(pname) != MATRIX:
             continue
         view = matrix_view(param, types[pname], owners.get(pname))
         key = (_pattern(pname), types[pname], int(view.shape[0]), int(view.shape[1]))
