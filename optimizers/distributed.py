@@ -58,6 +58,14 @@ DISTRIBUTIONS: tuple[str, ...] = ("sharded", "redundant")
 DEFAULT_BUCKET_CAP_MB = 25.0
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one, so that single-process
+    code (tests, scripts, `specbench probe`) needs no special case."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
     """(m, n) of the out × rest matrix view of a parameter of ``shape`` (conv: out × in·kh·kw)."""
     if len(shape) == 0:

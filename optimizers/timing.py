@@ -14,6 +14,17 @@ from typing import Any
 import torch
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device`` (CUDA kernels run asynchronously); a no-op elsewhere.
+
+    A wall-clock measurement brackets its block with this call, or the time of one phase would be
+    billed to the next.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepTimer:
     """Accumulates time spent in the sections measured with :meth:`measure` during one step."""
 

@@ -41,12 +41,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from bench.distributed import all_reduce_sum_, broadcast_
 from bench.probes.factors import ModuleFactors, ViewSums
 from bench.probes.hvp import HVPMethod
 from bench.probes.layers import LayerSelection, ProbedLayer, UnsupportedLayer
-from bench.probes.probe_batch import ProbeBatch, all_reduce_sum_, broadcast_, rank_and_world
-from bench.probes.profiling import PhaseProfiler
+from bench.probes.phase_timer import PhaseTimer
+from bench.probes.probe_batch import ProbeBatch
 from bench.probes.settings import ProbeSettings
+from optimizers.distributed import rank_and_world
 from optimizers.layer_types import from_matrix_view, matrix_view
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -167,7 +169,7 @@ def measure_curvature(
     selection: LayerSelection,
     settings: ProbeSettings,
     device: torch.device,
-    profiler: PhaseProfiler | None = None,
+    timer: PhaseTimer | None = None,
     started: float | None = None,
 ) -> CurvatureOutput:
     """Curvature rows, profile rows and newly found unsupported layers for ``selection.layers``
@@ -176,7 +178,7 @@ def measure_curvature(
     ``started`` (a ``time.perf_counter()`` value) is where the shared ``total`` profile row starts.
     """
     t0 = time.perf_counter() if started is None else started
-    prof = profiler or PhaseProfiler(device)
+    timer = timer or PhaseTimer(device)
     dtype = settings.torch_dtype
     modules = dict(model.named_modules())
     by_module: dict[str, list[ProbedLayer]] = {}
@@ -198,7 +200,7 @@ def measure_curvature(
     count = torch.zeros(2, dtype=torch.float64, device=device)  # [samples B, loss terms N]
     mods = list(by_module)
     for x, y in batch.micro_batches(settings.micro_batch_size, device, dtype):
-        with prof.measure(SHARED, "grad_pass"):
+        with timer.measure(SHARED, "grad_pass"):
             s = loss_terms(y) * loss_fn(forward(x), y)
             grads = torch.autograd.grad(s, [tensors[pnames[m]] for m in mods], allow_unused=True)
             for i, (mod, g) in enumerate(zip(mods, grads, strict=True)):
@@ -206,7 +208,7 @@ def measure_curvature(
                     gsum[mod] += matrix_view(g, None, modules[mod]).to(torch.float64)
                     used[i] = 1.0
         count += torch.tensor([x.shape[0], loss_terms(y)], dtype=torch.float64, device=device)
-    with prof.measure(SHARED, "allreduce"):
+    with timer.measure(SHARED, "allreduce"):
         all_reduce_sum_([*gsum.values(), used, count])
     samples, terms = (float(c) for c in count.tolist())
     if samples <= 0 or terms <= 0:
@@ -218,11 +220,11 @@ def measure_curvature(
             result.unsupported += [UnsupportedLayer(layer.name, layer.layer_type, "the weight does not "
                                                     "reach the loss (no gradient)") for layer in by_module[mod]]
             continue
-        with prof.measure(mod, "grad_svd"):
+        with timer.measure(mod, "grad_svd"):
             g = gsum[mod] / terms
             svds += [(mod, layer, _svd(g, layer, settings)) for layer in by_module[mod]]
             del g
-    with prof.measure(SHARED, "allreduce"):
+    with timer.measure(SHARED, "allreduce"):
         # Rank 0 decides K and Kσ and its singular vectors are used everywhere: every rank holds the
         # same all-reduced G, but a σ at the rank tolerance or a degenerate σ could still make two
         # ranks' SVDs disagree, and the HVP directions must be identical on all ranks for the sums
@@ -255,11 +257,11 @@ def measure_curvature(
         ]
         if views:
             factors[mod] = ModuleFactors(modules[mod], mod, specs[0].layer.kind, views,
-                                         settings.spatial_subsample, prof)
+                                         settings.spatial_subsample, timer)
     handles = [modules[mod].register_forward_hook(f.forward_hook) for mod, f in factors.items()]
     try:
         for x, y in batch.micro_batches(settings.micro_batch_size, device, dtype):
-            with prof.measure(SHARED, "hvp_graph"):
+            with timer.measure(SHARED, "hvp_graph"):
                 s = loss_terms(y) * loss_fn(forward(x), y)
                 weights = [tensors[pnames[m]] for m in spectra]
                 outs = [o for f in factors.values() for o in f.outputs]
@@ -268,7 +270,7 @@ def measure_curvature(
             ograds = list(grads[len(weights) :])
             for mod, specs in spectra.items():
                 if wgrads[mod] is not None:
-                    with prof.measure(mod, "hvp"):
+                    with timer.measure(mod, "hvp"):
                         weight = tensors[pnames[mod]]
                         q = methods[mod].run(wgrads[mod], weight, _directions(specs, modules[mod], weight))
                         offset = 0
@@ -285,7 +287,7 @@ def measure_curvature(
             h.remove()
         for f in factors.values():
             f.outputs.clear()
-    with prof.measure(SHARED, "allreduce"):
+    with timer.measure(SHARED, "allreduce"):
         all_reduce_sum_([s.h_sum for specs in spectra.values() for s in specs]
                         + [t for f in factors.values() for t in f.tensors()])
 
@@ -295,7 +297,7 @@ def measure_curvature(
         fac = factors.get(mod)
         kron: dict[str, dict[str, torch.Tensor]] = {}
         if fac is not None and float(fac.counts[1]) > 0:
-            with prof.measure(mod, "eigh"):
+            with timer.measure(mod, "eigh"):
                 rows_full, rows_kept = float(fac.counts[0]), float(fac.counts[1])
                 c_a = fac.saa / rows_kept
                 lam_a = _descending_eigvals(c_a)
@@ -329,7 +331,7 @@ def measure_curvature(
                     "the hooked call; Kronecker columns are NaN", partial=True))
                 kv = None
             result.curvature_rows += _rows(layer, spec, h, kv, samples, terms)
-    result.profile_rows = _profile_rows(prof, spectra, methods, settings, device, time.perf_counter() - t0)
+    result.profile_rows = _profile_rows(timer, spectra, methods, settings, device, time.perf_counter() - t0)
     return result
 
 
@@ -359,7 +361,7 @@ def _rows(layer: ProbedLayer, spec: _Spectrum, h: torch.Tensor, kv: dict[str, to
     return rows
 
 
-def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], methods: dict[str, HVPMethod],
+def _profile_rows(timer: PhaseTimer, spectra: dict[str, list[_Spectrum]], methods: dict[str, HVPMethod],
                   settings: ProbeSettings, device: torch.device, wall: float) -> list[dict[str, Any]]:
     """Rows of the ``profile`` table (``op = "curvature_probe"``, columns of
     `bench.results.schema.PROFILE`): per probed module — q/k/v views share their fused module's
@@ -374,7 +376,7 @@ def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], meth
         "device": device.type, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "ranks": world, "threads": torch.get_num_threads(), "top_k": settings.top_k,
         "batch_size": settings.batch_size, "micro_batch_size": settings.micro_batch_size,
-        "memory_kind": prof.memory_kind, "torch_version": torch.__version__,
+        "memory_kind": timer.memory_kind, "torch_version": torch.__version__,
     }
     # SVD and eigendecompositions always run in float64 (see the module docstring).
     f64 = {"grad_svd": "fp64", "eigh": "fp64"}
@@ -386,7 +388,7 @@ def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], meth
                 "shape": f"{m}x{n}", "shape_m": m, "shape_n": n, "k": sum(s.k for s in specs)}
         total, peak = 0.0, _NAN
         for phase in LAYER_PHASES:
-            sec, mem = prof.get(mod, phase)
+            sec, mem = timer.get(mod, phase)
             total += sec
             peak = mem if math.isnan(peak) else (peak if math.isnan(mem) else max(peak, mem))
             method = {"hvp": methods[mod].label, "grad_svd": "svd", "eigh": "eigvalsh"}.get(phase, "hooks")
@@ -395,7 +397,7 @@ def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], meth
         rows.append({**base, "phase": "total", "method": "", "seconds": total, "peak_memory_bytes": peak})
     base = {**common, "layer": SHARED, "layer_type": "", "shape": "", "shape_m": 0, "shape_n": 0, "k": 0}
     for phase in SHARED_PHASES:
-        sec, mem = prof.get(SHARED, phase)
+        sec, mem = timer.get(SHARED, phase)
         rows.append({**base, "phase": phase, "method": "", "seconds": sec, "peak_memory_bytes": mem})
     rows.append({**base, "phase": "total", "method": "", "seconds": wall, "peak_memory_bytes": _NAN})
     return rows
