@@ -61,7 +61,7 @@ class LrSchedule(_Strict):
 
 
 class TrainingConfig(_Strict):
-    """The training loop of one trial (bench/trial.py) and its DeepSpeed configuration."""
+    """The training loop of one trial (bench/trial/) and its DeepSpeed configuration."""
 
     #: Keys that change how a trial is run or recorded but not what it computes; they are left
     #: out of the trial id so that, e.g., a different checkpoint interval still resumes a trial.
@@ -99,10 +99,6 @@ class TrainingConfig(_Strict):
     keep_checkpoint: bool = Field(
         False, description="keep the last checkpoint after the trial finishes (default: delete it to save disk)"
     )
-
-    @property
-    def global_batch_per_worker(self) -> int:
-        return self.micro_batch_size * self.grad_accum
 
 
 class ProbeSchedule(_Strict):

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from optimizers.timing import synchronize
+
 #: Dense (no sparsity) peak TFLOP/s by GPU name fragment and precision, from the vendors'
 #: datasheets. fp32 means IEEE fp32 on CUDA cores; DeepSpeed's fp32 runs do not enable TF32.
 GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
@@ -73,12 +75,10 @@ def measure_matmul_peak(device: torch.device, size: int = 1024, repeats: int = 1
     b = torch.randn(size, size, device=device)
     times = []
     for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         t0 = time.perf_counter()
         torch.mm(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         if i:  # the first call pays for allocation and library initialisation
             times.append(time.perf_counter() - t0)
     return 2.0 * size**3 / min(times)

@@ -1,7 +1,8 @@
 """Wall-clock timing of training phases.
 
-On GPUs kernels run asynchronously, so every measurement synchronises the device first;
-otherwise the time of one phase would be billed to the next.
+On GPUs kernels run asynchronously, so every measurement synchronises the device first
+(`optimizers.timing.synchronize`, the one helper every layer uses); otherwise the time of one
+phase would be billed to the next.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ from statistics import median
 
 import torch
 
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from optimizers.timing import synchronize
 
 
 @contextmanager
@@ -46,22 +44,16 @@ class CallTimer:
     """
 
     def __init__(self, obj: object, method: str, device: torch.device):
-        self.seconds = 0.0
-        self._device = device
+        self._sink: dict[str, float] = {}
         original = getattr(obj, method)
 
-        def timed(*args, **kwargs):
-            synchronize(self._device)
-            start = time.perf_counter()
-            try:
+        def timed_call(*args, **kwargs):
+            with timed(device, self._sink, method):
                 return original(*args, **kwargs)
-            finally:
-                synchronize(self._device)
-                self.seconds += time.perf_counter() - start
 
-        setattr(obj, method, timed)
+        self._key = method
+        setattr(obj, method, timed_call)
 
     def pop(self) -> float:
         """Seconds accumulated since the last call, and reset."""
-        value, self.seconds = self.seconds, 0.0
-        return value
+        return self._sink.pop(self._key, 0.0)

@@ -17,8 +17,11 @@ import torch
 
 
 def synchronize(device: torch.device | str) -> None:
-    """Wait until every kernel queued on ``device`` has finished (CUDA); a no-op on the CPU,
-    whose operations are synchronous."""
+    """Wait for the work queued on ``device`` (CUDA kernels run asynchronously); a no-op elsewhere.
+
+    A wall-clock measurement brackets its block with this call, or the time of one phase would be
+    billed to the next.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

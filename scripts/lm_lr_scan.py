@@ -37,7 +37,9 @@ def scan_one(name: str, settings: dict, bundle, steps: int, warmup: int, batch: 
     import optimizers
     from bench.batching import fetch
     from bench.models import build_model
+    from bench.workload import Workload
 
+    workload = Workload(bundle)
     torch.manual_seed(seed)
     model = build_model("hf:gpt2", bundle.task, {"n_layer": 4, "n_embd": 256, "n_head": 4})
     opt = optimizers.build(name, model, **settings)
@@ -47,11 +49,7 @@ def scan_one(name: str, settings: dict, bundle, steps: int, warmup: int, batch: 
     t0 = time.perf_counter()
     for _ in range(steps):
         x, y = fetch(bundle.train, torch.randint(0, len(bundle.train), (batch,), generator=gen).tolist())
-        out = model(x)
-        loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = workload.train_step(model, opt, x, y)
         sched.step()
         losses.append(float(loss.detach()))
         if not math.isfinite(losses[-1]):

@@ -16,11 +16,12 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import TensorDataset
 
-from bench.probes import ProbeSettings, mean_loss_for_task, run_probe
+from bench.probes import ProbeSettings, run_probe
+from bench.workload import cross_entropy
 from optimizers.layer_types import from_matrix_view, matrix_view
 
 F64 = torch.float64
-CE = mean_loss_for_task("classification")
+CE = cross_entropy  # the workloads' loss: mean over the targets' elements
 
 
 class TinyMLP(nn.Module):

@@ -22,9 +22,10 @@ from torch.utils.data import TensorDataset
 
 from bench.data import TaskInfo
 from bench.models import build_model
-from bench.probes import mean_loss_for_task, run_probe
+from bench.probes import run_probe
+from bench.workload import cross_entropy
 
-LM = mean_loss_for_task("lm")
+LM = cross_entropy
 TASK = TaskInfo(kind="lm", vocab_size=11, seq_len=6)
 
 

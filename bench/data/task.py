@@ -2,8 +2,8 @@
 
 `TaskInfo` is the only thing a model builder learns about the data: the model registry sizes
 input and output layers from it (``num_classes`` and ``input_shape`` for images, ``vocab_size``
-and ``seq_len`` for language models), and the training loop picks its loss and its reported
-metric from ``kind`` and ``metric_name``.
+and ``seq_len`` for language models), and the workload (`bench.workload`) reports the metric its
+``metric_name`` names.
 """
 
 from __future__ import annotations

@@ -4,21 +4,23 @@ alignment, on a fixed probe batch, with the cost of measuring them.
 Modules, one concept each:
 
 - `settings` — `ProbeSettings` (pydantic, ``extra="forbid"``);
-- `probe_batch` — `ProbeBatch`: the fixed batch, micro-batches, rank shards and the SUM
-  all-reduce that makes a distributed probe equal to a single-process one;
+- `probe_batch` — `ProbeBatch`: the fixed batch, micro-batches and rank shards (the sums over
+  ranks that make a distributed probe equal a single-process one: `bench.distributed`);
 - `layers` — which layers are probed (`select_layers`), forward order, and `UnsupportedLayer`;
 - `factors` — hooks: inputs A (im2col for convs), errors δ, C_A, C_δ, concentration sums; the
   scaling conventions;
 - `hvp` — exact ⟨D, H D⟩ by double backprop, batched over directions or looped;
 - `curvature` — the two passes and the per-(layer, k) rows;
-- `profiling` — time and peak memory per phase;
-- `runner` — `run_probe`, `ProbeResult`, `mean_loss_for_task`.
+- `phase_timer` — `PhaseTimer`: time and peak memory per phase (the probe's `profile` rows);
+- `runner` — `run_probe`, `ProbeResult`; the loss it differentiates is the workload's
+  (`bench.workload.Workload.loss`);
+- `standalone` — `specbench probe`: a checkpoint probed outside training.
 """
 
 from bench.probes.curvature import CURVATURE_COLUMNS
 from bench.probes.layers import ProbedLayer, UnsupportedLayer, select_layers
 from bench.probes.probe_batch import ProbeBatch
-from bench.probes.runner import ProbeResult, eval_mode, mean_loss_for_task, run_probe
+from bench.probes.runner import ProbeResult, eval_mode, run_probe
 from bench.probes.settings import ProbeSettings
 
 __all__ = [
@@ -29,7 +31,6 @@ __all__ = [
     "ProbedLayer",
     "UnsupportedLayer",
     "eval_mode",
-    "mean_loss_for_task",
     "run_probe",
     "select_layers",
 ]

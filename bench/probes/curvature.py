@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +41,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from bench.distributed import all_reduce_sum_, broadcast_
 from bench.probes.factors import ModuleFactors, ViewSums
 from bench.probes.hvp import HVPMethod
 from bench.probes.layers import LayerSelection, ProbedLayer, UnsupportedLayer
-from bench.probes.probe_batch import ProbeBatch, all_reduce_sum_, broadcast_, rank_and_world
-from bench.probes.profiling import PhaseProfiler
+from bench.probes.phase_timer import PhaseTimer
+from bench.probes.probe_batch import ProbeBatch
 from bench.probes.settings import ProbeSettings
+from optimizers.distributed import rank_and_world
 from optimizers.layer_types import from_matrix_view, matrix_view
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -160,6 +162,34 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
                        torch.full_like(num, _NAN))
 
 
+@dataclass
+class _Passes:
+    """What the two passes over the probe batch share: the model run functionally on probe
+    tensors (`probe_tensors`), the probed weights by module, the loss and the batch."""
+
+    model: nn.Module
+    loss_fn: LossFn
+    batch: ProbeBatch
+    settings: ProbeSettings
+    device: torch.device
+    timer: PhaseTimer
+    modules: dict[str, nn.Module]
+    by_module: dict[str, list[ProbedLayer]]  # probed layers (q/k/v views share a module)
+    pnames: dict[str, str]  # module → its weight's parameter name
+    tensors: dict[str, torch.Tensor]
+
+    def weight(self, mod: str) -> torch.Tensor:
+        return self.tensors[self.pnames[mod]]
+
+    def summed_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """S_j = N_j · mean loss of micro-batch j."""
+        out = functional_call(self.model, self.tensors, (x,), strict=False, tie_weights=True)
+        return loss_terms(y) * self.loss_fn(out, y)
+
+    def micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batch.micro_batches(self.settings.micro_batch_size, self.device, self.settings.torch_dtype)
+
+
 def measure_curvature(
     model: nn.Module,
     loss_fn: LossFn,
@@ -167,7 +197,7 @@ def measure_curvature(
     selection: LayerSelection,
     settings: ProbeSettings,
     device: torch.device,
-    profiler: PhaseProfiler | None = None,
+    timer: PhaseTimer | None = None,
     started: float | None = None,
 ) -> CurvatureOutput:
     """Curvature rows, profile rows and newly found unsupported layers for ``selection.layers``
@@ -176,53 +206,71 @@ def measure_curvature(
     ``started`` (a ``time.perf_counter()`` value) is where the shared ``total`` profile row starts.
     """
     t0 = time.perf_counter() if started is None else started
-    prof = profiler or PhaseProfiler(device)
-    dtype = settings.torch_dtype
-    modules = dict(model.named_modules())
+    timer = timer or PhaseTimer(device)
     by_module: dict[str, list[ProbedLayer]] = {}
     for layer in selection.layers:
         by_module.setdefault(layer.module_name, []).append(layer)
-    pnames = {mod: layers[0].param_name for mod, layers in by_module.items()}
     result = CurvatureOutput()
     if not by_module:
         return result
-    tensors = probe_tensors(model, set(pnames.values()), dtype)
+    pnames = {mod: layers[0].param_name for mod, layers in by_module.items()}
+    passes = _Passes(model, loss_fn, batch, settings, device, timer, dict(model.named_modules()), by_module, pnames,
+                     probe_tensors(model, set(pnames.values()), settings.torch_dtype))
+    gsum, used, samples, terms = _gradient_pass(passes)
+    spectra = _spectra(passes, gsum, used, terms, result.unsupported)
+    del gsum  # the summed gradients are not needed past their SVDs
+    factors, methods = _curvature_pass(passes, spectra)
+    for mod, specs in spectra.items():
+        kron = _kronecker_columns(passes, mod, specs, factors.get(mod), samples, terms)
+        for spec in specs:
+            result.curvature_rows += _layer_rows(spec, kron.get(spec.layer.name), settings, samples, terms,
+                                                 result.unsupported)
+    result.profile_rows = _profile_rows(timer, spectra, methods, settings, device, time.perf_counter() - t0)
+    return result
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, tensors, (x,), strict=False, tie_weights=True)
 
-    # ---- 1. gradient pass: G = Σ_j ∇S_j / N ------------------------------------------------
-    gsum = {mod: torch.zeros(*matrix_view(tensors[p], None, modules[mod]).shape, dtype=torch.float64,
-                             device=device) for mod, p in pnames.items()}
-    used = torch.zeros(len(by_module), dtype=torch.float64, device=device)
+def _gradient_pass(passes: _Passes) -> tuple[dict[str, torch.Tensor], torch.Tensor, float, float]:
+    """1. G·N = Σ_j ∇S_j per module (its matrix view, float64), which modules received a gradient,
+    and the sample and loss-term counts B, N; all summed over ranks."""
+    device, timer = passes.device, passes.timer
+    mods = list(passes.by_module)
+    gsum = {mod: torch.zeros(*matrix_view(passes.weight(mod), None, passes.modules[mod]).shape,
+                             dtype=torch.float64, device=device) for mod in mods}
+    used = torch.zeros(len(mods), dtype=torch.float64, device=device)
     count = torch.zeros(2, dtype=torch.float64, device=device)  # [samples B, loss terms N]
-    mods = list(by_module)
-    for x, y in batch.micro_batches(settings.micro_batch_size, device, dtype):
-        with prof.measure(SHARED, "grad_pass"):
-            s = loss_terms(y) * loss_fn(forward(x), y)
-            grads = torch.autograd.grad(s, [tensors[pnames[m]] for m in mods], allow_unused=True)
+    for x, y in passes.micro_batches():
+        with timer.measure(SHARED, "grad_pass"):
+            s = passes.summed_loss(x, y)
+            grads = torch.autograd.grad(s, [passes.weight(m) for m in mods], allow_unused=True)
             for i, (mod, g) in enumerate(zip(mods, grads, strict=True)):
                 if g is not None:
-                    gsum[mod] += matrix_view(g, None, modules[mod]).to(torch.float64)
+                    gsum[mod] += matrix_view(g, None, passes.modules[mod]).to(torch.float64)
                     used[i] = 1.0
         count += torch.tensor([x.shape[0], loss_terms(y)], dtype=torch.float64, device=device)
-    with prof.measure(SHARED, "allreduce"):
+    with timer.measure(SHARED, "allreduce"):
         all_reduce_sum_([*gsum.values(), used, count])
     samples, terms = (float(c) for c in count.tolist())
     if samples <= 0 or terms <= 0:
         raise ValueError("the probe batch is empty")
+    return gsum, used, samples, terms
 
+
+def _spectra(passes: _Passes, gsum: dict[str, torch.Tensor], used: torch.Tensor, terms: float,
+             unsupported: list[UnsupportedLayer]) -> dict[str, list[_Spectrum]]:
+    """The SVD of each probed layer's G = gsum / N, cut to K and Kσ, identical on every rank.
+    Layers without a gradient go to ``unsupported``."""
+    timer, device = passes.timer, passes.device
     svds: list[tuple[str, ProbedLayer, tuple[torch.Tensor, ...]]] = []
-    for i, mod in enumerate(mods):
+    for i, mod in enumerate(passes.by_module):
         if used[i] == 0:
-            result.unsupported += [UnsupportedLayer(layer.name, layer.layer_type, "the weight does not "
-                                                    "reach the loss (no gradient)") for layer in by_module[mod]]
+            unsupported += [UnsupportedLayer(layer.name, layer.layer_type, "the weight does not "
+                                             "reach the loss (no gradient)") for layer in passes.by_module[mod]]
             continue
-        with prof.measure(mod, "grad_svd"):
+        with timer.measure(mod, "grad_svd"):
             g = gsum[mod] / terms
-            svds += [(mod, layer, _svd(g, layer, settings)) for layer in by_module[mod]]
+            svds += [(mod, layer, _svd(g, layer, passes.settings)) for layer in passes.by_module[mod]]
             del g
-    with prof.measure(SHARED, "allreduce"):
+    with timer.measure(SHARED, "allreduce"):
         # Rank 0 decides K and Kσ and its singular vectors are used everywhere: every rank holds the
         # same all-reduced G, but a σ at the rank tolerance or a degenerate σ could still make two
         # ranks' SVDs disagree, and the HVP directions must be identical on all ranks for the sums
@@ -233,20 +281,20 @@ def measure_curvature(
         spectra: dict[str, list[_Spectrum]] = {}
         for (mod, layer, (sig, u, v, _, _)), (k, ks) in zip(svds, sizes.long().tolist(), strict=True):
             if ks == 0:
-                result.unsupported.append(UnsupportedLayer(
+                unsupported.append(UnsupportedLayer(
                     layer.name, layer.layer_type, "the gradient is exactly zero on the probe batch"))
                 continue
             spectra.setdefault(mod, []).append(
                 _Spectrum(layer, sig[:ks].clone(), u[:, :k].contiguous(), v[:, :k].contiguous()))
         broadcast_([t for specs in spectra.values() for sp in specs for t in (sp.sigma, sp.u, sp.v)])
-    del svds
-    gsum.clear()
+    return spectra
 
-    # ---- 2. curvature pass: HVPs, Kronecker factors, concentration ------------------------------
+
+def _module_factors(passes: _Passes, spectra: dict[str, list[_Spectrum]]) -> dict[str, ModuleFactors]:
+    """Kronecker-factor accumulators of the modules with at least one Kronecker-capable view."""
+    dtype, device = passes.settings.torch_dtype, passes.device
     factors: dict[str, ModuleFactors] = {}
-    methods: dict[str, HVPMethod] = {}
     for mod, specs in spectra.items():
-        methods[mod] = HVPMethod(mod, settings.hvp_method, settings.hvp_batch)
         views = [
             ViewSums(s.layer, s.u.to(dtype), s.v.to(dtype),
                      torch.zeros(s.layer.shape[0], s.layer.shape[0], dtype=torch.float64, device=device),
@@ -254,23 +302,33 @@ def measure_curvature(
             for s in specs if s.layer.kronecker
         ]
         if views:
-            factors[mod] = ModuleFactors(modules[mod], mod, specs[0].layer.kind, views,
-                                         settings.spatial_subsample, prof)
-    handles = [modules[mod].register_forward_hook(f.forward_hook) for mod, f in factors.items()]
+            factors[mod] = ModuleFactors(passes.modules[mod], mod, specs[0].layer.kind, views,
+                                         passes.settings.spatial_subsample, passes.timer)
+    return factors
+
+
+def _curvature_pass(passes: _Passes, spectra: dict[str, list[_Spectrum]]
+                    ) -> tuple[dict[str, ModuleFactors], dict[str, HVPMethod]]:
+    """2. Per micro-batch one forward and one ``create_graph`` backward; K HVPs per layer add to
+    ``h_sum``, and the forward hooks accumulate the Kronecker factors; all summed over ranks."""
+    timer, settings = passes.timer, passes.settings
+    methods = {mod: HVPMethod(mod, settings.hvp_method, settings.hvp_batch) for mod in spectra}
+    factors = _module_factors(passes, spectra)
+    handles = [passes.modules[mod].register_forward_hook(f.forward_hook) for mod, f in factors.items()]
     try:
-        for x, y in batch.micro_batches(settings.micro_batch_size, device, dtype):
-            with prof.measure(SHARED, "hvp_graph"):
-                s = loss_terms(y) * loss_fn(forward(x), y)
-                weights = [tensors[pnames[m]] for m in spectra]
+        for x, y in passes.micro_batches():
+            with timer.measure(SHARED, "hvp_graph"):
+                s = passes.summed_loss(x, y)
+                weights = [passes.weight(m) for m in spectra]
                 outs = [o for f in factors.values() for o in f.outputs]
                 grads = torch.autograd.grad(s, weights + outs, create_graph=True, allow_unused=True)
             wgrads = dict(zip(spectra, grads[: len(weights)], strict=True))
             ograds = list(grads[len(weights) :])
             for mod, specs in spectra.items():
                 if wgrads[mod] is not None:
-                    with prof.measure(mod, "hvp"):
-                        weight = tensors[pnames[mod]]
-                        q = methods[mod].run(wgrads[mod], weight, _directions(specs, modules[mod], weight))
+                    with timer.measure(mod, "hvp"):
+                        weight = passes.weight(mod)
+                        q = methods[mod].run(wgrads[mod], weight, _directions(specs, passes.modules[mod], weight))
                         offset = 0
                         for spec in specs:
                             spec.h_sum += q[offset : offset + spec.k]
@@ -285,52 +343,57 @@ def measure_curvature(
             h.remove()
         for f in factors.values():
             f.outputs.clear()
-    with prof.measure(SHARED, "allreduce"):
+    with timer.measure(SHARED, "allreduce"):
         all_reduce_sum_([s.h_sum for specs in spectra.values() for s in specs]
                         + [t for f in factors.values() for t in f.tensors()])
+    return factors, methods
 
-    # ---- 3. factor spectra and rows ---------------------------------------------------------------
-    tol = 1e-6 if dtype == torch.float64 else 1e-2
-    for mod, specs in spectra.items():
-        fac = factors.get(mod)
-        kron: dict[str, dict[str, torch.Tensor]] = {}
-        if fac is not None and float(fac.counts[1]) > 0:
-            with prof.measure(mod, "eigh"):
-                rows_full, rows_kept = float(fac.counts[0]), float(fac.counts[1])
-                c_a = fac.saa / rows_kept
-                lam_a = _descending_eigvals(c_a)
-                for view in fac.views:
-                    c_d = view.sdd * (rows_full / rows_kept) / terms
-                    lam_d = _descending_eigvals(c_d)
-                    spec = next(s for s in specs if s.layer is view.layer)
-                    k = spec.k
-                    qd = torch.einsum("ik,ij,jk->k", spec.u, c_d, spec.u)
-                    qa = torch.einsum("ik,ij,jk->k", spec.v, c_a, spec.v)
-                    rho_d, rho_a = _ratio(qd, lam_d[:k]), _ratio(qa, lam_a[:k])
-                    conc = _ratio(rows_kept * view.x2y2, view.x2 * view.y2)
-                    check = (view.xy * (rows_full / rows_kept) / terms - spec.sigma[:k]).abs().max()
-                    scale = (view.xy.abs().sum() * (rows_full / rows_kept) / terms).clamp_min(
-                        float(spec.sigma[0]))
-                    kron[view.layer.name] = {
-                        "h_kron": qd * qa, "rho_delta": rho_d, "rho_A": rho_a, "phi": rho_d * rho_a,
-                        "lambda_delta": lam_d[:k], "lambda_A": lam_a[:k], "lam": lam_d[:k] * lam_a[:k],
-                        "concentration": conc, "positions": torch.tensor(rows_full / samples),
-                        "grad_check": check / scale,
-                    }
-        for spec in specs:
-            layer = spec.layer
-            h = spec.h_sum / terms
-            kv = kron.get(layer.name)
-            if kv is not None and settings.spatial_subsample == 1 and float(kv["grad_check"]) > tol:
-                result.unsupported.append(UnsupportedLayer(
-                    layer.name, layer.layer_type, f"hooks saw inputs/output gradients inconsistent with "
-                    f"the weight gradient (|δᵀA/N − G| along u_k, v_k is {float(kv['grad_check']):.2e} of "
-                    "its scale): the module changes its input in place or applies its weight outside "
-                    "the hooked call; Kronecker columns are NaN", partial=True))
-                kv = None
-            result.curvature_rows += _rows(layer, spec, h, kv, samples, terms)
-    result.profile_rows = _profile_rows(prof, spectra, methods, settings, device, time.perf_counter() - t0)
-    return result
+
+def _kronecker_columns(passes: _Passes, mod: str, specs: list[_Spectrum], fac: ModuleFactors | None,
+                       samples: float, terms: float) -> dict[str, dict[str, torch.Tensor]]:
+    """3. The factor spectra of one module and, per Kronecker view (layer name), the columns
+    h^kron, ρ^δ, ρ^A, Φ, λ^δ, λ^A, Λ, concentration, positions per sample and the gradient check."""
+    kron: dict[str, dict[str, torch.Tensor]] = {}
+    if fac is None or not float(fac.counts[1]) > 0:
+        return kron
+    with passes.timer.measure(mod, "eigh"):
+        rows_full, rows_kept = float(fac.counts[0]), float(fac.counts[1])
+        c_a = fac.saa / rows_kept
+        lam_a = _descending_eigvals(c_a)
+        for view in fac.views:
+            c_d = view.sdd * (rows_full / rows_kept) / terms
+            lam_d = _descending_eigvals(c_d)
+            spec = next(s for s in specs if s.layer is view.layer)
+            k = spec.k
+            qd = torch.einsum("ik,ij,jk->k", spec.u, c_d, spec.u)
+            qa = torch.einsum("ik,ij,jk->k", spec.v, c_a, spec.v)
+            rho_d, rho_a = _ratio(qd, lam_d[:k]), _ratio(qa, lam_a[:k])
+            conc = _ratio(rows_kept * view.x2y2, view.x2 * view.y2)
+            check = (view.xy * (rows_full / rows_kept) / terms - spec.sigma[:k]).abs().max()
+            scale = (view.xy.abs().sum() * (rows_full / rows_kept) / terms).clamp_min(float(spec.sigma[0]))
+            kron[view.layer.name] = {
+                "h_kron": qd * qa, "rho_delta": rho_d, "rho_A": rho_a, "phi": rho_d * rho_a,
+                "lambda_delta": lam_d[:k], "lambda_A": lam_a[:k], "lam": lam_d[:k] * lam_a[:k],
+                "concentration": conc, "positions": torch.tensor(rows_full / samples),
+                "grad_check": check / scale,
+            }
+    return kron
+
+
+def _layer_rows(spec: _Spectrum, kv: dict[str, torch.Tensor] | None, settings: ProbeSettings, samples: float,
+                terms: float, unsupported: list[UnsupportedLayer]) -> list[dict[str, Any]]:
+    """The rows of one layer, its Kronecker columns dropped (NaN, and the layer reported as
+    partially probed) when the hooks' factors disagree with the weight gradient."""
+    layer = spec.layer
+    tol = 1e-6 if settings.torch_dtype == torch.float64 else 1e-2
+    if kv is not None and settings.spatial_subsample == 1 and float(kv["grad_check"]) > tol:
+        unsupported.append(UnsupportedLayer(
+            layer.name, layer.layer_type, f"hooks saw inputs/output gradients inconsistent with "
+            f"the weight gradient (|δᵀA/N − G| along u_k, v_k is {float(kv['grad_check']):.2e} of "
+            "its scale): the module changes its input in place or applies its weight outside "
+            "the hooked call; Kronecker columns are NaN", partial=True))
+        kv = None
+    return _rows(layer, spec, spec.h_sum / terms, kv, samples, terms)
 
 
 def _rows(layer: ProbedLayer, spec: _Spectrum, h: torch.Tensor, kv: dict[str, torch.Tensor] | None,
@@ -359,7 +422,7 @@ def _rows(layer: ProbedLayer, spec: _Spectrum, h: torch.Tensor, kv: dict[str, to
     return rows
 
 
-def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], methods: dict[str, HVPMethod],
+def _profile_rows(timer: PhaseTimer, spectra: dict[str, list[_Spectrum]], methods: dict[str, HVPMethod],
                   settings: ProbeSettings, device: torch.device, wall: float) -> list[dict[str, Any]]:
     """Rows of the ``profile`` table (``op = "curvature_probe"``, columns of
     `bench.results.schema.PROFILE`): per probed module — q/k/v views share their fused module's
@@ -374,7 +437,7 @@ def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], meth
         "device": device.type, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "ranks": world, "threads": torch.get_num_threads(), "top_k": settings.top_k,
         "batch_size": settings.batch_size, "micro_batch_size": settings.micro_batch_size,
-        "memory_kind": prof.memory_kind, "torch_version": torch.__version__,
+        "memory_kind": timer.memory_kind, "torch_version": torch.__version__,
     }
     # SVD and eigendecompositions always run in float64 (see the module docstring).
     f64 = {"grad_svd": "fp64", "eigh": "fp64"}
@@ -386,7 +449,7 @@ def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], meth
                 "shape": f"{m}x{n}", "shape_m": m, "shape_n": n, "k": sum(s.k for s in specs)}
         total, peak = 0.0, _NAN
         for phase in LAYER_PHASES:
-            sec, mem = prof.get(mod, phase)
+            sec, mem = timer.get(mod, phase)
             total += sec
             peak = mem if math.isnan(peak) else (peak if math.isnan(mem) else max(peak, mem))
             method = {"hvp": methods[mod].label, "grad_svd": "svd", "eigh": "eigvalsh"}.get(phase, "hooks")
@@ -395,7 +458,7 @@ def _profile_rows(prof: PhaseProfiler, spectra: dict[str, list[_Spectrum]], meth
         rows.append({**base, "phase": "total", "method": "", "seconds": total, "peak_memory_bytes": peak})
     base = {**common, "layer": SHARED, "layer_type": "", "shape": "", "shape_m": 0, "shape_n": 0, "k": 0}
     for phase in SHARED_PHASES:
-        sec, mem = prof.get(SHARED, phase)
+        sec, mem = timer.get(SHARED, phase)
         rows.append({**base, "phase": phase, "method": "", "seconds": sec, "peak_memory_bytes": mem})
     rows.append({**base, "phase": "total", "method": "", "seconds": wall, "peak_memory_bytes": _NAN})
     return rows

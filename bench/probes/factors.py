@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.probes.layers import ProbedLayer
-from bench.probes.profiling import PhaseProfiler
+from bench.probes.phase_timer import PhaseTimer
 
 
 def _conv2d_geometry(module: nn.modules.conv._ConvNd) -> tuple[tuple[int, int], ...]:
@@ -126,7 +126,7 @@ class ModuleFactors:
     kind: str
     views: list[ViewSums]
     subsample: int
-    profiler: PhaseProfiler
+    timer: PhaseTimer
     saa: torch.Tensor = field(init=False)  # Σ a aᵀ over kept rows (n × n)
     counts: torch.Tensor = field(init=False)  # [rows R, kept rows R']
     outputs: list[torch.Tensor] = field(default_factory=list)  # this micro-batch's outputs
@@ -144,7 +144,7 @@ class ModuleFactors:
         return [self.saa, self.counts] + [t for view in self.views for t in view.tensors()]
 
     def forward_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        with self.profiler.measure(self.module_name, "factor_accumulation"):
+        with self.timer.measure(self.module_name, "factor_accumulation"):
             x = args[0].detach()
             if self.kind == "conv":
                 a = conv_input_rows(module, x, self.subsample)
@@ -163,7 +163,7 @@ class ModuleFactors:
 
     def consume_output_grads(self, grads: list[torch.Tensor | None]) -> None:
         """Accumulate C_δ and the concentration sums from ∂S/∂out of this micro-batch's calls."""
-        with self.profiler.measure(self.module_name, "factor_accumulation"):
+        with self.timer.measure(self.module_name, "factor_accumulation"):
             for out, g, y_all in zip(self.outputs, grads, self._y, strict=True):
                 g = torch.zeros_like(out) if g is None else g.detach()
                 d_all = conv_output_rows(g, self.subsample) if self.kind == "conv" else g.reshape(-1, g.shape[-1])

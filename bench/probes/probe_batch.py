@@ -1,4 +1,4 @@
-"""The fixed probe batch, its micro-batches, and the sums that make a distributed probe exact.
+"""The fixed probe batch, its micro-batches and its rank shards.
 
 PAPER.md §1 measures every quantity "on one fixed probe batch of B samples" (2048-4096). Here:
 
@@ -6,9 +6,9 @@ PAPER.md §1 measures every quantity "on one fixed probe batch of B samples" (20
   so every rank (and every probe of a trial) sees the same B samples without communicating;
 - it is processed in micro-batches so that memory is bounded by the micro-batch, not by B;
 - with ``torch.distributed`` initialised and world > 1 each rank takes a contiguous shard of the
-  batch, and every accumulated quantity is a **sum** over samples that is all-reduced (SUM). All
-  probe quantities are sums divided by global counts, so the result equals the single-process
-  result up to floating-point summation order.
+  batch, and every accumulated quantity is a **sum** over samples that is all-reduced
+  (`bench.distributed.all_reduce_sum_`). All probe quantities are sums divided by global counts,
+  so the result equals the single-process result up to floating-point summation order.
 
 The split is read through ``dataset[i]``: pass a split whose items are not randomly augmented
 (every split of `bench.data` is deterministic).
@@ -20,57 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from bench.batching import fetch, shard_range
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def all_reduce_sum_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Sum tensors over all ranks in place, with one collective; returns them.
-
-    The tensors are flattened into one float64 buffer (float64: the sums of a probe are the
-    numerators of means over thousands of samples, and the reduction should not be the step
-    that loses precision), reduced, and copied back. A no-op in a single process.
-    """
-    _, world = rank_and_world()
-    if world <= 1 or not tensors:
-        return tensors
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset : offset + n].view_as(t))
-        offset += n
-    return tensors
-
-
-def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> list[torch.Tensor]:
-    """Overwrite tensors with rank ``src``'s values (one collective); a no-op in one process.
-
-    Used for the singular vectors: every rank computes the same SVD of the same all-reduced G,
-    but a degenerate σ could make two ranks pick different (equally valid) bases, and the HVP
-    directions must be identical on every rank for the sums to mean anything.
-    """
-    _, world = rank_and_world()
-    if world <= 1 or not tensors:
-        return tensors
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
-    dist.broadcast(flat, src=src)
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset : offset + n].view_as(t))
-        offset += n
-    return tensors
+from optimizers.distributed import rank_and_world
 
 
 @dataclass(frozen=True)

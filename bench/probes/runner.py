@@ -1,7 +1,7 @@
 """The curvature probe's entry point: `run_probe` (PAPER.md §1 quantities for every layer).
 
-    from bench.probes import ProbeSettings, mean_loss_for_task, run_probe
-    result = run_probe(engine.module, mean_loss_for_task(task.kind), bundle.train,
+    from bench.probes import ProbeSettings, run_probe
+    result = run_probe(engine.module, workload.loss, workload.split("train"),
                        ProbeSettings(batch_size=2048), device)
     result.curvature_rows   # → `curvature` table (add trial_id, step)
     result.profile_rows     # → `profile` table (add trial_id, step)
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import Dataset
@@ -28,11 +27,11 @@ from torch.utils.data import Dataset
 from bench.batching import fetch
 from bench.probes.curvature import SHARED, LossFn, measure_curvature, probe_tensors
 from bench.probes.layers import UnsupportedLayer, filter_layers, order_by_forward, select_layers
+from bench.probes.phase_timer import PhaseTimer
 from bench.probes.probe_batch import ProbeBatch
-from bench.probes.profiling import PhaseProfiler
 from bench.probes.settings import ProbeSettings
 
-__all__ = ["ProbeResult", "ProbeSettings", "eval_mode", "exact_float32", "mean_loss_for_task", "run_probe"]
+__all__ = ["ProbeResult", "ProbeSettings", "eval_mode", "exact_float32", "run_probe"]
 
 
 @dataclass
@@ -55,20 +54,6 @@ class ProbeResult:
     def unsupported_rows(self) -> list[dict[str, Any]]:
         """``unsupported`` as plain dicts (name, layer_type, reason, partial)."""
         return [vars(u).copy() for u in self.unsupported]
-
-
-def mean_loss_for_task(kind: str) -> LossFn:
-    """The trial's loss as a probe loss: cross-entropy, mean over samples (LM: over tokens).
-
-    Unlike the training loop's loss it does not cast logits to float32, so a float64 probe stays
-    float64. Both are means over the target's elements, which is what the probe's micro-batch
-    weighting assumes (`bench.probes.curvature.loss_terms`).
-    """
-    if kind == "lm":
-        return lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    if kind == "classification":
-        return lambda out, y: F.cross_entropy(out, y)
-    raise ValueError(f"unknown task kind {kind!r}")
 
 
 @contextmanager
@@ -118,8 +103,8 @@ def run_probe(
             modified: parameters are read through ``torch.func.functional_call``, ``.grad`` is not
             touched, and train/eval flags are restored.
         loss_fn: ``(output, target) -> scalar``, the **mean** of the loss over the elements of
-            ``target`` (one term per class label, or per next token; see
-            :func:`mean_loss_for_task` and `bench.probes.curvature.loss_terms`).
+            ``target`` (one term per class label, or per next token): a workload's
+            ``Workload.loss`` (`bench.workload`; see `bench.probes.curvature.loss_terms`).
         dataset: a split without random augmentation (the probe batch is drawn from it with
             ``settings.seed``), or a ready `ProbeBatch`.
         settings: `ProbeSettings` (defaults when None).
@@ -133,10 +118,10 @@ def run_probe(
     device = torch.device(device)
     batch = dataset if isinstance(dataset, ProbeBatch) else ProbeBatch.from_dataset(
         dataset, settings.batch_size, settings.seed)
-    profiler = PhaseProfiler(device)
+    timer = PhaseTimer(device)
     with eval_mode(model), exact_float32():
         selection = select_layers(model, settings.max_factor_dim)
-        with profiler.measure(SHARED, "order"):
+        with timer.measure(SHARED, "order"):
             # Forward order (depth) from one sample, the same on every rank: cheap and collective-free.
             x0, _ = fetch(batch.dataset, [batch.indices[0]])
             if x0.is_floating_point():
@@ -145,5 +130,5 @@ def run_probe(
             selection = order_by_forward(
                 model, selection, lambda: functional_call(model, tensors, (x0.to(device),), strict=False))
         selection = filter_layers(selection, settings.layers, settings.max_layers)
-        out = measure_curvature(model, loss_fn, batch, selection, settings, device, profiler, started)
+        out = measure_curvature(model, loss_fn, batch, selection, settings, device, timer, started)
     return ProbeResult(out.curvature_rows, out.profile_rows, selection.unsupported + out.unsupported)

@@ -16,13 +16,11 @@ from typing import Any
 
 import torch
 
-from bench import data as data_registry
-from bench import models as model_registry
 from bench.config import TrialSpec
 from bench.probes.probe_batch import ProbeBatch
-from bench.probes.runner import mean_loss_for_task, run_probe
+from bench.probes.runner import run_probe
 from bench.results import writer
-from bench.seeds import data_seed, model_init_seed, seed_everything
+from bench.workload import Workload
 
 
 def _tag_dir(checkpoint: Path) -> Path:
@@ -55,28 +53,22 @@ def load_model_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], int]:
 
 def probe_checkpoint(spec: TrialSpec, storage: str | Path, checkpoint: Path | None) -> dict[str, Any]:
     """Probe a trial's model at a checkpoint (or at initialisation) and merge the rows."""
-    bundle = data_registry.load_dataset(spec.workload.dataset, spec.workload.dataset_args, data_seed(spec.seed))
-    seed_everything(model_init_seed(spec.seed))
-    model = model_registry.build_model(spec.workload.model, bundle.task, spec.workload.model_args)
+    workload = Workload.load(spec.workload, spec.seed)
+    model = workload.build_model(spec.seed)
     step = 0
     if checkpoint is not None:
         state, step = load_model_state(checkpoint)
         model.load_state_dict(state)
     settings = spec.probes.settings
-    split = bundle.train if spec.probes.split == "train" else bundle.val
-    batch = ProbeBatch.from_dataset(split, settings.batch_size, settings.seed)
-    result = run_probe(model, mean_loss_for_task(bundle.task.kind), batch, settings, torch.device("cpu"))
+    batch = ProbeBatch.from_dataset(workload.split(spec.probes.split), settings.batch_size, settings.seed)
+    result = run_probe(model, workload.loss, batch, settings, torch.device("cpu"))
 
     out_dir = writer.trial_dir(storage, spec.sweep_name, spec.trial_id)
     tag = {"trial_id": spec.trial_id, "step": step}
     written = {}
     for table, rows in (("curvature", result.curvature_rows), ("profile", result.profile_rows)):
         path = out_dir / f"{table}.parquet"
-        kept = []
-        if path.is_file():
-            import pyarrow.parquet as pq
-
-            kept = [r for r in pq.read_table(path).drop_columns(["schema_version"]).to_pylist() if r["step"] != step]
+        kept = [r for r in writer.read_rows(path) if r["step"] != step]
         extra = {"sweep_name": spec.sweep_name} if table == "profile" else {}
         writer.write_rows(table, kept + [{**r, **tag, **extra} for r in rows], path)
         written[table] = path

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from bench.profile import flops as F
-from bench.timing import synchronize
+from optimizers.timing import synchronize
 
 SVD_DRIVERS: tuple[str, ...] = ("gesvd", "gesvdj", "gesvda")
 TRANSFORM_ROUTES: tuple[str, ...] = ("gram", "solve", "polar", "svd")

@@ -20,9 +20,12 @@ from __future__ import annotations
 import statistics
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from bench.workload import Workload
 
 PHASE_GROUPS = {
     "hvp": ("hvp", "hvp_graph"),
@@ -47,11 +50,12 @@ def point_key(row: dict[str, Any]) -> tuple[str, int, int, int]:
     return (str(row["phase"]), int(row["shape_m"]), int(row["batch"]), int(row["k"]))
 
 
-def _train_step_times(model, data, batch: int, warmup: int, steps: int, seed: int) -> list[float]:
-    """Seconds of ``steps`` AdamW training steps after ``warmup`` untimed ones."""
+def _train_step_times(workload: Workload, model: torch.nn.Module, batch: int, warmup: int, steps: int, seed: int) -> list[float]:
+    """Seconds of ``steps`` AdamW training steps (the workload's) after ``warmup`` untimed ones."""
     import optimizers
     from bench.batching import fetch
 
+    data = workload.split("train")
     opt = optimizers.build("adamw", model, lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     times = []
@@ -59,11 +63,7 @@ def _train_step_times(model, data, batch: int, warmup: int, steps: int, seed: in
         idx = torch.randint(0, len(data), (batch,), generator=gen).tolist()
         x, y = fetch(data, idx)
         t0 = time.perf_counter()
-        out = model(x)
-        loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        workload.train_step(model, opt, x, y)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
@@ -83,11 +83,12 @@ def measure_probe_overhead(
     step time was measured next to its own probe)."""
     from bench.data import load_dataset
     from bench.models import build_model
-    from bench.probes.runner import mean_loss_for_task, run_probe
+    from bench.probes.runner import run_probe
     from bench.probes.settings import ProbeSettings
+    from bench.workload import Workload
 
     bundle = load_dataset("builtin:text", {"seq_len": seq_len, "max_bytes": max_bytes}, seed)
-    loss_fn = mean_loss_for_task("lm")
+    workload = Workload(bundle)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     points = plan_points(widths, probe_batches, top_ks, default)
     rows = [r for r in (done or []) if point_key(r) in set(points)]
@@ -104,11 +105,11 @@ def measure_probe_overhead(
         settings = ProbeSettings(batch_size=batch, micro_batch_size=min(batch, 256), top_k=k, seed=seed)
         # Steps are timed right before and right after the probe and pooled: on a shared machine
         # the load drifts, and the ratio should compare neighbouring measurements.
-        before = _train_step_times(model, bundle.train, train_batch, warmup, steps, seed)
+        before = _train_step_times(workload, model, train_batch, warmup, steps, seed)
         t0 = time.perf_counter()
-        result = run_probe(model, loss_fn, bundle.train, settings)
+        result = run_probe(model, workload.loss, bundle.train, settings)
         probe_s = time.perf_counter() - t0
-        after = _train_step_times(model, bundle.train, train_batch, 1, steps, seed + 1)
+        after = _train_step_times(workload, model, train_batch, 1, steps, seed + 1)
         step_s = statistics.median(before + after)
         if varied == "warmup":
             continue

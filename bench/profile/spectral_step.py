@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from bench.profile.kernels import quantile
+from optimizers.timing import synchronize
 
 DISTRIBUTIONS = ("redundant", "sharded")
 
@@ -38,11 +39,6 @@ def gpt2_block_rows(blocks: int, dim: int) -> list[tuple[str, tuple[int, ...], s
     for i in range(blocks):
         rows += [(name.replace("h.0.", f"h.{i}.", 1), shape, ltype) for name, shape, ltype in gpt2_small_block_shapes(dim)]
     return rows
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _max_over_ranks(value: float, device: torch.device) -> float:
@@ -72,10 +68,10 @@ class _Runner:
         device = self.device
         if dist.is_initialized():
             dist.barrier()
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         self.opt.step()
-        _sync(device)
+        synchronize(device)
         elapsed = _max_over_ranks(time.perf_counter() - t0, device)
         metrics = self.opt.step_metrics()  # collective when sharded (load imbalance): every rank calls it
         if record:

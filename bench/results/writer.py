@@ -70,6 +70,15 @@ def write_rows(name: str, rows: Sequence[Mapping[str, Any]], path: str | os.Path
     return write_atomic(to_table(name, rows), path)
 
 
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a per-trial file written by :func:`write_rows` (empty when it does not exist),
+    without the ``schema_version`` column, ready to be extended and written again."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return pq.read_table(path).drop_columns(["schema_version"]).to_pylist()
+
+
 def flatten(prefix: str, value: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flatten nested dicts into dotted keys (``config.training.steps``); lists become JSON."""
     out = {} if out is None else out

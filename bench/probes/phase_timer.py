@@ -1,8 +1,8 @@
-"""Time and memory of the probe's phases (the `profile` table; PAPER.md §6 asks what Φ_k
-estimation costs at scale).
+"""`PhaseTimer`: time and memory of the probe's phases, the rows the probe adds to the `profile`
+table (PAPER.md §6 asks what Φ_k estimation costs at scale).
 
 Times are synchronised wall-clock seconds (kernels run asynchronously on GPUs, so every boundary
-synchronises the device, as `bench.timing` does). Measurements nest, and each records its
+synchronises the device with `optimizers.timing.synchronize`). Measurements nest, and each records its
 **exclusive** time (its own time minus that of measurements opened inside it), so the phases of
 a probe are disjoint and add up to its total.
 
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from optimizers.timing import synchronize
+
 try:  # POSIX only
     import resource
 except ImportError:  # pragma: no cover - Windows
@@ -53,7 +55,7 @@ class _Frame:
     rss_start: float = 0.0
 
 
-class PhaseProfiler:
+class PhaseTimer:
     """Accumulates exclusive seconds and peak memory per ``(layer, phase)`` key."""
 
     def __init__(self, device: torch.device) -> None:
@@ -66,14 +68,10 @@ class PhaseProfiler:
         self.peak: dict[tuple[str, str], float] = {}
         self._stack: list[_Frame] = []
 
-    def _sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
     @contextmanager
     def measure(self, layer: str, phase: str) -> Iterator[None]:
         """Add the block's exclusive time and its peak memory to ``(layer, phase)``."""
-        self._sync()
+        synchronize(self.device)
         frame = _Frame((layer, phase), 0.0)
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -84,7 +82,7 @@ class PhaseProfiler:
         try:
             yield
         finally:
-            self._sync()
+            synchronize(self.device)
             elapsed = time.perf_counter() - frame.start
             self._stack.pop()
             if self.cuda:
