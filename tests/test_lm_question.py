@@ -123,7 +123,7 @@ def test_optimizer_table_picks_on_validation_and_reports_test_intervals(results)
     assert table.loc["spectral_newton[fixed α=2]", "optimizer_share"] == pytest.approx(0.4)
     # Target: the median of the entries' final validation perplexity (12.1, 14.1, 14.5) = 14.1;
     # AdamW's seeds are below it from the first evaluation (step 50, 50 · 2048 tokens).
-    assert table.loc["adamw", "target_ppl"] == pytest.approx(14.1)
+    assert table.loc["adamw", "target"] == pytest.approx(14.1)
     assert table.loc["adamw", "reached"] == "3/3"
     assert table.loc["adamw", "tokens_to_target"] == pytest.approx(50 * 2048)
     assert table.loc["spectral_newton[measured α]", "reached"] == "0/3"
@@ -153,5 +153,5 @@ def test_report_files_are_written(results, tmp_path):
     assert "<table>" in html and "<img" in html
     names = {p.name for p in report.plot_paths}
     assert "lm_alpha_map.png" in names
-    assert any(n.startswith("lm_loss_vs_tokens_opt") for n in names)
+    assert any(n.startswith("lm_loss_vs_tokens__opt") for n in names)
     assert all(p.is_file() and p.stat().st_size > 0 for p in report.plot_paths)
