@@ -209,7 +209,8 @@ def render_markdown(
     if incomplete.empty:
         lines.append("None.")
     else:
-        lines.append(frame_grid(incomplete, ["sweep_name", "trial_id", "n_steps_logged", "last_step", TRIAL_PATH]))
+        lines.append(frame_grid(incomplete, ["sweep_name", "trial_id", "n_steps_logged", "last_step", TRIAL_PATH],
+                                integers={"last_step"}))
     lines += [
         "",
         "## All trials",

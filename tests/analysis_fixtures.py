@@ -32,3 +32,12 @@ def write_table(path: Path, rows: Sequence[Mapping[str, Any]] | pd.DataFrame, ta
     if isinstance(rows, pd.DataFrame):
         return write_frame(name, rows, path)
     return write_rows(name, rows, path)
+
+
+def curvature_rows(trial_id: str, step: int = 10, alpha: float = 2.0, layers: int = 5, k: int = 20) -> list[dict]:
+    """Probe-shaped ``curvature`` rows of conv layers with an exact power law h_k = 4 σ_k^α."""
+    return [
+        {"trial_id": trial_id, "step": step, "layer": f"c{j}", "layer_type": "conv", "depth": j, "k": i,
+         "sigma": 0.2 * i**-0.8, "h": 4.0 * (0.2 * i**-0.8) ** alpha}
+        for j in range(layers) for i in range(1, k + 1)
+    ]  # fmt: skip

@@ -399,3 +399,98 @@ def test_two_entries_of_one_optimizer_are_compared_as_two_competitors(tables):
     assert set(cnn.index) == {"adamw", "sn-fixed", "sn-measured"}
     assert cnn.loc["sn-measured", "best_setting"] == "spectral_newton(lr=0.05)"
     assert cnn.loc["sn-fixed", "n_settings"] == 1
+
+
+# ----------------------------------------------------------- performance profile discipline
+def test_performance_profile_never_pools_sweeps_nor_ranks_a_lone_optimizer(tmp_path):
+    """An α-map-like sweep that trained only AdamW must not make AdamW win the profile: its
+    workload is not ranked, and it is never pooled with the comparison sweep."""
+    from analysis.comparison import performance_profiles
+
+    write_sweep(tmp_path, trials=[t for t in TRIALS if t[0] is CNN], sweep="cmp")
+    write_sweep(tmp_path, trials=[t for t in TRIALS if t[0] is LM and t[1] == "adamw"], sweep="amap")
+    runs, steps = load_table(tmp_path, "runs"), load_table(tmp_path, "steps")
+    ttt = time_to_target(steps, runs, targets={("builtin:cnn", "sklearn:digits"): 0.8})
+    with pytest.raises(ValueError, match="never pools sweeps"):
+        performance_profile(ttt)
+    profiles = performance_profiles(ttt)
+    assert set(profiles) == {"amap", "cmp"}
+    amap = profiles["amap"]
+    assert amap.attrs["ratios"].empty and amap.attrs["scores"].empty
+    assert amap.attrs["excluded"] == [("builtin:transformer", "builtin:text", "only adamw ran")]
+    cmp_scores = profiles["cmp"].attrs["scores"].set_index("optimizer")
+    assert set(cmp_scores["n_workloads"]) == {1}  # the CNN workload only
+    # digits, target 0.8: adamw 6.25 s, spectral_newton 10 s → adamw fastest, sn at τ = 1.6.
+    assert cmp_scores.loc["adamw", "score"] == 1.0
+    assert cmp_scores.loc["spectral_newton", "score"] == pytest.approx((4 - 1.6) / 3)
+
+    # Within one sweep too: a workload only one optimizer ran is left out of the ranking.
+    lone = _summary({("m1", "d"): {"A": 10.0, "B": 20.0}, ("m2", "d"): {"A": 5.0}})
+    ratios = performance_ratios(lone)
+    assert list(ratios.index) == [("m1", "d")] and ratios.attrs["excluded"] == [("m2", "d", "only A ran")]
+
+    report = build_report(tmp_path, tmp_path / "out")
+    md = report.report_path.read_text(encoding="utf-8")
+    assert "#### Sweep `amap`" in md and "builtin:transformer on builtin:text (only adamw ran)" in md
+    assert (tmp_path / "out" / "plots" / "performance_profile__cmp.png").is_file()
+    assert not (tmp_path / "out" / "plots" / "performance_profile__amap.png").exists()
+
+
+def test_performance_profile_axis_is_a_ratio(tables, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from analysis.comparison_plots import plot_performance_profile
+
+    labels = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (labels.append(fig.axes[0].get_xlabel()),
+                                                                  original(fig, *a, **k)))
+    runs, steps = tables
+    plot_performance_profile(performance_profile(time_to_target(steps, runs)), tmp_path / "p.png")
+    assert labels == ["τ = time to target ÷ fastest optimizer's time to target (ratio)"]
+
+
+# ---------------------------------------------------------------------- bounded intervals
+def test_an_accuracy_interval_stays_inside_0_1_and_says_so(tmp_path):
+    """Two seeds of accuracy 0.9 and 1.0: mean ± t·s/√2 reaches 1.59; the report clips at 1."""
+    trials = [
+        (CNN, "adamw", "adamw", -1, "{}", [0.90, 1.00], [[0.5, 0.7, 0.9, 0.95], [0.5, 0.7, 0.9, 0.97]]),
+        (CNN, "spectral_newton", "spectral_newton", -1, "{}", [0.80, 0.82], [[0.5, 0.6, 0.7, 0.8]] * 2),
+    ]  # fmt: skip
+    sweep = write_sweep(tmp_path, trials=trials)
+    best = best_settings(load_table(sweep, "runs")).set_index("optimizer")
+    raw = t_interval([0.90, 1.00])
+    assert raw.high > 1.5  # what the interval would say unclipped
+    assert best.loc["adamw", "test_metric_high"] == 1.0 and best.loc["adamw", "test_metric_clipped"]
+    assert best.loc["adamw", "test_metric_low"] == pytest.approx(raw.low)
+    assert not best.loc["spectral_newton", "test_metric_clipped"]
+    md = build_report(sweep).report_path.read_text(encoding="utf-8")
+    assert "0.950 [0.315, 1.000]*" in md and "interval clipped to the range" in md
+    assert "1.585" not in md
+
+
+# ------------------------------------------------------------------------- probe pauses
+def test_wall_clock_excludes_probe_pauses():
+    from analysis.clock import train_wall_time
+
+    steps = pd.DataFrame({
+        "trial_path": ["a"] * 4 + ["b"] * 2, "step": [1, 2, 3, 3, 1, 2],
+        "wall_time_s": [1.0, 12.0, 13.0, 13.5, 2.0, 4.0],
+        "probe_time_s": [0.0, 10.0, 0.0, 0.0, 0.5, 0.0],  # a 10 s probe in a's second interval
+    })  # fmt: skip
+    # a: 1, 12 − 10, 13 − 10, and the rewritten step 3 counts the probe once; b: its own probe.
+    assert train_wall_time(steps, "trial_path").tolist() == [1.0, 2.0, 3.0, 3.5, 1.5, 3.5]
+    assert train_wall_time(steps.drop(columns="probe_time_s"), "trial_path").tolist() == steps["wall_time_s"].tolist()
+
+
+def test_time_to_target_excludes_probe_pauses(tables):
+    runs, steps = tables
+    probed = steps.copy()
+    sn = probed["trial_id"].str.startswith("spectral_newton")
+    probed["probe_time_s"] = np.where(sn & (probed["step"] == 5), 100.0, 0.0)
+    probed.loc[sn & (probed["step"] >= 5), "wall_time_s"] += 100.0  # the pause is in the clock
+    targets = {("builtin:cnn", "sklearn:digits"): 0.8}
+    plain = summarize_time_to_target(time_to_target(steps, runs, targets)).set_index(["model", "optimizer"])
+    paused = summarize_time_to_target(time_to_target(probed, runs, targets)).set_index(["model", "optimizer"])
+    assert paused.loc[("builtin:cnn", "spectral_newton"), "t_seconds"] == plain.loc[
+        ("builtin:cnn", "spectral_newton"), "t_seconds"] == pytest.approx(10.0)

@@ -416,3 +416,17 @@ def test_report_with_diverged_and_only_running_trials(tmp_path: Path):
     report = build_report(tmp_path / "running")
     assert report.table.empty and report.state_counts == {INCOMPLETE: 1}
     assert "(no finished trials)" in report.report_path.read_text(encoding="utf-8")
+
+
+def test_no_absolute_path_of_the_machine_in_the_report(results: Path, tmp_path: Path):
+    path = results / "vision" / "trials" / "spectral_newton-failed" / "runs.parquet"
+    row = pq.read_table(path).to_pylist()[0]
+    row["error"] = f"OSError: cannot open {results}/vision/trials/spectral_newton-failed/ckpt/global_step0"
+    _write(path, [row], writer_schema.RUNS)
+    report = build_report(results, tmp_path / "out")
+    md = report.report_path.read_text(encoding="utf-8")
+    assert str(tmp_path) not in md and str(tmp_path.resolve()) not in md
+    assert "- results: `../results` (relative to this report)" in md
+    assert "- directory (relative to the results): vision/trials/spectral_newton-failed" in md
+    assert "cannot open <results>/vision/trials/spectral_newton-failed/ckpt" in md
+    assert "| lm/trials/adamw-running " in md  # the incomplete trial, with its relative path
