@@ -81,7 +81,7 @@ def _count_states(states: pd.DataFrame) -> dict[str, int]:
 def _counts_line(counts: dict[str, int]) -> str:
     total = sum(counts.values())
     parts = ", ".join(f"{n} {state}" for state, n in counts.items())
-    return f"{total} trials: {parts}"
+    return f"{total} trial{'s' * (total != 1)}: {parts}"
 
 
 def _item(value: object) -> str:
@@ -141,7 +141,7 @@ def _problem_section(states: pd.DataFrame, root: Path) -> list[str]:
 
 def _plot_section(plot_paths: list[Path], out_dir: Path, table: pd.DataFrame) -> list[str]:
     if not plot_paths:
-        return ["No curves to plot (no completed trial with logged steps)."]
+        return ["No curves to plot (no completed trial with logged steps).", ""]
     # File names are "<workload prefix>__<curve>.png" (analysis.plots); map prefixes back to the
     # unslugged names for the headings.
     names = {workload_prefix(*w): workload_title(*w) for w in table[WORKLOAD].itertuples(index=False)}
