@@ -44,14 +44,14 @@ Default target (:func:`default_targets`), AlgoPerf-like: per workload, the **med
 optimizers of their best setting's mean final validation metric**. With the optimizers' own
 tuned end results as the yardstick the target is attainable by construction, and the median puts
 it where roughly half of the optimizers reach it — hard enough to separate them, easy enough that
-the profile is not empty. (A fixed fraction of the best result would depend on the metric's
+the performance profile is not empty. (A fixed fraction of the best result would depend on the metric's
 scale: 90 % of an accuracy and 110 % of a perplexity are not comparable difficulties.) Explicit
 targets ``{(model, dataset): value}`` replace the default on that model and dataset in every sweep.
 
-The per-optimizer time used by the profile, ``t_{s,w}``, is the **median over the best setting's
+The per-optimizer time used by the performance profile, ``t_{s,w}``, is the **median over the best setting's
 seeds**, a seed that never reached the target counting as ∞ (``seed_stat="mean"``: the mean,
 ∞ as soon as one seed missed). The median keeps one unlucky seed from erasing an optimizer from
-the profile while still requiring a majority of seeds to reach the target (with two seeds, both);
+the performance profile while still requiring a majority of seeds to reach the target (with two seeds, both);
 means over the seeds that reached would reward luck (survivorship). The summary also gives the
 mean and 95 % interval over the seeds that reached, and the fraction that reached.
 
@@ -62,15 +62,15 @@ As in AlgoPerf (Dahl et al., 2023, "Benchmarking Neural Network Training Algorit
 workloads ``W`` of the comparison. ``r`` and ``τ`` are ratios of times (dimensionless), not
 times. An optimizer that did not reach the target, or was not run on a workload, has ``r = ∞``
 there; a workload no optimizer solved counts for nobody. The score is the normalised area under
-the profile on ``τ ∈ [1, τ_max]``, ``(1/(τ_max − 1)) ∫ ρ_s(τ) dτ``, computed exactly from the
+the performance profile on ``τ ∈ [1, τ_max]``, ``(1/(τ_max − 1)) ∫ ρ_s(τ) dτ``, computed exactly from the
 step function, with **τ_max = 4** as in AlgoPerf: 1 means fastest on every workload, 0 means
 never within 4× of the fastest.
 
-Two rules keep the profile honest. It never pools sweeps: one profile per sweep
+Two rules keep the performance profile honest. It never pools sweeps: one per sweep
 (:func:`performance_profiles`), because times measured under different budgets and machines are
 not comparable and an optimizer absent from a sweep would count as "never reached" there. And a
 workload on which fewer than two optimizers ran is not ranked (it is listed in
-``attrs["excluded"]``): a lone optimizer is trivially "fastest", and would win the profile by
+``attrs["excluded"]``): a lone optimizer is trivially "fastest", and would win the performance profile by
 having been the only one trained (e.g. an α-map sweep that trains AdamW alone).
 """
 
@@ -593,7 +593,7 @@ def performance_profiles(
     ttt: pd.DataFrame, measure: str = "seconds", seed_stat: SeedStat = "median", tau_max: float = TAU_MAX
 ) -> dict[str, pd.DataFrame]:
     """:func:`performance_profile` of each sweep in ``ttt`` (``{sweep_name: profile}``, sorted):
-    the only way a table of several sweeps is profiled."""
+    the only way a table of several sweeps gets performance profiles."""
     summary = _summary(ttt, seed_stat)
     if summary.empty:
         return {}
@@ -733,10 +733,10 @@ def n_optimizers(runs: pd.DataFrame, by: str = ENTRY) -> int:
 
 
 def _performance_profile_lines(
-    sweep: str, profile: pd.DataFrame, png: Path | None, link: Callable[[Path, str], str], several: bool
+    sweep: str, perf: pd.DataFrame, png: Path | None, link: Callable[[Path, str], str], several: bool
 ) -> list[str]:
     """The report lines of one sweep's performance profile: scores, what was not ranked, figure."""
-    ratios = profile.attrs["ratios"]
+    ratios = perf.attrs["ratios"]
     solved = not ratios.empty and bool(np.isfinite(ratios.to_numpy()).any())
     lines = [f"#### Sweep `{sweep}`", ""] if several else []
     if ratios.empty:
@@ -744,8 +744,8 @@ def _performance_profile_lines(
     elif not solved:
         lines += ["No optimizer reached a target: no performance profile.", ""]
     else:
-        lines += [format_performance_profile_scores(profile.attrs["scores"], "markdown"), ""]
-    excluded = profile.attrs["excluded"]
+        lines += [format_performance_profile_scores(perf.attrs["scores"], "markdown"), ""]
+    excluded = perf.attrs["excluded"]
     if excluded:
         lines += ["Not ranked (a lone optimizer is trivially fastest): "
                   + "; ".join(f"{m} on {d} ({why})" for m, d, why in excluded) + ".", ""]
@@ -779,11 +779,11 @@ def comparison_section(
     def link(path: Path, alt: str) -> str:
         return f"![{alt}]({Path(os.path.relpath(path, out)).as_posix()})"
 
-    profile_md: list[str] = []
-    for sweep, profile in profiles.items():
-        png = plot_performance_profile(profile, out / "plots" / f"performance_profile__{sweep}.png", colors, sweep)
+    performance_profile_md: list[str] = []
+    for sweep, perf in profiles.items():
+        png = plot_performance_profile(perf, out / "plots" / f"performance_profile__{sweep}.png", colors, sweep)
         plots += [png] if png is not None else []
-        profile_md += _performance_profile_lines(sweep, profile, png, link, len(profiles) > 1)
+        performance_profile_md += _performance_profile_lines(sweep, perf, png, link, len(profiles) > 1)
     curves = plot_best_setting_curves(steps, runs, best, out / "plots", ttt.attrs.get("targets"), by=by, colors=colors)
     plots += curves
 
@@ -833,7 +833,7 @@ def comparison_section(
         "Only workloads where two or more optimizers ran are ranked. Score: normalised area under "
         f"ρ on τ ∈ [1, {TAU_MAX:g}] (1 = fastest on every workload).",
         "",
-        *profile_md,
+        *performance_profile_md,
     ]
     if curves:
         md += [

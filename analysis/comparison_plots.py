@@ -38,7 +38,7 @@ TAU_LABEL = "τ = time to target ÷ fastest optimizer's time to target (ratio)"
 
 
 def plot_performance_profile(
-    profile: pd.DataFrame,
+    perf: pd.DataFrame,
     path: str | os.PathLike[str],
     colors: Mapping[str, str] | None = None,
     sweep: str | None = None,
@@ -46,18 +46,18 @@ def plot_performance_profile(
     """Step plot of ρ_s(τ) per optimizer (one sweep's :func:`analysis.comparison.performance_profile`),
     its score in the legend. Returns the PNG written, or None when there is nothing to draw (no
     ranked workload, or no optimizer reached a target: every ρ is 0)."""
-    ratios = profile.attrs.get("ratios", pd.DataFrame())
-    if profile.empty or ratios.empty or not np.isfinite(ratios.to_numpy()).any():
+    ratios = perf.attrs.get("ratios", pd.DataFrame())
+    if perf.empty or ratios.empty or not np.isfinite(ratios.to_numpy()).any():
         return None
-    tau_max = float(profile.attrs["tau_max"])
-    scores = profile.attrs["scores"]
+    tau_max = float(perf.attrs["tau_max"])
+    scores = perf.attrs["scores"]
     score_of = dict(zip(scores["optimizer"], scores["score"], strict=True))
-    measure = profile.attrs["measure"]
-    colors = colors if colors is not None else entry_colors(profile["optimizer"])
+    measure = perf.attrs["measure"]
+    colors = colors if colors is not None else entry_colors(perf["optimizer"])
     fig = figure()
     ax = fig.add_subplot()
     styles = ["-", "--", "-.", ":"]  # profiles often coincide; dashes keep each one visible
-    for i, (opt, group) in enumerate(profile.groupby("optimizer", sort=True)):
+    for i, (opt, group) in enumerate(perf.groupby("optimizer", sort=True)):
         group = group.sort_values("tau")
         tau = np.concatenate([group["tau"].to_numpy(float), [tau_max]])
         rho = np.concatenate([group["rho"].to_numpy(float), [group["rho"].iloc[-1]]])

@@ -29,10 +29,6 @@ LAYER_TYPES = (
     "conv", "conv_stem", "depthwise_conv", "linear", "attn_q", "attn_k", "attn_v", "attn_qkv",
     "attn_out", "mlp_up", "mlp_gate", "mlp_down", "embedding", "head", "norm", "bias", "other",
 )  # fmt: skip
-#: Columns of the ``curvature`` table this module reads (per-direction arrays first).
-CURVATURE_ARRAYS = (
-    "sigma", "h", "h_kron", "rho_delta", "rho_A", "phi", "lambda_delta", "lambda_A", "lam",
-)  # fmt: skip
 #: Identify one layer record. ``trial_path`` (added by :func:`load_table`) is preferred when
 #: present because trial ids may repeat across sweeps.
 LAYER_KEY = ("step", "layer")
