@@ -1,7 +1,14 @@
 """specbench analysis: read the Parquet results of sweeps into tables, plots and reports.
 
+Reading results: :mod:`analysis.dataset` (per-trial or consolidated Parquet, schema version and
+required columns checked). Reports: :mod:`analysis.report` (``report.md``), with
+:mod:`analysis.summary` (per-setting table, intervals), :mod:`analysis.tables` (the one table
+builder), :mod:`analysis.plots` (figures, one colour per optimizer entry) and
+:mod:`analysis.clock` (wall-clock without probe pauses).
+
 Optimizer comparisons: :mod:`analysis.comparison` (best setting per optimizer under a tuning
-budget, time to target, AlgoPerf performance profiles) and :mod:`analysis.comparison_plots`.
+budget, time to target, AlgoPerf performance profiles, one per sweep) and
+:mod:`analysis.comparison_plots`.
 
 Curvature (PAPER.md §2–3): :mod:`analysis.fits` (power-law fits of one layer),
 :mod:`analysis.curvature` (the ``layer_fits`` table and its summaries),
@@ -18,7 +25,8 @@ from analysis.claims import ClaimResult, exit_status, format_results, load_claim
 from analysis.comparison import (
     best_settings,
     performance_profile,
-    profile_scores,
+    performance_profile_scores,
+    performance_profiles,
     summarize_time_to_target,
     time_to_target,
 )
@@ -36,6 +44,7 @@ from analysis.dataset import (
     SchemaVersionError,
     find_trial_dirs,
     load_table,
+    locate,
     trial_states,
 )
 from analysis.fits import bic_profile, decomposition_fit, fit_layer, zeta_bound
@@ -64,11 +73,13 @@ __all__ = [
     "load_claims",
     "load_layer_fits",
     "load_table",
+    "locate",
     "optimizer_table",
     "participation_summary",
     "performance_profile",
+    "performance_profile_scores",
+    "performance_profiles",
     "plot_loss_curves",
-    "profile_scores",
     "summarize_time_to_target",
     "t_interval",
     "time_to_target",

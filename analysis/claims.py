@@ -49,7 +49,7 @@ import pandas as pd
 import yaml
 
 from analysis.curvature import attach_run_info, load_layer_fits, select_step
-from analysis.dataset import load_table
+from analysis.dataset import load_table, locate
 
 PASS, FAIL, NO_DATA = "PASS", "FAIL", "NO DATA"
 #: Exit statuses of :func:`exit_status` (2 is the CLI's usage-error status, so NO DATA is 3).
@@ -375,17 +375,19 @@ def verify(
 ) -> list[ClaimResult]:
     """Check every claim of ``claims_path`` against the results under ``results_path``.
 
-    Reads ``layer_fits`` (fitting ``curvature`` where a trial has no fits, see
-    :func:`analysis.curvature.load_layer_fits`) and ``runs``; returns one
+    ``results_path`` is a sweep, a folder of sweeps or a consolidated directory
+    (:func:`analysis.dataset.locate`). Reads ``layer_fits`` (fitting ``curvature`` where a trial
+    has no fits, see :func:`analysis.curvature.load_layer_fits`) and ``runs``; returns one
     :class:`ClaimResult` per claim, in file order. Use :func:`exit_status` for the outcome.
 
     Raises:
-        ResultsNotFound: no trials under ``results_path``.
+        ResultsNotFound: no results under ``results_path``.
         ClaimsError / FileNotFoundError: the claims file is invalid or missing.
     """
     claims = load_claims(claims_path)
-    fits = load_layer_fits(results_path)
-    runs = load_table(results_path, "runs")
+    res = locate(results_path)
+    fits = load_layer_fits(res)
+    runs = load_table(res, "runs")
     return verify_frame(fits, claims, runs)
 
 

@@ -6,12 +6,17 @@ returns them; nothing imports the training code.
 
 Vocabulary
 ----------
-- A *workload* is a (model, dataset) pair; an *optimizer* is the ``optimizer`` column (the
-  registry name; ``by=`` selects another column, e.g. ``optimizer_label`` to compare entries
-  with custom labels as separate optimizers).
+- A *workload* is a (sweep, model, dataset) (:data:`analysis.summary.WORKLOAD`): trials of two
+  sweeps are never pooled, since sweeps differ in budget, seeds and machine.
+- An *optimizer* is a config entry, the ``optimizer_entry`` column (``by=`` selects another,
+  e.g. ``optimizer_label`` to treat every setting as a competitor): two entries of one
+  registry optimizer (two α policies of Spectral Newton) are two competitors.
 - A *setting* is one point of an optimizer's tuning budget: one ``optimizer_label`` (name plus
   setting values) and ``tuning_index`` (-1 without tuning). Each setting runs with every seed.
-  Results written before ``tuning_index`` existed count each ``optimizer_label`` as one setting.
+
+Everything reads the required ``runs`` columns (``optimizer_entry``, ``tuning_index``,
+``metric_goal``, ``seed_index``, ...) as they are: ``analysis.dataset`` refuses files without
+them, so nothing here guesses.
 
 Selection and reporting (:func:`best_settings`)
 -----------------------------------------------
@@ -31,34 +36,42 @@ report lists every failed trial with its error.)
 Time to target (:func:`time_to_target`, :func:`summarize_time_to_target`)
 -------------------------------------------------------------------------
 The first logged evaluation at which ``eval_metric`` reaches the workload's target (``>=`` for
-``max`` goals, ``<=`` for ``min``) gives the step, samples, tokens and wall-clock seconds to
-target of a trial; a trial that never reaches it has ``reached=False`` and NaN costs. A trial that
+``max`` goals, ``<=`` for ``min``) gives the step, samples, tokens and training wall-clock
+seconds (curvature-probe pauses excluded, :mod:`analysis.clock`) to target of a trial; a trial that never reaches it has ``reached=False`` and NaN costs. A trial that
 reached the target and diverged later still reached it (the evaluation happened).
 
 Default target (:func:`default_targets`), AlgoPerf-like: per workload, the **median over
 optimizers of their best setting's mean final validation metric**. With the optimizers' own
 tuned end results as the yardstick the target is attainable by construction, and the median puts
 it where roughly half of the optimizers reach it — hard enough to separate them, easy enough that
-the profile is not empty. (A fixed fraction of the best result would depend on the metric's
+the performance profile is not empty. (A fixed fraction of the best result would depend on the metric's
 scale: 90 % of an accuracy and 110 % of a perplexity are not comparable difficulties.) Explicit
-targets ``{(model, dataset): value}`` replace the default per workload.
+targets ``{(model, dataset): value}`` replace the default on that model and dataset in every sweep.
 
-The per-optimizer time used by the profile, ``t_{s,w}``, is the **median over the best setting's
+The per-optimizer time used by the performance profile, ``t_{s,w}``, is the **median over the best setting's
 seeds**, a seed that never reached the target counting as ∞ (``seed_stat="mean"``: the mean,
 ∞ as soon as one seed missed). The median keeps one unlucky seed from erasing an optimizer from
-the profile while still requiring a majority of seeds to reach the target (with two seeds, both);
+the performance profile while still requiring a majority of seeds to reach the target (with two seeds, both);
 means over the seeds that reached would reward luck (survivorship). The summary also gives the
 mean and 95 % interval over the seeds that reached, and the fraction that reached.
 
-Performance profiles (:func:`performance_profile`, :func:`profile_scores`)
---------------------------------------------------------------------------
+Performance profiles (:func:`performance_profile`, :func:`performance_profile_scores`)
+------------------------------------------------------------------------------------------
 As in AlgoPerf (Dahl et al., 2023, "Benchmarking Neural Network Training Algorithms"):
-``r_{s,w} = t_{s,w} / min_s t_{s,w}`` and ``ρ_s(τ) = |{w : r_{s,w} ≤ τ}| / |W|`` over every
-workload ``W`` of the comparison. An optimizer that did not reach the target, or was not run on a
-workload, has ``r = ∞`` there; a workload no optimizer solved counts for nobody. The score is the
-normalised area under the profile on ``τ ∈ [1, τ_max]``, ``(1/(τ_max − 1)) ∫ ρ_s(τ) dτ``, computed
-exactly from the step function, with **τ_max = 4** as in AlgoPerf: 1 means fastest on every
-workload, 0 means never within 4× of the fastest.
+``r_{s,w} = t_{s,w} / min_s t_{s,w}`` and ``ρ_s(τ) = |{w : r_{s,w} ≤ τ}| / |W|`` over the
+workloads ``W`` of the comparison. ``r`` and ``τ`` are ratios of times (dimensionless), not
+times. An optimizer that did not reach the target, or was not run on a workload, has ``r = ∞``
+there; a workload no optimizer solved counts for nobody. The score is the normalised area under
+the performance profile on ``τ ∈ [1, τ_max]``, ``(1/(τ_max − 1)) ∫ ρ_s(τ) dτ``, computed exactly from the
+step function, with **τ_max = 4** as in AlgoPerf: 1 means fastest on every workload, 0 means
+never within 4× of the fastest.
+
+Two rules keep the performance profile honest. It never pools sweeps: one per sweep
+(:func:`performance_profiles`), because times measured under different budgets and machines are
+not comparable and an optimizer absent from a sweep would count as "never reached" there. And a
+workload on which fewer than two optimizers ran is not ranked (it is listed in
+``attrs["excluded"]``): a lone optimizer is trivially "fastest", and would win the performance profile by
+having been the only one trained (e.g. an α-map sweep that trains AdamW alone).
 """
 
 from __future__ import annotations
@@ -66,7 +79,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -74,45 +87,37 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from analysis.clock import TRAIN_WALL, train_wall_time
 from analysis.dataset import TRIAL_PATH
-from analysis.summary import format_number, t_interval
+from analysis.summary import NONNEGATIVE, WORKLOAD, metric_range, t_interval
+from analysis.tables import CLIPPED_NOTE, format_interval, format_number, grid
 
-WORKLOAD = ["model", "dataset"]
 SETTING = ["optimizer_label", "tuning_index"]
+#: The column that names an optimizer by default: the config entry.
+ENTRY = "optimizer_entry"
 #: Statuses that count as the worst possible value of a seed.
 LOST = ("diverged", "failed")
-#: Upper end of the τ range of profile scores (AlgoPerf's value).
+#: Upper end of the τ range of performance-profile scores (AlgoPerf's value).
 TAU_MAX = 4.0
-#: Cost measures of time to target: steps-table column -> summary/profile suffix.
-MEASURES = {"wall_time_s": "seconds", "step": "steps", "samples_seen": "samples", "tokens_seen": "tokens"}
-#: Metrics where smaller is better when a table lacks ``metric_goal``.
-MIN_METRICS = {"perplexity", "loss"}
+#: Cost measures of time to target: steps-table column -> summary/performance-profile suffix.
+MEASURES = {TRAIN_WALL: "seconds", "step": "steps", "samples_seen": "samples", "tokens_seen": "tokens"}
+#: Fewest optimizers that must have run on a workload for the performance profile to rank it.
+MIN_OPTIMIZERS = 2
 
 SeedStat = Literal["median", "mean"]
+Workload = tuple[str, str, str]
 
 
 # --------------------------------------------------------------------------------- helpers
 def _numeric(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A measured column as floats (all NaN when a hand-made table lacks it)."""
     if name in frame.columns:
         return pd.to_numeric(frame[name], errors="coerce").astype(float)
     return pd.Series(np.nan, index=frame.index, dtype=float)
 
 
-def _text(frame: pd.DataFrame, name: str, default: str | None) -> pd.Series:
-    if name in frame.columns:
-        col = frame[name].astype("object")
-        return col.where(col.notna(), default)
-    return pd.Series(default, index=frame.index, dtype="object")
-
-
 def _join_key(*frames: pd.DataFrame) -> str:
     return TRIAL_PATH if all(TRIAL_PATH in f.columns for f in frames) else "trial_id"
-
-
-def _goal_of(metric_goal: object, metric_name: object) -> str:
-    if isinstance(metric_goal, str) and metric_goal in ("max", "min"):
-        return metric_goal
-    return "min" if str(metric_name).lower() in MIN_METRICS else "max"
 
 
 def _sign(goal: str) -> float:
@@ -120,59 +125,28 @@ def _sign(goal: str) -> float:
     return -1.0 if goal == "max" else 1.0
 
 
-def _first(values: pd.Series) -> object:
-    present = values.dropna()
-    return present.iloc[0] if len(present) else None
+def prepare_runs(runs: pd.DataFrame, by: str = ENTRY) -> pd.DataFrame:
+    """A copy of ``runs`` with the columns the comparison works on.
 
-
-def prepare_runs(runs: pd.DataFrame, by: str = "optimizer") -> pd.DataFrame:
-    """A copy of ``runs`` with every column the comparison needs, whatever the table's age.
-
-    Adds or fills: ``_opt`` (the optimizer key, column ``by``; ``optimizer_label`` when absent;
-    for ``by="optimizer"`` the config entry ``optimizer_entry`` where recorded),
-    ``tuning_index`` (-1), ``search_space`` (``'{}'``), ``status`` (``completed``),
-    ``metric_goal`` (from ``metric_name``: perplexity/loss → min, else max), ``_val`` (validation
-    metric used for selection: ``best_eval_metric``, else ``final_eval_metric``), ``_final``,
-    ``_test``, ``_seed`` (``seed_index``, else ``seed``, else the trial) and ``_key`` (the join
-    key to ``steps``). A trial that appears twice (a retry appended a row) keeps its last row.
+    Adds ``_opt`` (the optimizer key, column ``by``), ``_val`` (the validation metric used for
+    selection, ``best_eval_metric``), ``_final`` (``final_eval_metric``), ``_test``
+    (``test_metric``), ``_seed`` (``seed_index``) and ``_key`` (the join key to ``steps``);
+    ``tuning_index`` becomes an int and an unrecorded ``search_space`` reads ``'{}'`` (no
+    search). A trial that appears twice (a retry appended a row) keeps its last row.
     """
     if runs.empty:
         return runs.copy()
-    frame = runs.copy().reset_index(drop=True)
-    key = _join_key(frame)
-    if key in frame.columns:
-        frame = frame.drop_duplicates(key, keep="last").reset_index(drop=True)
-    frame["_key"] = frame[key] if key in frame.columns else frame.index.astype(str)
-    for col in WORKLOAD:
-        frame[col] = _text(frame, col, "?")
-    frame["optimizer_label"] = _text(frame, "optimizer_label", None)
-    if frame["optimizer_label"].isna().any():
-        fallback = _text(frame, "optimizer", "?")
-        frame["optimizer_label"] = frame["optimizer_label"].where(frame["optimizer_label"].notna(), fallback)
-    opt = _text(frame, by, None) if by in frame.columns else frame["optimizer_label"]
-    if by == "optimizer" and "optimizer_entry" in frame.columns:
-        # A config entry is the unit of comparison: two entries of one optimizer (two α
-        # policies of Spectral Newton) are two competitors, not one tuning budget.
-        entry = _text(frame, "optimizer_entry", None)
-        opt = entry.where(entry.notna(), opt)
-    frame["_opt"] = opt.where(opt.notna(), frame["optimizer_label"]).astype(str)
-    tidx = _numeric(frame, "tuning_index").fillna(-1)
-    frame["tuning_index"] = tidx.astype(int)
-    frame["search_space"] = _text(frame, "search_space", "{}")
-    frame["status"] = _text(frame, "status", "completed")
-    frame["metric_name"] = _text(frame, "metric_name", None)
-    goal = _text(frame, "metric_goal", None)
-    frame["metric_goal"] = [_goal_of(g, n) for g, n in zip(goal, frame["metric_name"], strict=True)]
-    best, final = _numeric(frame, "best_eval_metric"), _numeric(frame, "final_eval_metric")
-    frame["_val"] = best.where(best.notna(), final)
-    frame["_final"] = final.where(final.notna(), best)
+    key = _join_key(runs)
+    frame = runs.drop_duplicates(key, keep="last").reset_index(drop=True)
+    frame["_key"] = frame[key]
+    frame["_opt"] = frame[by].astype(str)
+    frame["tuning_index"] = frame["tuning_index"].astype(int)
+    space = frame["search_space"] if "search_space" in frame.columns else pd.Series(None, index=frame.index)
+    frame["search_space"] = space.astype("object").where(space.notna(), "{}")
+    frame["_val"] = _numeric(frame, "best_eval_metric")
+    frame["_final"] = _numeric(frame, "final_eval_metric")
     frame["_test"] = _numeric(frame, "test_metric")
-    for name in ("seed_index", "seed"):
-        if name in frame.columns and frame[name].notna().all():
-            frame["_seed"] = frame[name].astype("object")
-            break
-    else:
-        frame["_seed"] = frame["_key"]
+    frame["_seed"] = frame["seed_index"]
     return frame
 
 
@@ -196,7 +170,6 @@ def _varied_settings(group: pd.DataFrame) -> dict[str, list]:
     if "optimizer_settings" not in group.columns:
         return {}
     seen: dict[str, set] = {}
-    n = 0
     for text in group.drop_duplicates(SETTING)["optimizer_settings"].dropna():
         try:
             settings = json.loads(text)
@@ -204,7 +177,6 @@ def _varied_settings(group: pd.DataFrame) -> dict[str, list]:
             continue
         if not isinstance(settings, dict):
             continue
-        n += 1
         for k, v in settings.items():
             seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
     varied = {k: v for k, v in seen.items() if len(v) > 1}
@@ -223,7 +195,7 @@ SETTING_COLUMNS = [
 ]  # fmt: skip
 
 
-def setting_table(runs: pd.DataFrame, by: str = "optimizer") -> pd.DataFrame:
+def setting_table(runs: pd.DataFrame, by: str = ENTRY) -> pd.DataFrame:
     """Every setting of every optimizer on every workload, with its validation score.
 
     ``val_metric_mean`` is the mean over completed seeds of the validation metric;
@@ -236,18 +208,17 @@ def setting_table(runs: pd.DataFrame, by: str = "optimizer") -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=SETTING_COLUMNS)
     rows = []
-    for (model, dataset, opt, label, tidx), group in frame.groupby([*WORKLOAD, "_opt", *SETTING], sort=True):
+    for (sweep, model, dataset, opt, label, tidx), group in frame.groupby([*WORKLOAD, "_opt", *SETTING], sort=True):
         status = group["status"]
         done = group[status == "completed"]
-        n_seeds = int(group["_seed"].nunique())
-        lost = int(status.isin(LOST).sum())
-        goal = str(_first(group["metric_goal"]) or "max")
         rows.append(
             {
-                "model": model, "dataset": dataset, "optimizer": opt, "optimizer_label": label,
-                "tuning_index": int(tidx), "metric_name": _first(group["metric_name"]), "metric_goal": goal,
-                "n_seeds": n_seeds, "n_completed": len(done), "n_diverged": int((status == "diverged").sum()),
-                "n_failed": int((status == "failed").sum()), "frac_lost": lost / max(len(group), 1),
+                "sweep_name": sweep, "model": model, "dataset": dataset, "optimizer": opt,
+                "optimizer_label": label, "tuning_index": int(tidx),
+                "metric_name": group["metric_name"].iloc[0], "metric_goal": group["metric_goal"].iloc[0],
+                "n_seeds": int(group["_seed"].nunique()), "n_completed": len(done),
+                "n_diverged": int((status == "diverged").sum()), "n_failed": int((status == "failed").sum()),
+                "frac_lost": int(status.isin(LOST).sum()) / len(group),
                 "val_metric_mean": float(done["_val"].mean()) if done["_val"].notna().any() else math.nan,
                 "final_eval_metric_mean": float(done["_final"].mean()) if done["_final"].notna().any() else math.nan,
             }
@@ -269,32 +240,33 @@ BEST_COLUMNS = [
     *WORKLOAD, "optimizer", "metric_name", "metric_goal", "rank",
     "best_setting", "tuning_index", "n_settings", "n_settings_lost",
     "val_metric_mean", "final_eval_metric_mean",
-    "test_metric_mean", "test_metric_low", "test_metric_high",
+    "test_metric_mean", "test_metric_low", "test_metric_high", "test_metric_clipped",
     "n_seeds", "n_completed", "n_diverged", "n_failed",
     "search_space", "settings_varied",
 ]  # fmt: skip
 
 
-def best_settings(runs: pd.DataFrame, by: str = "optimizer") -> pd.DataFrame:
+def best_settings(runs: pd.DataFrame, by: str = ENTRY) -> pd.DataFrame:
     """The best setting of each optimizer on each workload, chosen on validation, reported on test.
 
-    One row per (model, dataset, optimizer). ``best_setting`` / ``tuning_index`` identify the
-    setting picked on the validation metric (see the module docstring: mean over seeds of
+    One row per (sweep, model, dataset, optimizer). ``best_setting`` / ``tuning_index`` identify
+    the setting picked on the validation metric (see the module docstring: mean over seeds of
     ``best_eval_metric``, a diverged or failed seed counting as the worst possible value);
     ``val_metric_mean`` is its selection score and ``final_eval_metric_mean`` its mean final
     validation metric (the default time-to-target rule uses it). ``test_metric_mean`` /
     ``_low`` / ``_high`` are the mean and 95 % Student-t interval over its completed seeds
-    (bounds NaN with fewer than two). ``n_seeds`` and ``n_completed`` / ``n_diverged`` /
-    ``n_failed`` describe that setting's seeds. ``n_settings`` is the tuning budget used (distinct
-    settings tried), ``n_settings_lost`` how many of them lost a seed. ``search_space`` is the
-    recorded search space (JSON, ``'{}'`` without tuning) and ``settings_varied`` the setting
-    keys that actually differ across the tried settings with their values (JSON), which
-    documents grids too. ``rank`` orders the optimizers of a workload by the chosen setting's
-    test metric under the same rule (a lost seed is worst possible), 1 = best.
+    (bounds NaN with fewer than two; clipped to the metric's range, ``test_metric_clipped``).
+    ``n_seeds`` and ``n_completed`` / ``n_diverged`` / ``n_failed`` describe that setting's
+    seeds. ``n_settings`` is the tuning budget used (distinct settings tried),
+    ``n_settings_lost`` how many of them lost a seed. ``search_space`` is the recorded search
+    space (JSON, ``'{}'`` without tuning) and ``settings_varied`` the setting keys that actually
+    differ across the tried settings with their values (JSON), which documents grids too.
+    ``rank`` orders the optimizers of a workload by the chosen setting's test metric under the
+    same rule (a lost seed is worst possible), 1 = best.
 
     Args:
         runs: the ``runs`` table.
-        by: the column that names an optimizer (default ``optimizer``, the registry name).
+        by: the column that names an optimizer (default ``optimizer_entry``, the config entry).
     """
     frame = prepare_runs(runs, by)
     settings = setting_table(runs, by)
@@ -302,27 +274,29 @@ def best_settings(runs: pd.DataFrame, by: str = "optimizer") -> pd.DataFrame:
         return pd.DataFrame(columns=BEST_COLUMNS)
     chosen = settings[settings["chosen"]].set_index([*WORKLOAD, "optimizer"])
     rows = []
-    for (model, dataset, opt), group in frame.groupby([*WORKLOAD, "_opt"], sort=True):
-        pick = chosen.loc[(model, dataset, opt)]
+    for (sweep, model, dataset, opt), group in frame.groupby([*WORKLOAD, "_opt"], sort=True):
+        pick = chosen.loc[(sweep, model, dataset, opt)]
         mine = group[
             (group["optimizer_label"] == pick["optimizer_label"])
             & (group["tuning_index"] == pick["tuning_index"])
         ]
-        test = t_interval(mine.loc[mine["status"] == "completed", "_test"])
+        test = t_interval(mine.loc[mine["status"] == "completed", "_test"], bounds=metric_range(pick["metric_name"]))
         opt_settings = settings[
-            (settings["model"] == model) & (settings["dataset"] == dataset) & (settings["optimizer"] == opt)
-        ]
+            (settings["sweep_name"] == sweep) & (settings["model"] == model)
+            & (settings["dataset"] == dataset) & (settings["optimizer"] == opt)
+        ]  # fmt: skip
         spaces = [
             s for s in group["search_space"].dropna().astype(str) if s.strip() not in ("", "{}", "null")
         ]
         rows.append(
             {
-                "model": model, "dataset": dataset, "optimizer": opt,
+                "sweep_name": sweep, "model": model, "dataset": dataset, "optimizer": opt,
                 "metric_name": pick["metric_name"], "metric_goal": pick["metric_goal"],
                 "best_setting": pick["optimizer_label"], "tuning_index": int(pick["tuning_index"]),
                 "n_settings": len(opt_settings), "n_settings_lost": int((opt_settings["frac_lost"] > 0).sum()),
                 "val_metric_mean": pick["val_metric_mean"], "final_eval_metric_mean": pick["final_eval_metric_mean"],
                 "test_metric_mean": test.mean, "test_metric_low": test.low, "test_metric_high": test.high,
+                "test_metric_clipped": test.clipped,
                 "n_seeds": int(pick["n_seeds"]), "n_completed": int(pick["n_completed"]),
                 "n_diverged": int(pick["n_diverged"]), "n_failed": int(pick["n_failed"]),
                 "search_space": spaces[0] if spaces else "{}",
@@ -340,17 +314,17 @@ def best_settings(runs: pd.DataFrame, by: str = "optimizer") -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- time to target
-def default_targets(best: pd.DataFrame) -> dict[tuple[str, str], float]:
-    """Per workload, the median over optimizers of their best setting's mean final validation
-    metric (:func:`best_settings` ``final_eval_metric_mean``); workloads where no optimizer has
-    one get no target."""
-    targets: dict[tuple[str, str], float] = {}
+def default_targets(best: pd.DataFrame) -> dict[Workload, float]:
+    """Per workload (sweep, model, dataset), the median over optimizers of their best setting's
+    mean final validation metric (:func:`best_settings` ``final_eval_metric_mean``); workloads
+    where no optimizer has one get no target."""
+    targets: dict[Workload, float] = {}
     if best.empty:
         return targets
-    for (model, dataset), group in best.groupby(WORKLOAD, sort=True):
+    for workload, group in best.groupby(WORKLOAD, sort=True):
         values = pd.to_numeric(group["final_eval_metric_mean"], errors="coerce").dropna()
         if len(values):
-            targets[(str(model), str(dataset))] = float(np.median(values))
+            targets[tuple(str(w) for w in workload)] = float(np.median(values))  # type: ignore[assignment]
     return targets
 
 
@@ -358,7 +332,7 @@ def default_targets(best: pd.DataFrame) -> dict[tuple[str, str], float]:
 TTT_COLUMNS = [
     *WORKLOAD, "optimizer", "optimizer_label", "tuning_index", "best_setting", "seed", "trial_id",
     "status", "metric_name", "metric_goal", "target", "target_source", "reached",
-    "step", "samples_seen", "tokens_seen", "wall_time_s",
+    *MEASURES,
 ]  # fmt: skip
 
 
@@ -366,26 +340,27 @@ def time_to_target(
     steps: pd.DataFrame,
     runs: pd.DataFrame,
     targets: Mapping[tuple[str, str], float] | None = None,
-    by: str = "optimizer",
+    by: str = ENTRY,
 ) -> pd.DataFrame:
-    """Per trial: when (step, samples, tokens, wall-clock seconds) ``eval_metric`` first reached
-    the workload's target.
+    """Per trial: when (step, samples, tokens, training wall-clock seconds) ``eval_metric``
+    first reached the workload's target.
 
     Args:
-        steps: the ``steps`` table (needs ``step`` and ``eval_metric``; ``wall_time_s``,
-            ``samples_seen``, ``tokens_seen`` are reported when present).
+        steps: the ``steps`` table (needs ``step`` and ``eval_metric``; ``wall_time_s`` with
+            ``probe_time_s``, ``samples_seen``, ``tokens_seen`` are reported when present).
         runs: the ``runs`` table (workload, optimizer, setting, status, metric goal).
-        targets: ``{(model, dataset): value}``; workloads not listed get
+        targets: ``{(model, dataset): value}``, applied in every sweep; other workloads get
             :func:`default_targets` (median over optimizers of the best setting's mean final
             validation metric).
         by: the column that names an optimizer (as in :func:`best_settings`).
 
     Returns:
-        One row per trial (columns ``TTT_COLUMNS``): ``reached`` is False and the costs NaN when
-        the target was never reached (or the workload has no target); ``target_source`` is
-        ``explicit`` or ``default``; ``best_setting`` marks the trials of each optimizer's best
-        setting (the ones :func:`summarize_time_to_target` aggregates). ``attrs["targets"]``
-        holds the targets used.
+        One row per trial (columns ``TTT_COLUMNS``, the training wall-clock as
+        ``train_wall_time_s``): ``reached`` is False and the costs NaN when the target was never
+        reached (or the workload has no target); ``target_source`` is ``explicit`` or
+        ``default``; ``best_setting`` marks the trials of each optimizer's best setting (the
+        ones :func:`summarize_time_to_target` aggregates). ``attrs["targets"]`` holds the
+        targets used, by (sweep, model, dataset).
     """
     frame = prepare_runs(runs, by)
     if frame.empty:
@@ -394,31 +369,21 @@ def time_to_target(
         return out
     best = best_settings(runs, by)
     explicit = {(str(m), str(d)): float(v) for (m, d), v in (targets or {}).items()}
-    used = {**default_targets(best), **explicit}
+    used = default_targets(best)
+    workloads = {tuple(str(x) for x in w) for w in frame[WORKLOAD].itertuples(index=False)}
+    used.update({w: explicit[w[1:]] for w in workloads if w[1:] in explicit})
 
-    meta = frame[
-        ["_key", *WORKLOAD, "_opt", *SETTING, "_seed", "status", "metric_name", "metric_goal"]
-    ].copy()
-    if "trial_id" in frame.columns:
-        meta["trial_id"] = frame["trial_id"].astype("object")
-    else:
-        meta["trial_id"] = frame["_key"]
-    meta["target"] = [used.get((m, d), math.nan) for m, d in zip(meta["model"], meta["dataset"], strict=True)]
+    meta = frame[["_key", *WORKLOAD, "_opt", *SETTING, "_seed", "status", "metric_name", "metric_goal"]].copy()
+    meta["trial_id"] = frame["trial_id"].astype("object")
+    keys = list(zip(meta["sweep_name"], meta["model"], meta["dataset"], strict=True))
+    meta["target"] = [used.get(w, math.nan) for w in keys]
     meta["target_source"] = [
-        "explicit" if (m, d) in explicit else ("default" if (m, d) in used else None)
-        for m, d in zip(meta["model"], meta["dataset"], strict=True)
+        "explicit" if w[1:] in explicit else ("default" if w in used else None) for w in keys
     ]
-    picks = {(r.model, r.dataset, r.optimizer): (r.best_setting, r.tuning_index) for r in best.itertuples()}
+    picks = {(r.sweep_name, r.model, r.dataset, r.optimizer): (r.best_setting, r.tuning_index) for r in best.itertuples()}
     meta["best_setting"] = [
-        picks.get((m, d, o)) == (lab, int(t))
-        for m, d, o, lab, t in zip(
-            meta["model"],
-            meta["dataset"],
-            meta["_opt"],
-            meta["optimizer_label"],
-            meta["tuning_index"],
-            strict=True,
-        )
+        picks.get((*w, o)) == (lab, int(t))
+        for w, o, lab, t in zip(keys, meta["_opt"], meta["optimizer_label"], meta["tuning_index"], strict=True)
     ]
 
     hits = _first_hits(steps, frame, meta)
@@ -440,13 +405,14 @@ def _first_hits(steps: pd.DataFrame, runs: pd.DataFrame, meta: pd.DataFrame) -> 
     keys = steps_key(steps, runs)
     if keys is None:
         return empty
-    data = pd.DataFrame({"_key": keys})
-    for col in ["eval_metric", *cost_cols]:
+    data = pd.DataFrame({"_key": keys, "step": _numeric(steps, "step")})
+    clock = steps.assign(_key=keys.to_numpy()) if "wall_time_s" in steps.columns else None
+    data[TRAIN_WALL] = train_wall_time(clock, "_key").to_numpy() if clock is not None else np.nan
+    for col in ["eval_metric", "samples_seen", "tokens_seen"]:
         data[col] = _numeric(steps, col)
     data = data[np.isfinite(data["eval_metric"]) & data["step"].notna()]
     # Join on the same key the runs side used (trial_path when both tables have it).
-    lookup = meta[["_key", "target", "metric_goal"]]
-    data = data.merge(lookup, on="_key", how="inner")
+    data = data.merge(meta[["_key", "target", "metric_goal"]], on="_key", how="inner")
     if data.empty:
         return empty
     is_max = data["metric_goal"] == "max"
@@ -474,43 +440,37 @@ def _seed_time(values: Iterable[float], stat: SeedStat) -> float:
 def summarize_time_to_target(ttt: pd.DataFrame, seed_stat: SeedStat = "median") -> pd.DataFrame:
     """Aggregate :func:`time_to_target` over the seeds of each optimizer's best setting.
 
-    One row per (model, dataset, optimizer): ``best_setting``, ``target``, ``metric_goal``,
-    ``n_seeds``, ``n_reached``, ``frac_reached``; for each cost measure (``steps``, ``seconds``,
-    ``samples``, ``tokens``) ``<m>_mean``, ``<m>_low``, ``<m>_high`` (mean and 95 % t-interval
-    over the seeds that reached the target) and ``t_<m>``, the time the performance profile uses:
-    the ``seed_stat`` over all seeds with a miss counting as ∞.
+    One row per (sweep, model, dataset, optimizer): ``best_setting``, ``target``,
+    ``metric_goal``, ``n_seeds``, ``n_reached``, ``frac_reached``; for each cost measure
+    (``steps``, ``seconds``, ``samples``, ``tokens``) ``<m>_mean``, ``<m>_low``, ``<m>_high``,
+    ``<m>_clipped`` (mean and 95 % t-interval over the seeds that reached the target, clipped at
+    0) and ``t_<m>``, the time the performance profile uses: the ``seed_stat`` over all seeds
+    with a miss counting as ∞.
     """
     measures = list(MEASURES.values())
     columns = [
-        *WORKLOAD,
-        "optimizer",
-        "best_setting",
-        "metric_name",
-        "metric_goal",
-        "target",
-        "n_seeds",
-        "n_reached",
-        "frac_reached",
-        *[f"{m}_{s}" for m in measures for s in ("mean", "low", "high")],
+        *WORKLOAD, "optimizer", "best_setting", "metric_name", "metric_goal", "target",
+        "n_seeds", "n_reached", "frac_reached",
+        *[f"{m}_{s}" for m in measures for s in ("mean", "low", "high", "clipped")],
         *[f"t_{m}" for m in measures],
-    ]
+    ]  # fmt: skip
     if ttt.empty:
         return pd.DataFrame(columns=columns)
-    data = ttt[ttt["best_setting"].astype(bool)] if "best_setting" in ttt.columns else ttt
+    data = ttt[ttt["best_setting"].astype(bool)]
     rows = []
-    for (model, dataset, opt), group in data.groupby([*WORKLOAD, "optimizer"], sort=True):
+    for (sweep, model, dataset, opt), group in data.groupby([*WORKLOAD, "optimizer"], sort=True):
         reached = group["reached"].astype(bool)
         row: dict[str, object] = {
-            "model": model, "dataset": dataset, "optimizer": opt,
-            "best_setting": _first(group["optimizer_label"]), "metric_name": _first(group["metric_name"]),
-            "metric_goal": _first(group["metric_goal"]), "target": _first(group["target"]),
-            "n_seeds": len(group), "n_reached": int(reached.sum()),
-            "frac_reached": float(reached.mean()) if len(group) else math.nan,
+            "sweep_name": sweep, "model": model, "dataset": dataset, "optimizer": opt,
+            "best_setting": group["optimizer_label"].iloc[0], "metric_name": group["metric_name"].iloc[0],
+            "metric_goal": group["metric_goal"].iloc[0], "target": group["target"].iloc[0],
+            "n_seeds": len(group), "n_reached": int(reached.sum()), "frac_reached": float(reached.mean()),
         }  # fmt: skip
         for col, name in MEASURES.items():
             values = pd.to_numeric(group[col], errors="coerce").astype(float)
-            ci = t_interval(values[reached])
-            row.update({f"{name}_mean": ci.mean, f"{name}_low": ci.low, f"{name}_high": ci.high})
+            ci = t_interval(values[reached], bounds=NONNEGATIVE)
+            row.update({f"{name}_mean": ci.mean, f"{name}_low": ci.low, f"{name}_high": ci.high,
+                        f"{name}_clipped": ci.clipped})
             row[f"t_{name}"] = _seed_time(values.where(reached), seed_stat)
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
@@ -527,22 +487,46 @@ def _summary(ttt: pd.DataFrame, seed_stat: SeedStat) -> pd.DataFrame:
 def performance_ratios(
     ttt: pd.DataFrame, measure: str = "seconds", seed_stat: SeedStat = "median"
 ) -> pd.DataFrame:
-    """``r_{s,w} = t_{s,w} / min_s t_{s,w}``: workloads (rows, a (model, dataset) MultiIndex) ×
-    optimizers (columns). ∞ where an optimizer missed the target or was not run; a workload that
-    no optimizer solved is ∞ for all.
+    """``r_{s,w} = t_{s,w} / min_s t_{s,w}``: the workloads of one sweep (rows, a (model,
+    dataset) MultiIndex) × optimizers (columns). ∞ where an optimizer missed the target or was
+    not run; a workload that no optimizer solved is ∞ for all. Workloads on which fewer than
+    :data:`MIN_OPTIMIZERS` optimizers ran are left out and listed in ``attrs["excluded"]``
+    (``(model, dataset, reason)``).
 
     Args:
-        ttt: :func:`time_to_target` rows or :func:`summarize_time_to_target` output.
-        measure: ``seconds`` (wall-clock, AlgoPerf's choice), ``steps``, ``samples`` or
+        ttt: :func:`time_to_target` rows or :func:`summarize_time_to_target` output, of one sweep.
+        measure: ``seconds`` (training wall-clock, AlgoPerf's choice), ``steps``, ``samples`` or
             ``tokens`` (hardware-independent alternatives).
+
+    Raises:
+        ValueError: an unknown measure, or rows of more than one sweep (never pooled; see
+            :func:`performance_profiles`).
     """
     if measure not in MEASURES.values():
         raise ValueError(f"measure must be one of {', '.join(MEASURES.values())}, not {measure!r}")
     summary = _summary(ttt, seed_stat)
+    if "sweep_name" in summary.columns and summary["sweep_name"].nunique() > 1:
+        raise ValueError(
+            "a performance profile never pools sweeps; these rows hold "
+            f"{', '.join(sorted(summary['sweep_name'].astype(str).unique()))}: use performance_profiles"
+        )
     if summary.empty:
-        return pd.DataFrame()
+        out = pd.DataFrame()
+        out.attrs["excluded"] = []
+        return out
+    keys = ["model", "dataset"]
+    ran = summary.groupby(keys, sort=True)["optimizer"].agg(lambda o: sorted(set(map(str, o))))
+    excluded = [
+        (m, d, f"only {', '.join(opts)} ran" if opts else "no optimizer ran")
+        for (m, d), opts in ran.items() if len(opts) < MIN_OPTIMIZERS
+    ]
+    ranked = summary.set_index(keys).drop(index=[(m, d) for m, d, _ in excluded]).reset_index()
+    if ranked.empty:
+        out = pd.DataFrame()
+        out.attrs["excluded"] = excluded
+        return out
     # Only observed workloads: a pivot over model × dataset would invent the cross product.
-    times = summary.groupby([*WORKLOAD, "optimizer"], sort=True)[f"t_{measure}"].first().unstack("optimizer")
+    times = ranked.groupby([*keys, "optimizer"], sort=True)[f"t_{measure}"].first().unstack("optimizer")
     times = times.astype(float).fillna(math.inf)
     t = times.to_numpy(dtype=float)
     fastest = t.min(axis=1, keepdims=True)
@@ -555,6 +539,7 @@ def performance_ratios(
     r[np.isnan(r)] = math.inf
     ratios = pd.DataFrame(r, index=times.index, columns=times.columns)
     ratios.columns.name = "optimizer"
+    ratios.attrs["excluded"] = excluded
     return ratios
 
 
@@ -565,11 +550,12 @@ def performance_profile(
     seed_stat: SeedStat = "median",
     tau_max: float = TAU_MAX,
 ) -> pd.DataFrame:
-    """AlgoPerf performance profile: ``ρ_s(τ)``, the fraction of workloads on which optimizer
-    ``s`` reached the target within ``τ`` times the fastest optimizer's time.
+    """AlgoPerf performance profile of one sweep: ``ρ_s(τ)``, the fraction of its ranked
+    workloads on which optimizer ``s`` reached the target within ``τ`` times the fastest
+    optimizer's time.
 
     Args:
-        ttt: :func:`time_to_target` rows or :func:`summarize_time_to_target` output.
+        ttt: :func:`time_to_target` rows or :func:`summarize_time_to_target` output, of one sweep.
         taus: where to evaluate ρ (default: 1…``tau_max`` on a fine grid plus every ratio in that
             range, so the step function is exact).
         measure: the cost (see :func:`performance_ratios`).
@@ -578,19 +564,20 @@ def performance_profile(
 
     Returns:
         Long format: ``optimizer``, ``tau``, ``rho``. ``attrs``: ``ratios`` (the ratio matrix),
-        ``scores`` (:func:`profile_scores`), ``tau_max``, ``measure``.
+        ``scores`` (:func:`performance_profile_scores`), ``excluded`` (workloads not ranked,
+        with the reason), ``tau_max``, ``measure``.
     """
     ratios = performance_ratios(ttt, measure, seed_stat)
+    attrs = {"ratios": ratios, "scores": performance_profile_scores(ratios, tau_max),
+             "excluded": ratios.attrs["excluded"], "tau_max": tau_max, "measure": measure}
     if ratios.empty:
         out = pd.DataFrame(columns=["optimizer", "tau", "rho"])
-        out.attrs.update(
-            ratios=ratios, scores=profile_scores(ratios, tau_max), tau_max=tau_max, measure=measure
-        )
+        out.attrs.update(attrs)
         return out
     if taus is None:
         finite = ratios.to_numpy()[np.isfinite(ratios.to_numpy())]
-        grid = np.concatenate([np.linspace(1.0, tau_max, 121), finite[finite <= tau_max]])
-        taus = np.unique(grid)
+        grid_ = np.concatenate([np.linspace(1.0, tau_max, 121), finite[finite <= tau_max]])
+        taus = np.unique(grid_)
     tau = np.asarray(sorted(float(t) for t in taus), dtype=float)
     rows = []
     for opt in ratios.columns:
@@ -598,12 +585,24 @@ def performance_profile(
         rho = (r[None, :] <= tau[:, None]).mean(axis=1)
         rows.append(pd.DataFrame({"optimizer": opt, "tau": tau, "rho": rho}))
     out = pd.concat(rows, ignore_index=True)
-    out.attrs.update(ratios=ratios, scores=profile_scores(ratios, tau_max), tau_max=tau_max, measure=measure)
+    out.attrs.update(attrs)
     return out
 
 
-def profile_scores(ratios: pd.DataFrame, tau_max: float = TAU_MAX) -> pd.DataFrame:
-    """Normalised area under each optimizer's profile on ``[1, tau_max]``:
+def performance_profiles(
+    ttt: pd.DataFrame, measure: str = "seconds", seed_stat: SeedStat = "median", tau_max: float = TAU_MAX
+) -> dict[str, pd.DataFrame]:
+    """:func:`performance_profile` of each sweep in ``ttt`` (``{sweep_name: profile}``, sorted):
+    the only way a table of several sweeps gets performance profiles."""
+    summary = _summary(ttt, seed_stat)
+    if summary.empty:
+        return {}
+    return {str(sweep): performance_profile(rows, measure=measure, seed_stat=seed_stat, tau_max=tau_max)
+            for sweep, rows in summary.groupby("sweep_name", sort=True)}
+
+
+def performance_profile_scores(ratios: pd.DataFrame, tau_max: float = TAU_MAX) -> pd.DataFrame:
+    """Normalised area under each optimizer's performance profile on ``[1, tau_max]``:
     ``(1/(tau_max − 1)) ∫_1^{tau_max} ρ_s(τ) dτ = mean_w max(0, tau_max − r_{s,w}) / (tau_max − 1)``
     (exact for the step function, since every ``r ≥ 1``).
 
@@ -634,30 +633,6 @@ def profile_scores(ratios: pd.DataFrame, tau_max: float = TAU_MAX) -> pd.DataFra
 
 
 # ------------------------------------------------------------------------------- formatting
-def _interval_text(mean: float, low: float, high: float, significant: int = 3) -> str:
-    """``0.952 [0.941, 0.963]``; just the mean with one seed; ``—`` when missing."""
-    if mean is None or not np.isfinite(mean):
-        return "—"
-    text = format_number(mean, significant)
-    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return text
-    decimals = len(text.split(".")[1]) if "." in text else 0
-    return f"{text} [{low:.{decimals}f}, {high:.{decimals}f}]"
-
-
-def _grid(header: list[str], body: list[list[str]], style: str) -> str:
-    if style == "markdown":
-        body = [[c.replace("|", "\\|").replace("\n", " ") for c in row] for row in body]
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def _space_text(space: object, varied: object) -> str:
     """The search space, else the settings that varied, compactly."""
     for text in (space, varied):
@@ -669,78 +644,63 @@ def _space_text(space: object, varied: object) -> str:
     return "—"
 
 
+def _with_note(table: str, clipped: bool, style: str) -> str:
+    return f"{table}\n\n{CLIPPED_NOTE}" if clipped and style == "markdown" else table
+
+
 def format_best_settings(best: pd.DataFrame, style: str = "markdown") -> str:
     """Render :func:`best_settings` (``style``: ``markdown`` or ``plain``)."""
     if best.empty:
         return "(no settings)"
-    header = [
-        "model",
-        "dataset",
-        "rank",
-        "optimizer",
-        "best setting (validation)",
-        "settings tried",
-        "val",
-        "test (95% CI)",
-        "ok/div/fail",
-        "search space",
-    ]
+    sweeps = best["sweep_name"].nunique() > 1
+    header = [*(["sweep"] if sweeps else []), "model", "dataset", "rank", "optimizer",
+              "best setting (validation)", "settings tried", "val", "test (95% CI)", "ok/div/fail", "search space"]
     body = []
     for r in best.itertuples(index=False):
         goal = {"max": "↑", "min": "↓"}.get(r.metric_goal, "")
         body.append([
-            str(r.model), str(r.dataset), str(r.rank), str(r.optimizer), str(r.best_setting),
+            *([str(r.sweep_name)] if sweeps else []), str(r.model), str(r.dataset), str(r.rank), str(r.optimizer),
+            str(r.best_setting),
             f"{r.n_settings}" + (f" ({r.n_settings_lost} lost a seed)" if r.n_settings_lost else ""),
             f"{format_number(r.val_metric_mean)} {goal}".strip(),
-            _interval_text(r.test_metric_mean, r.test_metric_low, r.test_metric_high),
+            format_interval(r.test_metric_mean, r.test_metric_low, r.test_metric_high, r.test_metric_clipped),
             f"{r.n_completed}/{r.n_diverged}/{r.n_failed}", _space_text(r.search_space, r.settings_varied),
         ])  # fmt: skip
-    return _grid(header, body, style)
+    return _with_note(grid(header, body, style), bool(best["test_metric_clipped"].any()), style)
 
 
 def format_time_to_target(summary: pd.DataFrame, style: str = "markdown") -> str:
     """Render :func:`summarize_time_to_target`."""
     if summary.empty:
         return "(no time-to-target data)"
-    header = [
-        "model",
-        "dataset",
-        "target",
-        "optimizer",
-        "best setting",
-        "reached",
-        "steps (95% CI)",
-        "seconds (95% CI)",
-        "t (profile, s)",
-    ]
+    sweeps = summary["sweep_name"].nunique() > 1
+    header = [*(["sweep"] if sweeps else []), "model", "dataset", "target", "optimizer", "best setting",
+              "reached", "steps (95% CI)", "seconds (95% CI)", "t (performance profile, s)"]
     body = []
     for r in summary.itertuples(index=False):
         goal = {"max": "≥", "min": "≤"}.get(r.metric_goal, "")
-        target = (
-            f"{r.metric_name or 'metric'} {goal} {format_number(r.target, 4)}"
-            if r.target == r.target
-            else "—"
-        )
-        t = r.t_seconds
+        target = f"{r.metric_name} {goal} {format_number(r.target, 4)}" if r.target == r.target else "—"
         body.append([
-            str(r.model), str(r.dataset), target, str(r.optimizer), str(r.best_setting),
-            f"{r.n_reached}/{r.n_seeds}",
-            _interval_text(r.steps_mean, r.steps_low, r.steps_high),
-            _interval_text(r.seconds_mean, r.seconds_low, r.seconds_high),
-            "∞" if t is not None and math.isinf(t) else format_number(t),
+            *([str(r.sweep_name)] if sweeps else []), str(r.model), str(r.dataset), target, str(r.optimizer),
+            str(r.best_setting), f"{r.n_reached}/{r.n_seeds}",
+            format_interval(r.steps_mean, r.steps_low, r.steps_high, r.steps_clipped),
+            format_interval(r.seconds_mean, r.seconds_low, r.seconds_high, r.seconds_clipped),
+            format_number(r.t_seconds),
         ])  # fmt: skip
-    return _grid(header, body, style)
+    clipped = bool(summary["steps_clipped"].any() or summary["seconds_clipped"].any())
+    return _with_note(grid(header, body, style), clipped, style)
 
 
-def format_scores(scores: pd.DataFrame, style: str = "markdown") -> str:
+def format_performance_profile_scores(scores: pd.DataFrame, style: str = "markdown") -> str:
+    """Render :func:`performance_profile_scores`."""
     if scores.empty:
-        return "(no profile)"
+        return "(no performance profile)"
     header = ["optimizer", "score", "workloads reached", "fastest on"]
     body = [
         [str(r.optimizer), f"{r.score:.3f}", f"{r.n_reached}/{r.n_workloads}", str(r.n_fastest)]
         for r in scores.itertuples(index=False)
     ]
-    return _grid(header, body, style)
+    return grid(header, body, style, right={1, 2, 3})
 
 
 # ----------------------------------------------------------------------------- report section
@@ -752,8 +712,8 @@ class ComparisonSection:
         best: :func:`best_settings`.
         ttt: :func:`time_to_target` per trial (``attrs["targets"]`` holds the targets).
         ttt_summary: :func:`summarize_time_to_target`.
-        profile: :func:`performance_profile` (``attrs["scores"]``, ``attrs["ratios"]``).
-        plot_paths: the performance profile and best-setting curves written.
+        performance_profiles: :func:`performance_profiles`, one per sweep.
+        plot_paths: the performance profiles and best-setting curves written.
         markdown: lines of report.md.
         text: the terminal version (best settings and time to target).
     """
@@ -761,15 +721,37 @@ class ComparisonSection:
     best: pd.DataFrame
     ttt: pd.DataFrame
     ttt_summary: pd.DataFrame
-    profile: pd.DataFrame
+    performance_profiles: dict[str, pd.DataFrame]
     plot_paths: list[Path] = field(default_factory=list)
     markdown: list[str] = field(default_factory=list)
     text: str = ""
 
 
-def n_optimizers(runs: pd.DataFrame, by: str = "optimizer") -> int:
-    frame = prepare_runs(runs, by)
-    return 0 if frame.empty else int(frame["_opt"].nunique())
+def n_optimizers(runs: pd.DataFrame, by: str = ENTRY) -> int:
+    """Distinct optimizers (column ``by``) in ``runs``."""
+    return 0 if runs.empty else int(runs[by].nunique())
+
+
+def _performance_profile_lines(
+    sweep: str, perf: pd.DataFrame, png: Path | None, link: Callable[[Path, str], str], several: bool
+) -> list[str]:
+    """The report lines of one sweep's performance profile: scores, what was not ranked, figure."""
+    ratios = perf.attrs["ratios"]
+    solved = not ratios.empty and bool(np.isfinite(ratios.to_numpy()).any())
+    lines = [f"#### Sweep `{sweep}`", ""] if several else []
+    if ratios.empty:
+        lines += ["No workload of this sweep had two or more optimizers: nothing to rank.", ""]
+    elif not solved:
+        lines += ["No optimizer reached a target: no performance profile.", ""]
+    else:
+        lines += [format_performance_profile_scores(perf.attrs["scores"], "markdown"), ""]
+    excluded = perf.attrs["excluded"]
+    if excluded:
+        lines += ["Not ranked (a lone optimizer is trivially fastest): "
+                  + "; ".join(f"{m} on {d} ({why})" for m, d, why in excluded) + ".", ""]
+    if png is not None:
+        lines += [link(png, f"performance profile, sweep {sweep}"), ""]
+    return lines
 
 
 def comparison_section(
@@ -777,10 +759,12 @@ def comparison_section(
     steps: pd.DataFrame,
     out_dir: str | os.PathLike[str],
     targets: Mapping[tuple[str, str], float] | None = None,
-    by: str = "optimizer",
+    by: str = ENTRY,
+    colors: Mapping[str, str] | None = None,
 ) -> ComparisonSection | None:
-    """Tables, profile and curves comparing the optimizers' best settings; None with fewer than
-    two optimizers. Plots go to ``<out_dir>/plots/`` and are linked relative to ``out_dir``."""
+    """Tables, performance profiles and curves comparing the optimizers' best settings; None
+    with fewer than two optimizers. Plots go to ``<out_dir>/plots/`` and are linked relative to
+    ``out_dir``; ``colors`` (entry → colour) is the report's map."""
     if runs.empty or n_optimizers(runs, by) < 2:
         return None
     from analysis.comparison_plots import plot_best_setting_curves, plot_performance_profile
@@ -789,21 +773,19 @@ def comparison_section(
     best = best_settings(runs, by)
     ttt = time_to_target(steps, runs, targets, by)
     summary = summarize_time_to_target(ttt)
-    profile = performance_profile(summary)
-    scores = profile.attrs["scores"]
+    profiles = performance_profiles(summary)
     plots: list[Path] = []
-    ratios = profile.attrs["ratios"]
-    solved = not ratios.empty and bool(np.isfinite(ratios.to_numpy()).any())
-    profile_png = None
-    if solved:  # with no target reached anywhere every ρ is 0: nothing worth a figure
-        profile_png = plot_performance_profile(profile, out / "plots" / "performance_profile.png")
-    if profile_png is not None:
-        plots.append(profile_png)
-    curves = plot_best_setting_curves(steps, runs, best, out / "plots", ttt.attrs.get("targets"), by=by)
-    plots += curves
 
     def link(path: Path, alt: str) -> str:
         return f"![{alt}]({Path(os.path.relpath(path, out)).as_posix()})"
+
+    performance_profile_md: list[str] = []
+    for sweep, perf in profiles.items():
+        png = plot_performance_profile(perf, out / "plots" / f"performance_profile__{sweep}.png", colors, sweep)
+        plots += [png] if png is not None else []
+        performance_profile_md += _performance_profile_lines(sweep, perf, png, link, len(profiles) > 1)
+    curves = plot_best_setting_curves(steps, runs, best, out / "plots", ttt.attrs.get("targets"), by=by, colors=colors)
+    plots += curves
 
     targets_used = ttt.attrs.get("targets", {})
     sources = set(ttt["target_source"].dropna()) if not ttt.empty else set()
@@ -830,9 +812,10 @@ def comparison_section(
                 else "the median over optimizers of their best setting's mean final validation "
                 "metric (explicit where given)"
             )
-            + ". Steps and seconds: mean and 95 % interval over the best setting's seeds that reached "
-            "the target; `t` (used by the profile) is the median over all its seeds, a seed that "
-            "never reached the target counting as ∞."
+            + ". Steps and seconds (training wall-clock, curvature-probe pauses excluded): mean "
+            "and 95 % interval over the best setting's seeds that reached the target; `t` (used "
+            "by the performance profile) is the median over all its seeds, a seed that never "
+            "reached the target counting as ∞."
         ),
         "",
     ]
@@ -843,21 +826,21 @@ def comparison_section(
     md += [
         "### Performance profile",
         "",
-        f"ρ(τ): fraction of workloads on which the optimizer reached the target within τ × the "
-        f"fastest optimizer's wall-clock time (AlgoPerf). Score: normalised area under ρ on "
-        f"τ ∈ [1, {profile.attrs['tau_max']:g}] (1 = fastest on every workload).",
+        "AlgoPerf's performance profile, one per sweep (sweeps are never pooled): for each "
+        "workload the ratio τ = t / t_fastest of an optimizer's time to target to the fastest "
+        "optimizer's (a dimensionless ratio of training wall-clock times), and ρ(τ) = the "
+        "fraction of the sweep's workloads on which the optimizer was within τ of the fastest. "
+        "Only workloads where two or more optimizers ran are ranked. Score: normalised area under "
+        f"ρ on τ ∈ [1, {TAU_MAX:g}] (1 = fastest on every workload).",
         "",
-        format_scores(scores, "markdown") if solved else "No optimizer reached a target: no profile.",
-        "",
+        *performance_profile_md,
     ]
-    if profile_png is not None:
-        md += [link(profile_png, "performance profile"), ""]
     if curves:
         md += [
             "### Best-setting curves",
             "",
             "Validation metric of each optimizer's best setting: mean over seeds, shaded 95 % "
-            "t-interval; dashed: the target.",
+            "t-interval (clipped to the metric's range); dashed: the target.",
             "",
         ]
         md += [item for p in curves for item in (link(p, p.stem.rpartition("__")[2].replace("_", " ")), "")]
@@ -870,5 +853,6 @@ def comparison_section(
         ]
     )
     return ComparisonSection(
-        best=best, ttt=ttt, ttt_summary=summary, profile=profile, plot_paths=plots, markdown=md, text=text
+        best=best, ttt=ttt, ttt_summary=summary, performance_profiles=profiles, plot_paths=plots, markdown=md,
+        text=text,
     )

@@ -1,7 +1,7 @@
 """Figures of optimizer comparisons: the performance profile and the best setting's curves.
 
-Drawn like :mod:`analysis.plots`: on ``matplotlib.figure.Figure`` with an Agg canvas, no
-``pyplot`` state, figures freed as soon as they are saved.
+Drawn with :mod:`analysis.plots`' helpers: an Agg ``Figure``, no ``pyplot`` state, and the
+report's one colour per optimizer entry.
 """
 
 from __future__ import annotations
@@ -14,71 +14,74 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.comparison import WORKLOAD, prepare_runs, steps_key
-from analysis.plots import LOG_METRICS, workload_prefix
+from analysis.clock import TRAIN_WALL, TRAIN_WALL_LABEL, train_wall_time
+from analysis.comparison import ENTRY, prepare_runs, steps_key
+from analysis.plots import (
+    entry_colors,
+    figure,
+    log_y,
+    save,
+    setting_legend,
+    tag_entry,
+    workload_prefix,
+    workload_title,
+)
+from analysis.summary import UNBOUNDED, WORKLOAD, metric_range
 
 #: Best-setting curves per workload: (x column, file stem, x label).
 CURVES = [
     ("step", "best_eval_metric_vs_step", "step"),
-    ("wall_time_s", "best_eval_metric_vs_wall", "wall-clock time (s)"),
+    (TRAIN_WALL, "best_eval_metric_vs_wall", TRAIN_WALL_LABEL),
 ]
+#: The performance profile's x axis: what τ is.
+TAU_LABEL = "τ = time to target ÷ fastest optimizer's time to target (ratio)"
 
 
-def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _colors(names: list[str]) -> dict[str, str]:
-    return {name: f"C{i % 10}" for i, name in enumerate(sorted(names))}
-
-
-def plot_performance_profile(profile: pd.DataFrame, path: str | os.PathLike[str]) -> Path | None:
-    """Step plot of ρ_s(τ) per optimizer (from :func:`analysis.comparison.performance_profile`),
-    its score in the legend. Returns the PNG written, or None when there is nothing to draw."""
-    if profile.empty:
+def plot_performance_profile(
+    perf: pd.DataFrame,
+    path: str | os.PathLike[str],
+    colors: Mapping[str, str] | None = None,
+    sweep: str | None = None,
+) -> Path | None:
+    """Step plot of ρ_s(τ) per optimizer (one sweep's :func:`analysis.comparison.performance_profile`),
+    its score in the legend. Returns the PNG written, or None when there is nothing to draw (no
+    ranked workload, or no optimizer reached a target: every ρ is 0)."""
+    ratios = perf.attrs.get("ratios", pd.DataFrame())
+    if perf.empty or ratios.empty or not np.isfinite(ratios.to_numpy()).any():
         return None
-    tau_max = float(profile.attrs.get("tau_max", profile["tau"].max()))
-    scores = profile.attrs.get("scores")
-    score_of = dict(zip(scores["optimizer"], scores["score"], strict=True)) if scores is not None else {}
-    measure = profile.attrs.get("measure", "seconds")
-    fig, ax = _figure()
-    colors = _colors(list(profile["optimizer"].astype(str).unique()))
+    tau_max = float(perf.attrs["tau_max"])
+    scores = perf.attrs["scores"]
+    score_of = dict(zip(scores["optimizer"], scores["score"], strict=True))
+    measure = perf.attrs["measure"]
+    colors = colors if colors is not None else entry_colors(perf["optimizer"])
+    fig = figure()
+    ax = fig.add_subplot()
     styles = ["-", "--", "-.", ":"]  # profiles often coincide; dashes keep each one visible
-    for i, (opt, group) in enumerate(profile.groupby("optimizer", sort=True)):
+    for i, (opt, group) in enumerate(perf.groupby("optimizer", sort=True)):
         group = group.sort_values("tau")
         tau = np.concatenate([group["tau"].to_numpy(float), [tau_max]])
         rho = np.concatenate([group["rho"].to_numpy(float), [group["rho"].iloc[-1]]])
         keep = tau <= tau_max
-        label = f"{opt} (score {score_of[opt]:.3f})" if opt in score_of else str(opt)
-        ax.step(
-            tau[keep], rho[keep], where="post", color=colors[str(opt)], ls=styles[i % 4], lw=1.8, label=label
-        )
+        (line,) = ax.step(tau[keep], rho[keep], where="post", color=colors[str(opt)], ls=styles[i % 4], lw=1.8,
+                          label=f"{opt} (score {score_of[opt]:.3f})")
+        tag_entry(line, str(opt))
     ax.set_xlim(1.0, tau_max)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel(f"τ (time to target / fastest optimizer's, {measure})")
+    ax.set_xlabel(TAU_LABEL if measure == "seconds" else f"{TAU_LABEL}, in {measure}")
     ax.set_ylabel("fraction of workloads ρ(τ)")
-    n_workloads = len(profile.attrs["ratios"]) if "ratios" in profile.attrs else None
-    title = "Performance profile" + (
-        f" ({n_workloads} workload{'s' * (n_workloads != 1)})" if n_workloads else ""
-    )
-    ax.set_title(title)
+    n = len(ratios)
+    ax.set_title(f"Performance profile{f' of sweep {sweep}' if sweep else ''} ({n} workload{'s' * (n != 1)})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="lower right")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    return out
+    return save(fig, path)
 
 
 def seed_interval_band(
-    frame: pd.DataFrame, key: str, x: str, y: str, confidence: float = 0.95
+    frame: pd.DataFrame, key: str, x: str, y: str, confidence: float = 0.95,
+    bounds: tuple[float, float] = UNBOUNDED,
 ) -> pd.DataFrame:
-    """Align seeds by step: mean of ``y`` with a Student-t interval over seeds at each step.
+    """Align seeds by step: mean of ``y`` with a Student-t interval over seeds at each step,
+    clipped to ``bounds`` (the range ``y`` can take).
 
     ``x`` is averaged across seeds at each step (so wall-clock curves are aligned by step too).
     Bounds are NaN where fewer than two seeds have a value.
@@ -102,7 +105,8 @@ def seed_interval_band(
     half = pd.Series(np.nan, index=mean.index)
     ok = n > 1
     half[ok] = stats.t.ppf(0.5 + confidence / 2, df=n[ok] - 1) * std[ok] / np.sqrt(n[ok])
-    out = pd.DataFrame({"mean": mean, "low": mean - half, "high": mean + half, "n": n})
+    low, high = (mean - half).clip(lower=bounds[0]), (mean + half).clip(upper=bounds[1])
+    out = pd.DataFrame({"mean": mean, "low": low, "high": high, "n": n})
     out.insert(0, "x", out.index.to_numpy(dtype=float) if x == "step" else by_step[x].mean())
     return out
 
@@ -112,76 +116,55 @@ def plot_best_setting_curves(
     runs: pd.DataFrame,
     best: pd.DataFrame,
     out_dir: str | os.PathLike[str],
-    targets: Mapping[tuple[str, str], float] | None = None,
-    by: str = "optimizer",
+    targets: Mapping[tuple[str, str, str], float] | None = None,
+    by: str = ENTRY,
+    colors: Mapping[str, str] | None = None,
 ) -> list[Path]:
-    """Per workload, the validation metric vs step and vs wall-clock of each optimizer's best
-    setting (:func:`analysis.comparison.best_settings`): mean over its completed seeds with a
-    shaded 95 % t-interval, the target as a dashed line. Returns the PNGs written."""
+    """Per workload, the validation metric vs step and vs training wall-clock (probe pauses
+    excluded) of each optimizer's best setting (:func:`analysis.comparison.best_settings`): mean
+    over its completed seeds with a shaded 95 % t-interval, the target (keyed by (sweep, model,
+    dataset)) as a dashed line. Returns the PNGs written."""
     if steps.empty or runs.empty or best.empty or not {"step", "eval_metric"} <= set(steps.columns):
         return []
     frame = prepare_runs(runs, by)
     keys = steps_key(steps, frame)
     if keys is None:
         return []
-    picks = {
-        (r.model, r.dataset, r.optimizer): (r.best_setting, int(r.tuning_index)) for r in best.itertuples()
-    }
-    chosen = frame[
-        [
-            picks.get((m, d, o)) == (lab, int(t)) and s == "completed"
-            for m, d, o, lab, t, s in zip(
-                frame["model"],
-                frame["dataset"],
-                frame["_opt"],
-                frame["optimizer_label"],
-                frame["tuning_index"],
-                frame["status"],
-                strict=True,
-            )
-        ]
-    ]
+    picks = {(*w, o): (lab, int(t)) for *w, o, lab, t in
+             best[[*WORKLOAD, "optimizer", "best_setting", "tuning_index"]].itertuples(index=False)}
+    chosen = frame[[
+        picks.get((*w, o)) == (lab, int(t)) and s == "completed"
+        for *w, o, lab, t, s in frame[[*WORKLOAD, "_opt", "optimizer_label", "tuning_index", "status"]].itertuples(index=False)
+    ]]  # fmt: skip
     if chosen.empty:
         return []
     meta = chosen[["_key", *WORKLOAD, "_opt", "optimizer_label", "metric_name", "metric_goal"]]
-    data = steps.drop(
-        columns=[
-            c for c in (*WORKLOAD, "optimizer_label", "metric_name", "metric_goal") if c in steps.columns
-        ]
-    )
-    data = data.assign(_key=keys).merge(meta, on="_key", how="inner")
+    data = steps.drop(columns=[c for c in meta.columns if c in steps.columns]).assign(_key=keys.to_numpy())
+    data[TRAIN_WALL] = train_wall_time(data, "_key") if "wall_time_s" in data.columns else np.nan
+    data = data.merge(meta, on="_key", how="inner")
     if data.empty:
         return []
-    colors = _colors(list(best["optimizer"].astype(str).unique()))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    colors = colors if colors is not None else entry_colors(best["optimizer"])
     written: list[Path] = []
-    for (model, dataset), workload in data.groupby(WORKLOAD, sort=True):
-        metric = workload["metric_name"].dropna()
-        metric = str(metric.iloc[0]) if len(metric) else "metric"
-        target = (targets or {}).get((model, dataset))
+    for (sweep, model, dataset), workload in data.groupby(WORKLOAD, sort=True):
+        metric = str(workload["metric_name"].iloc[0])
+        bounds = metric_range(metric)
+        target = (targets or {}).get((sweep, model, dataset))
         for x, stem, xlabel in CURVES:
-            if x not in workload.columns:
-                continue
-            fig, ax = None, None
-            drawn = 0
+            fig, ax, drawn = None, None, 0
             for opt, group in workload.groupby("_opt", sort=True):
-                band = seed_interval_band(group, "_key", x, "eval_metric")
+                band = seed_interval_band(group, "_key", x, "eval_metric", bounds=bounds)
                 if band.empty:
                     continue
                 if fig is None:
-                    fig, ax = _figure()
-                color = colors.get(str(opt), "C0")
+                    fig = figure()
+                    ax = fig.add_subplot()
+                color = colors[str(opt)]
                 n = int(group["_key"].nunique())
                 marker = "o" if len(band) == 1 else None
-                ax.plot(
-                    band["x"],
-                    band["mean"],
-                    color=color,
-                    marker=marker,
-                    lw=1.6,
-                    label=f"{opt}: {group['optimizer_label'].iloc[0]} (n={n})",
-                )
+                (line,) = ax.plot(band["x"], band["mean"], color=color, marker=marker, lw=1.6,
+                                  label=f"{setting_legend(str(opt), str(group['optimizer_label'].iloc[0]))} (n={n})")
+                tag_entry(line, str(opt))
                 if band["low"].notna().any():
                     ax.fill_between(band["x"], band["low"], band["high"], color=color, alpha=0.2, lw=0)
                 drawn += 1
@@ -189,16 +172,13 @@ def plot_best_setting_curves(
                 continue
             if target is not None and not math.isnan(target):
                 ax.axhline(target, color="0.3", ls="--", lw=1.0, label=f"target {target:.4g}")
-            if metric in LOG_METRICS and float(workload["eval_metric"].min()) > 0:
-                ax.set_yscale("log")
-            ax.set_title(f"{model} on {dataset}: best setting, eval {metric} vs {xlabel.split(' (')[0]}")
+            if workload["metric_goal"].iloc[0] == "min" and float(workload["eval_metric"].min()) > 0:
+                log_y(ax)
+            ax.set_title(f"{workload_title(sweep, model, dataset)}:\nbest setting, eval {metric} vs "
+                         f"{xlabel.split(' (')[0]}")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"eval {metric}")
             ax.grid(True, alpha=0.3)
-            ax.legend(
-                title="optimizer: best setting (mean, 95% CI)", fontsize="small", title_fontsize="small"
-            )
-            path = out / f"{workload_prefix(model, dataset)}__{stem}.png"
-            fig.savefig(path, dpi=120)
-            written.append(path)
+            ax.legend(title="best setting (mean, 95% CI over seeds)", fontsize="small", title_fontsize="small")
+            written.append(save(fig, Path(out_dir) / f"{workload_prefix(sweep, model, dataset)}__{stem}.png"))
     return written

@@ -1,80 +1,52 @@
-"""Rebuild one Parquet file per table from the per-trial files of a sweep.
+"""The tables derived from a sweep's per-trial files: each trial's ``layer_fits`` and the
+consolidated one-file-per-table copy.
 
-The per-trial files are the source of truth (append-only per trial, written atomically); the
-consolidated files are a convenience for tools that want one file per table, and can be
-rebuilt at any time — after a crash, during a sweep, or after trials were added.
+Only the contents are computed here (analysis reads Parquet, it does not write it); the
+commands write them with the one atomic, versioned writer, ``bench.results.writer``
+(``launchers/derived_tables.py``). The per-trial files stay the source of truth: both derived
+forms can be rebuilt at any time — after a crash, during a sweep, or after trials were added.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pandas as pd
 
-from analysis.dataset import (
-    METADATA_KEY,
-    SCHEMA_VERSION,
-    TRIAL_PATH,
-    find_trial_dirs,
-    load_table,
-    read_trial_file,
-)
-
-TABLES = ("runs", "steps", "curvature", "layer_fits", "profile")
+from analysis.dataset import TABLES, TRIAL_PATH, Results, load_table, locate, read_trial_file
 
 
-def _write_parquet(frame, path: Path) -> None:
-    arrow = pa.Table.from_pandas(frame, preserve_index=False)
-    arrow = arrow.replace_schema_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(arrow, tmp)
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def layer_fits_by_trial(results_path: str | os.PathLike[str]) -> list[tuple[Path, pd.DataFrame]]:
+    """``(trial directory, its layer_fits)`` for every trial with ``curvature.parquet``, fitted
+    with the PAPER.md §2 conventions (:func:`analysis.curvature.layer_fits_from_curvature`).
 
-
-def write_layer_fits(results_path: str | os.PathLike[str]) -> list[Path]:
-    """Fit every trial's ``curvature.parquet`` into its ``layer_fits.parquet`` (PAPER.md §2
-    conventions, :func:`analysis.curvature.layer_fits_from_curvature`). Rewritten each time, so
-    it always matches the curvature rows on disk; returns the files written."""
+    Empty for a consolidated directory (its fits are computed when read,
+    :func:`analysis.curvature.load_layer_fits`).
+    """
     from analysis.curvature import layer_fits_from_curvature
 
-    written = []
-    for trial in find_trial_dirs(results_path):
+    res = locate(results_path)
+    out = []
+    for trial in res.trial_dirs:
         curv_path = trial / "curvature.parquet"
         if not curv_path.is_file():
             continue
-        fits = layer_fits_from_curvature(read_trial_file(curv_path).to_pandas())
-        if fits.empty:
-            continue
-        path = trial / "layer_fits.parquet"
-        _write_parquet(fits.drop(columns=[TRIAL_PATH], errors="ignore"), path)
-        written.append(path)
-    return written
+        curv = read_trial_file(curv_path).to_pandas().assign(sweep_name=trial.parent.parent.name)
+        fits = layer_fits_from_curvature(curv)
+        if not fits.empty:
+            out.append((trial, fits))
+    return out
 
 
-def consolidate(
-    results_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None
-) -> dict[str, tuple[Path, int]]:
-    """Write ``<out_dir>/<table>.parquet`` for every table that has rows; returns
-    ``{table: (path, rows)}``. Default ``out_dir``: ``<results>/consolidated``."""
-    root = Path(results_path)
-    find_trial_dirs(root)  # clear error when there is nothing to consolidate
-    out = Path(out_dir) if out_dir is not None else root / "consolidated"
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, tuple[Path, int]] = {}
+def consolidated_tables(results_path: str | os.PathLike[str] | Results) -> dict[str, pd.DataFrame]:
+    """``{table: rows}`` for every table with rows under ``results_path``, each row naming its
+    ``sweep_name`` and ``trial_id`` (the relative :data:`~analysis.dataset.TRIAL_PATH` is
+    dropped: it depends on where the files are read from)."""
+    res = results_path if isinstance(results_path, Results) else locate(results_path)
+    tables = {}
     for table in TABLES:
-        frame = load_table(root, table)
-        if frame.empty:
-            continue
-        frame = frame.drop(columns=[TRIAL_PATH], errors="ignore")
-        path = out / f"{table}.parquet"
-        _write_parquet(frame, path)
-        written[table] = (path, len(frame))
-    return written
+        frame = load_table(res, table)
+        if not frame.empty:
+            tables[table] = frame.drop(columns=[TRIAL_PATH])
+    return tables

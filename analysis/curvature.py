@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.dataset import TRIAL_PATH, find_trial_dirs, load_table
+from analysis.dataset import TRIAL_PATH, Results, load_table, locate, trial_frame, trial_frames
 from analysis.fits import EXTRA_KEYS, FIT_KEYS, decomposition_fit, fit_layer
 
 #: Closed vocabulary of layer types (DESIGN.md "Results"); duplicated from the writer on purpose,
@@ -29,10 +28,6 @@ from analysis.fits import EXTRA_KEYS, FIT_KEYS, decomposition_fit, fit_layer
 LAYER_TYPES = (
     "conv", "conv_stem", "depthwise_conv", "linear", "attn_q", "attn_k", "attn_v", "attn_qkv",
     "attn_out", "mlp_up", "mlp_gate", "mlp_down", "embedding", "head", "norm", "bias", "other",
-)  # fmt: skip
-#: Columns of the ``curvature`` table this module reads (per-direction arrays first).
-CURVATURE_ARRAYS = (
-    "sigma", "h", "h_kron", "rho_delta", "rho_A", "phi", "lambda_delta", "lambda_A", "lam",
 )  # fmt: skip
 #: Identify one layer record. ``trial_path`` (added by :func:`load_table`) is preferred when
 #: present because trial ids may repeat across sweeps.
@@ -42,7 +37,7 @@ TRIAL_COLUMNS = ("sweep_name", "trial_id", TRIAL_PATH)
 #: Per-layer columns copied to the layer record (always present in the output; null if absent).
 LAYER_INFO = ("layer_type", "depth")
 #: Per-layer columns the probe may write, copied when present.
-OPTIONAL_INFO = ("module", "shape_m", "shape_n", "shape")
+OPTIONAL_INFO = ("module", "shape_m", "shape_n")
 #: Decomposition columns of ``layer_fits``: name in layer_fits <- key of decomposition_fit.
 DECOMPOSITION_COLUMNS = {
     "alpha_kron": "alpha_kron",
@@ -122,7 +117,7 @@ def layer_fits_from_curvature(
     Returns:
         Identifying columns (``sweep_name``, ``trial_id``, ``trial_path`` where present, ``step``,
         ``layer``, ``layer_type``, ``depth`` (null when the curvature rows lack them), then
-        ``module``, ``shape_m``, ``shape_n``, ``shape`` where present) followed by
+        ``module``, ``shape_m``, ``shape_n`` where present) followed by
         :data:`LAYER_FITS_COLUMNS`. Empty (with those columns) for an empty input.
     """
     trial = _trial_key(curv)
@@ -159,38 +154,35 @@ def layer_fits_from_curvature(
 
 
 def load_layer_fits(
-    results_path: str | os.PathLike[str],
+    results_path: str | os.PathLike[str] | Results,
     window: int | None = None,
     gamma_window: int | None = None,
 ) -> pd.DataFrame:
     """Every trial's ``layer_fits``; fitted here from ``curvature`` where a trial has no fits.
 
-    A trial that wrote ``layer_fits.parquet`` keeps its own fits (they may use a window the
-    probe was configured with); a trial with only ``curvature.parquet`` is fitted with
-    ``window`` / ``gamma_window`` (defaults as in :func:`layer_fits_from_curvature`). Empty
-    DataFrame when no trial has either.
+    A trial with ``layer_fits`` keeps its own fits (they may use a window the probe was
+    configured with); a trial with only ``curvature`` is fitted with ``window`` /
+    ``gamma_window`` (defaults as in :func:`layer_fits_from_curvature`), one trial at a time.
+    Empty DataFrame when no trial has either.
     """
-    fits = load_table(results_path, "layer_fits")
+    res = results_path if isinstance(results_path, Results) else locate(results_path)
+    fits = load_table(res, "layer_fits")
     have_fits = set(fits[TRIAL_PATH]) if not fits.empty else set()
-    computed = []
-    for trial_dir in find_trial_dirs(results_path):
-        if str(trial_dir) in have_fits or not (trial_dir / "curvature.parquet").is_file():
-            continue
-        curv = load_table(trial_dir, "curvature")
-        if not curv.empty:
-            computed.append(layer_fits_from_curvature(curv, window=window, gamma_window=gamma_window))
+    computed = [
+        layer_fits_from_curvature(curv, window=window, gamma_window=gamma_window)
+        for key, curv in trial_frames(res, "curvature")
+        if key not in have_fits
+    ]
     parts = [f for f in (fits, *computed) if not f.empty]
     if not parts:
         return pd.DataFrame()
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
-def has_curvature(results_path: str | os.PathLike[str]) -> bool:
-    """Whether any trial under ``results_path`` has ``curvature`` or ``layer_fits`` Parquet."""
-    return any(
-        (d / "curvature.parquet").is_file() or (d / "layer_fits.parquet").is_file()
-        for d in find_trial_dirs(results_path)
-    )
+def has_curvature(results_path: str | os.PathLike[str] | Results) -> bool:
+    """Whether any trial under ``results_path`` has ``curvature`` or ``layer_fits`` rows."""
+    res = results_path if isinstance(results_path, Results) else locate(results_path)
+    return res.has("curvature") or res.has("layer_fits")
 
 
 def attach_run_info(fits: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
@@ -353,12 +345,10 @@ def participation_summary(
     return pd.DataFrame(rows, columns=cols)
 
 
-def trial_curvature(trial_path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The ``curvature`` rows of one trial directory (empty when it has none)."""
-    trial_dir = Path(trial_path)
-    if not (trial_dir / "curvature.parquet").is_file():
-        return pd.DataFrame()
-    return load_table(trial_dir, "curvature")
+def trial_curvature(results_path: str | os.PathLike[str] | Results, trial_path: str) -> pd.DataFrame:
+    """The ``curvature`` rows of one trial (``trial_path`` as in ``load_table``; empty when it
+    has none)."""
+    return trial_frame(results_path, "curvature", trial_path)
 
 
 def decomposition_summary(

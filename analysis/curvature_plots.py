@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from analysis.curvature import LAYER_TYPES
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from analysis.plots import figure, save
 
 #: At most this many layers in one small-multiples figure; deeper networks are subsampled evenly
 #: in depth (a 150-panel figure is unreadable, and the first, middle and last layers are what
@@ -25,17 +22,6 @@ MAX_PANELS = 30
 #: Reference exponents drawn on α plots: Gauss–Newton-like curvature (2) and the flattened,
 #: LayerNorm-dominated regime the paper reports for language models (1) (PAPER.md §3–4).
 REFERENCE_ALPHAS = (1.0, 2.0)
-
-
-def _figure(width: float, height: float) -> Figure:
-    # Imported lazily: matplotlib costs a noticeable fraction of a second and most callers of
-    # analysis never draw.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _layer_order(fits: pd.DataFrame) -> pd.DataFrame:
@@ -78,7 +64,7 @@ def plot_layer_spectra(
     by_layer = {name: group for name, group in curv.groupby("layer", sort=False)}
     ncols = min(6, len(layers))
     nrows = math.ceil(len(layers) / ncols)
-    fig = _figure(2.6 * ncols, 2.3 * nrows + 0.4)
+    fig = figure(2.6 * ncols, 2.3 * nrows + 0.4)
     for i, row in enumerate(layers.itertuples(index=False)):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         group = by_layer.get(row.layer)
@@ -109,10 +95,7 @@ def plot_layer_spectra(
         ax.tick_params(which="both", labelsize=6)
         ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(f"{title}: h_k vs σ_k (log–log) with the fitted h ∝ σ^α", fontsize=9)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    return out
+    return save(fig, path)
 
 
 def plot_alpha_by_depth(fits: pd.DataFrame, path: str | Path, title: str) -> Path | None:
@@ -133,7 +116,7 @@ def plot_alpha_by_depth(fits: pd.DataFrame, path: str | Path, title: str) -> Pat
     data = data.assign(_x=depth.to_numpy(dtype=float))
     types = data["layer_type"].astype("object").where(data["layer_type"].notna(), "unknown").astype(str)
     colors = _type_colors(list(types))
-    fig = _figure(7.5, 4.5)
+    fig = figure(7.5, 4.5)
     ax = fig.add_subplot()
     for ref in REFERENCE_ALPHAS:
         ax.axhline(ref, color="0.6", ls="--", lw=0.8)
@@ -148,10 +131,7 @@ def plot_alpha_by_depth(fits: pd.DataFrame, path: str | Path, title: str) -> Pat
     ax.set_title(f"{title}: α by depth")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", title="layer type", title_fontsize="small")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    return out
+    return save(fig, path)
 
 
 def plot_alpha_over_steps(fits: pd.DataFrame, path: str | Path, title: str) -> Path | None:
@@ -166,7 +146,7 @@ def plot_alpha_over_steps(fits: pd.DataFrame, path: str | Path, title: str) -> P
     types = data["layer_type"].astype("object").where(data["layer_type"].notna(), "unknown").astype(str)
     data = data.assign(_t=types)
     colors = _type_colors(list(types))
-    fig = _figure(7.5, 4.5)
+    fig = figure(7.5, 4.5)
     ax = fig.add_subplot()
     for ref in REFERENCE_ALPHAS:
         ax.axhline(ref, color="0.6", ls="--", lw=0.8)
@@ -183,7 +163,4 @@ def plot_alpha_over_steps(fits: pd.DataFrame, path: str | Path, title: str) -> P
     ax.set_title(f"{title}: α over training")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", title="layer type", title_fontsize="small")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    return out
+    return save(fig, path)

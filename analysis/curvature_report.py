@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis.curvature import (
@@ -26,8 +25,9 @@ from analysis.curvature import (
     trial_curvature,
 )
 from analysis.curvature_plots import plot_alpha_by_depth, plot_alpha_over_steps, plot_layer_spectra
-from analysis.dataset import TRIAL_PATH
+from analysis.dataset import TRIAL_PATH, Results, locate
 from analysis.plots import workload_prefix
+from analysis.tables import frame_grid
 
 #: Report tables are split by optimizer as well: curvature depends on how a network was trained.
 BY = ("model", "dataset", "optimizer_label")
@@ -55,36 +55,6 @@ class CurvatureSection:
 COUNT_COLUMNS = {"n", "n_within", "n_unbounded"}
 
 
-def _fmt(value: object, column: str = "", digits: int = 3, markdown: bool = True) -> str:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return "—"
-    if isinstance(value, (int, np.integer)) or (
-        column in COUNT_COLUMNS and isinstance(value, (float, np.floating))
-    ):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        # Residuals and errors near zero keep their magnitude visible instead of printing 0.000.
-        return f"{value:.{digits}g}" if 0 < abs(value) < 1e-3 else f"{value:.{digits}f}"
-    text = str(value).replace("\n", " ")
-    return text.replace("|", "\\|") if markdown else text
-
-
-def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A Markdown table of ``frame``: decimals with ``digits`` places, counts as integers, — for missing."""
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt(v, c, digits) for c, v in zip(cols, row, strict=True)) + " |")
-    return "\n".join(lines)
-
-
-def _plain_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    shown = frame.copy()
-    for col in shown.columns:
-        shown[col] = [_fmt(v, col, digits, markdown=False) for v in shown[col]]
-    return shown.to_string(index=False)
-
-
 #: Figure kinds by file-name suffix, for the report's alt texts.
 FIGURE_NAMES = {
     "h_vs_sigma": "h_k vs σ_k per layer",
@@ -93,18 +63,18 @@ FIGURE_NAMES = {
 }
 
 
-def _plots(fits: pd.DataFrame, out_dir: Path) -> list[tuple[str, Path]]:
+def _plots(res: Results, fits: pd.DataFrame, out_dir: Path) -> list[tuple[str, Path]]:
     """Write the figures; return (workload name, path) pairs in workload order."""
     written: list[tuple[str, Path]] = []
     latest = select_step(fits, "latest")
-    key = TRIAL_PATH if TRIAL_PATH in fits.columns else "trial_id"
+    key = TRIAL_PATH
     for (model, dataset), workload in latest.groupby(["model", "dataset"], sort=True):
         prefix = workload_prefix(model, dataset)
         name = f"{model} on {dataset}"
         # One representative trial for the per-layer scatter (the first by id): the panels show
         # raw points, and overlaying seeds would hide them.
         for trial, trial_fits in workload.sort_values("trial_id").groupby(key, sort=False):
-            curv = trial_curvature(trial) if key == TRIAL_PATH else pd.DataFrame()
+            curv = trial_curvature(res, str(trial))
             if curv.empty:
                 continue
             step = trial_fits["step"].iloc[0]
@@ -129,24 +99,25 @@ def _plots(fits: pd.DataFrame, out_dir: Path) -> list[tuple[str, Path]]:
 
 
 def curvature_section(
-    results_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], runs: pd.DataFrame | None
+    results_path: str | os.PathLike[str] | Results, out_dir: str | os.PathLike[str], runs: pd.DataFrame | None
 ) -> CurvatureSection | None:
     """Fits, tables, figures and report text for the curvature data under ``results_path``.
 
     Returns None when no trial has curvature or layer fits (the report then has no section).
     Figures go to ``<out_dir>/plots/curvature/`` and are linked relative to ``out_dir``.
     """
-    if not has_curvature(results_path):
+    res = results_path if isinstance(results_path, Results) else locate(results_path)
+    if not has_curvature(res):
         return None
     out = Path(out_dir)
-    fits = attach_run_info(load_layer_fits(results_path), runs)
+    fits = attach_run_info(load_layer_fits(res), runs)
     tables = {
         "alpha_by_type": alpha_by_type(fits, by=BY),
         "transfer_error": transfer_error_summary(fits, by=BY),
         "participation": participation_summary(fits, by=BY),
         "decomposition": decomposition_summary(fits, by=BY),
     }
-    figures = _plots(fits, out / "plots" / "curvature") if not fits.empty else []
+    figures = _plots(res, fits, out / "plots" / "curvature") if not fits.empty else []
     section = CurvatureSection(fits=fits, tables=tables, plot_paths=[path for _, path in figures])
     section.markdown = _markdown(section, figures, out)
     section.text = _text(section)
@@ -192,7 +163,7 @@ def _markdown(section: CurvatureSection, figures: list[tuple[str, Path]], out_di
     for name, (heading, caption) in _CAPTIONS.items():
         table = section.tables[name]
         lines += [f"### {heading}", "", caption, ""]
-        lines += [markdown_table(table) if not table.empty else "No data.", ""]
+        lines += [frame_grid(table, integers=COUNT_COLUMNS) if not table.empty else "No data.", ""]
     current = None
     for workload, path in figures:
         if workload != current:
@@ -209,5 +180,5 @@ def _text(section: CurvatureSection) -> str:
     for name, (heading, _) in _CAPTIONS.items():
         table = section.tables[name]
         if not table.empty:
-            parts.append(f"{heading}:\n{_plain_table(table)}")
+            parts.append(f"{heading}:\n{frame_grid(table, style='plain', integers=COUNT_COLUMNS)}")
     return "\n\n".join(parts)

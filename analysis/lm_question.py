@@ -32,9 +32,10 @@ import pandas as pd
 
 from analysis.comparison import best_settings, prepare_runs, summarize_time_to_target, time_to_target
 from analysis.curvature import attach_run_info, load_layer_fits, select_step
-from analysis.curvature_report import markdown_table
-from analysis.dataset import load_table
-from analysis.summary import format_number, t_interval
+from analysis.dataset import TRIAL_PATH, load_table, locate
+from analysis.plots import entry_colors
+from analysis.summary import metric_range, t_interval
+from analysis.tables import CLIPPED_NOTE, format_interval, format_number, frame_grid
 
 #: PAPER.md §4, Table 2 (mini GPT-2): median α per layer type.
 PAPER_TABLE2 = {"attn_qkv": 1.43, "attn_out": 1.17, "mlp_up": 0.84, "mlp_down": 1.15}
@@ -50,8 +51,16 @@ ALPHA_TOLERANCE = 0.25
 #: Exponents summarised in the α map (layer_fits columns).
 MAP_COLUMNS = ("alpha", "gamma", "s", "pr_h", "beta", "phi")
 #: Steps columns this report reads.
-STEPS_COLUMNS = ["trial_id", "step", "tokens_seen", "samples_seen", "wall_time_s", "train_loss", "eval_loss", "eval_metric",
-                 "step_time_s", "optimizer_time_s", "tokens_per_s", "mfu"]  # fmt: skip
+STEPS_COLUMNS = ["trial_id", "step", "tokens_seen", "samples_seen", "wall_time_s", "probe_time_s", "train_loss",
+                 "eval_loss", "eval_metric", "step_time_s", "optimizer_time_s", "tokens_per_s", "mfu"]  # fmt: skip
+#: Registry names the conclusions compare (``runs.optimizer``, never parsed from entry labels).
+SPECTRAL_NEWTON, ADAMW = "spectral_newton", "adamw"
+#: Why an MFU above 1 is not a result.
+MFU_NOTE = (
+    "An MFU above 1 cannot happen (a device cannot exceed its own peak): such a value means the "
+    "peak it is divided by was measured too low — on CPU a float32 matmul timed while the machine "
+    "was shared — so it is a measurement error, shown as `invalid`, not a result."
+)
 
 
 @dataclass
@@ -82,7 +91,7 @@ def alpha_map(fits: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     data = select_step(attach_run_info(fits, runs), "latest")
     data = data.assign(trained_with=_entry_of(data, runs))
-    data = data[data["task"].isin(["lm", "unknown"])]
+    data = data[data["task"] == "lm"]
     rows = []
     for (model, entry, ltype), group in data.groupby(["model", "trained_with", "layer_type"], sort=True):
         alpha = pd.to_numeric(group["alpha"], errors="coerce").dropna()
@@ -116,12 +125,10 @@ def _verdict(alpha: float, table2: float, other: float) -> str:
 
 
 def _entry_of(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
-    """The optimizer entry (label, else name) each fits row's trial was trained with."""
-    if runs.empty or "trial_path" not in frame.columns:
-        return pd.Series("unknown", index=frame.index)
-    prepared = prepare_runs(runs)
-    lookup = dict(zip(prepared["trial_path"], prepared["_opt"], strict=True)) if "trial_path" in prepared else {}
-    return frame["trial_path"].map(lookup).fillna("unknown")
+    """The optimizer entry each fits row's trial was trained with ("unknown" for a trial
+    without a runs row: one still running)."""
+    lookup = dict(zip(runs[TRIAL_PATH], runs["optimizer_entry"], strict=True)) if not runs.empty else {}
+    return frame[TRIAL_PATH].map(lookup).fillna("unknown")
 
 
 def alpha_by_depth(fits: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -169,16 +176,16 @@ def optimizer_sweeps(runs: pd.DataFrame) -> list[str]:
     """Sweeps that compared two or more optimizer entries on a language-modelling workload."""
     if runs.empty:
         return []
-    frame = prepare_runs(runs)
-    frame = frame[frame.get("task", pd.Series("lm", index=frame.index)) == "lm"]
-    counts = frame.groupby("sweep_name")["_opt"].nunique()
+    frame = runs[runs["task"] == "lm"]
+    counts = frame.groupby("sweep_name")["optimizer_entry"].nunique()
     return sorted(counts[counts >= 2].index)
 
 
 def optimizer_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
-    """One row per (sweep, model, optimizer entry): the best setting (chosen on validation loss),
-    its seeds' test loss and perplexity (mean, 95 % t-interval), tokens, wall-clock, median
-    tokens/s and MFU, the optimizer's share of the step time, and time to the target."""
+    """One row per (sweep, model, optimizer entry): the registry optimizer, the best setting
+    (chosen on validation), its seeds' test loss (mean, 95 % t-interval clipped at 0) and test
+    metric, tokens, wall-clock, median tokens/s and MFU, the optimizer's share of the step time,
+    and time to the target."""
     rows = []
     for sweep in optimizer_sweeps(runs):
         sruns = runs[runs["sweep_name"] == sweep]
@@ -189,20 +196,19 @@ def optimizer_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
             seeds = frame[(frame["_opt"] == b.optimizer) & (frame["optimizer_label"] == b.best_setting)
                           & (frame["tuning_index"] == b.tuning_index) & (frame["model"] == b.model)]
             done = seeds[seeds["status"] == "completed"]
-            loss = t_interval(pd.to_numeric(done.get("test_loss"), errors="coerce"))
-            mine = steps[steps["trial_id"].isin(done["trial_id"])] if not steps.empty else steps
-            share = _optimizer_share(mine)
+            loss = t_interval(pd.to_numeric(done["test_loss"], errors="coerce"), bounds=metric_range("loss"))
+            mine = steps[steps[TRIAL_PATH].isin(done[TRIAL_PATH])] if not steps.empty else steps
             t = ttt[(ttt["optimizer"] == b.optimizer) & (ttt["model"] == b.model)]
             rows.append({
-                "sweep": sweep, "model": b.model, "optimizer": b.optimizer, "rank": b.rank,
-                "best_setting": b.best_setting, "n_settings": b.n_settings,
+                "sweep": sweep, "model": b.model, "optimizer": b.optimizer, "registry": seeds["optimizer"].iloc[0],
+                "rank": b.rank, "best_setting": b.best_setting, "n_settings": b.n_settings,
                 "n_seeds": b.n_seeds, "n_completed": b.n_completed, "n_diverged": b.n_diverged,
                 "test_loss": loss.mean, "test_loss_low": loss.low, "test_loss_high": loss.high,
-                "test_ppl": b.test_metric_mean,
+                "test_loss_clipped": loss.clipped, "metric_name": b.metric_name, "test_metric": b.test_metric_mean,
                 "tokens": _mean(done, "tokens_seen"), "wall_time_s": _mean(done, "wall_time_s"),
                 "tokens_per_s": _mean(done, "median_tokens_per_s"), "mfu": _mean(done, "median_mfu"),
-                "optimizer_share": share,
-                "target_ppl": float(t["target"].iloc[0]) if len(t) else math.nan,
+                "optimizer_share": _optimizer_share(mine),
+                "target": float(t["target"].iloc[0]) if len(t) else math.nan,
                 "reached": f"{int(t['n_reached'].iloc[0])}/{int(t['n_seeds'].iloc[0])}" if len(t) else "",
                 "tokens_to_target": float(t["tokens_mean"].iloc[0]) if len(t) else math.nan,
                 "seconds_to_target": float(t["seconds_mean"].iloc[0]) if len(t) else math.nan,
@@ -230,10 +236,6 @@ def _optimizer_share(steps: pd.DataFrame) -> float:
 
 
 # ------------------------------------------------------------------------------ conclusions
-def _is_spectral(name: str) -> bool:
-    return name.startswith("spectral_newton")
-
-
 def optimizer_conclusions(table: pd.DataFrame) -> list[str]:
     """Sentences that follow from the optimizer table by fixed rules.
 
@@ -246,13 +248,13 @@ def optimizer_conclusions(table: pd.DataFrame) -> list[str]:
         best = group.iloc[0]
         out.append(f"On {model} (sweep `{sweep}`), the lowest mean test loss is {best.optimizer}'s "
                    f"{format_number(best.test_loss)} (95 % interval {_ci(best)}, {int(best.n_completed)} seeds).")
-        sn = group[group["optimizer"].map(_is_spectral)]
-        adamw = group[group["optimizer"] == "adamw"]
+        sn = group[group["registry"] == SPECTRAL_NEWTON]
+        adamw = group[group["registry"] == ADAMW]
         if sn.empty:
             continue
         top_sn = sn.iloc[0]
         refs = [("AdamW", adamw)]
-        if best.optimizer != "adamw":
+        if best.registry != ADAMW:
             refs.append(("the best optimizer", group.iloc[[0]]))
         for ref_name, ref in refs:
             if ref.empty or ref.iloc[0].optimizer == top_sn.optimizer:
@@ -320,7 +322,7 @@ def scale_statement(runs: pd.DataFrame) -> str:
     """The scale the answer was measured at, from the runs themselves."""
     if runs.empty:
         return "No runs."
-    lm = runs[runs.get("task", pd.Series("lm", index=runs.index)) == "lm"]
+    lm = runs[runs["task"] == "lm"]
     params = pd.to_numeric(lm.get("num_parameters"), errors="coerce")
     tokens = pd.to_numeric(lm.get("tokens_seen"), errors="coerce")
     workers = pd.to_numeric(lm.get("world_size"), errors="coerce")
@@ -361,16 +363,19 @@ def _si(x: float) -> str:
 
 # ----------------------------------------------------------------------------------- render
 def build_lm_question(results: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> LMQuestionReport:
-    """Read ``results`` (a storage root holding the α-map and optimizer sweeps, or one sweep)
-    and write ``lm_question.md``, ``lm_question.html`` and ``plots/lm_*.png`` under ``out_dir``."""
+    """Read ``results`` (a storage root holding the α-map and optimizer sweeps, one sweep, or a
+    consolidated directory of them) and write ``lm_question.md``, ``lm_question.html`` and
+    ``plots/lm_*.png`` under ``out_dir``. Optimizer colours are :func:`analysis.plots.entry_colors`
+    over all the runs, the same map as the sweep report's."""
     from analysis.lm_question_plots import plot_alpha_map, plot_loss_curves_lm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load_table(results, "runs")
-    steps = load_table(results, "steps")
-    steps = steps[[c for c in STEPS_COLUMNS if c in steps.columns]] if not steps.empty else steps
-    fits = load_layer_fits(results)
+    res = locate(results)
+    runs = load_table(res, "runs")
+    steps = load_table(res, "steps", columns=STEPS_COLUMNS)
+    fits = load_layer_fits(res)
+    colors = entry_colors(runs["optimizer_entry"]) if not runs.empty else {}
 
     amap = alpha_map(fits, runs)
     over = alpha_over_steps(fits, runs)
@@ -378,10 +383,10 @@ def build_lm_question(results: str | os.PathLike[str], out_dir: str | os.PathLik
     opt = optimizer_table(runs, steps)
     plots: list[Path] = []
     if not amap.empty:
-        plots += plot_alpha_map(amap, out / "plots")
+        plots += plot_alpha_map(amap, out / "plots", colors)
     for sweep in optimizer_sweeps(runs):
         sruns = runs[runs["sweep_name"] == sweep]
-        plots += plot_loss_curves_lm(sruns, steps, opt[opt["sweep"] == sweep], out / "plots", sweep)
+        plots += plot_loss_curves_lm(sruns, steps, opt[opt["sweep"] == sweep], out / "plots", sweep, colors)
 
     conclusions = optimizer_conclusions(opt) if not opt.empty else []
     alpha_lines = alpha_conclusions(amap) if not amap.empty else []
@@ -391,6 +396,37 @@ def build_lm_question(results: str | os.PathLike[str], out_dir: str | os.PathLik
     html_path = out / "lm_question.html"
     html_path.write_text(_html(md))
     return LMQuestionReport(out, md_path, html_path, amap, opt, alpha_lines + conclusions, plots)
+
+
+def format_mfu(mfu: float) -> str:
+    """An MFU as table text: ``invalid (1.24 > 1)`` above 1 (:data:`MFU_NOTE`), never as a result."""
+    if np.isfinite(mfu) and mfu > 1:
+        return f"invalid ({mfu:.2f} > 1)"
+    return format_number(mfu)
+
+
+def optimizer_display(opt: pd.DataFrame) -> pd.DataFrame:
+    """:func:`optimizer_table` as the report prints it: intervals in one cell (clipped ones
+    marked), the MFU checked (:func:`format_mfu`), three significant digits; the sweep column
+    only with several sweeps."""
+    metric = str(opt["metric_name"].iloc[0])
+
+    def numbers(column: str) -> list[str]:
+        return [format_number(v) for v in opt[column]]
+
+    shown = pd.DataFrame({
+        "sweep": opt["sweep"], "model": opt["model"], "optimizer": opt["optimizer"], "rank": opt["rank"],
+        "best setting": opt["best_setting"], "settings": opt["n_settings"],
+        "seeds ok/div": [f"{c}/{d}" for c, d in zip(opt["n_completed"], opt["n_diverged"], strict=True)],
+        "test loss (95% CI)": [format_interval(*v) for v in
+                               opt[["test_loss", "test_loss_low", "test_loss_high", "test_loss_clipped"]].to_numpy()],
+        f"test {metric}": numbers("test_metric"), "tokens": numbers("tokens"), "trial wall s": numbers("wall_time_s"),
+        "tokens/s": numbers("tokens_per_s"), "MFU": [format_mfu(v) for v in opt["mfu"]],
+        "optimizer share": numbers("optimizer_share"), f"target {metric}": [format_number(v, 4) for v in opt["target"]],
+        "reached": opt["reached"], "tokens to target": numbers("tokens_to_target"),
+        "seconds to target": numbers("seconds_to_target"),
+    })  # fmt: skip
+    return shown.drop(columns=["sweep"]) if opt["sweep"].nunique() == 1 else shown
 
 
 def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out: Path) -> str:
@@ -426,27 +462,33 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
         "(MLP ≈ 2); the paper's QKV value is compared with q, k and v alike.",
         "",
     ]
-    lines += [markdown_table(amap) if not amap.empty else "_No curvature probes in these results._", ""]
+    lines += [frame_grid(amap, integers={"n"}) if not amap.empty else "_No curvature probes in these results._", ""]
     if not depth.empty:
-        lines += ["### α by depth (transformer block) and layer type, last probe", "", markdown_table(depth), ""]
+        lines += ["### α by depth (transformer block) and layer type, last probe", "", frame_grid(depth), ""]
     if not over.empty:
-        lines += ["### α over training (median per layer type at each probed step)", "", markdown_table(over), ""]
+        lines += ["### α over training (median per layer type at each probed step)", "", frame_grid(over), ""]
     lines += [link(p) for p in plots if p.name.startswith("lm_alpha")]
     lines += ["", "## Optimizer comparison", ""]
     if opt.empty:
         lines += ["_No sweep with two or more optimizer entries on a language model._"]
     else:
+        metric = str(opt["metric_name"].iloc[0])
         lines += [
-            "Each optimizer entry's learning rates (its equal tuning budget, `n_settings`) are ranked on "
-            "mean best validation perplexity over seeds (a diverged seed ranks a setting last); the chosen "
-            "setting's seeds are reported on the **test** split. `test_loss`: mean token cross-entropy with "
-            "its 95 % interval; `optimizer_share`: median optimizer time / step time; `mfu`: model FLOPs "
+            "Each optimizer entry's learning rates (its equal tuning budget, `settings`) are ranked on "
+            f"mean best validation {metric} over seeds (a diverged seed ranks a setting last); the chosen "
+            "setting's seeds are reported on the **test** split. Test loss: mean token cross-entropy with "
+            "its 95 % interval; optimizer share: median optimizer time / step time; MFU: model FLOPs "
             "per second per worker over the worker's peak (a measured float32 matmul rate on CPU); "
-            "target: the median over optimizers of their final validation perplexity.",
+            f"target: the median over optimizers of their final validation {metric}; seconds: training "
+            "wall-clock, curvature-probe pauses excluded.",
             "",
-            markdown_table(opt.drop(columns=["sweep"]) if opt["sweep"].nunique() == 1 else opt),
+            frame_grid(optimizer_display(opt)),
             "",
         ]
+        if bool(opt["test_loss_clipped"].any()):
+            lines += [CLIPPED_NOTE, ""]
+        if bool((opt["mfu"] > 1).any()):
+            lines += [MFU_NOTE, ""]
         lines += [link(p) for p in plots if p.name.startswith("lm_loss")]
     return "\n".join(lines) + "\n"
 

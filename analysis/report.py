@@ -18,15 +18,17 @@ import pandas as pd
 
 from analysis.comparison import ComparisonSection, comparison_section
 from analysis.curvature_report import CurvatureSection, curvature_section
-from analysis.dataset import INCOMPLETE, find_trial_dirs, load_table, trial_states
-from analysis.plots import plot_loss_curves, workload_prefix
-from analysis.summary import format_table, optimizer_table
+from analysis.dataset import INCOMPLETE, TRIAL_PATH, load_table, locate, trial_states
+from analysis.plots import entry_colors, plot_loss_curves, workload_prefix, workload_title
+from analysis.summary import WORKLOAD, format_table, optimizer_table
+from analysis.tables import MISSING, frame_grid
 
 #: Steps columns the curves need; reading only these keeps memory low on long runs.
 STEPS_COLUMNS = [
     "trial_id",
     "step",
     "wall_time_s",
+    "probe_time_s",
     "train_loss",
     "eval_metric",
     "samples_seen",
@@ -52,8 +54,9 @@ class Report:
         curvature: the "Curvature" section (layer fits, tables, figures), or None when no trial
             has ``curvature`` or ``layer_fits`` data.
         comparison: the "Comparisons" section (best setting per optimizer, time to target,
-            performance profile), or None with fewer than two optimizers; its figures are in
+            performance profiles), or None with fewer than two optimizers; its figures are in
             ``comparison.plot_paths`` (not in ``plot_paths``).
+        colors: the one colour per optimizer entry used by every figure of the report.
     """
 
     results_path: Path
@@ -66,6 +69,7 @@ class Report:
     state_counts: dict[str, int] = field(default_factory=dict)
     curvature: CurvatureSection | None = None
     comparison: ComparisonSection | None = None
+    colors: dict[str, str] = field(default_factory=dict)
 
 
 def _count_states(states: pd.DataFrame) -> dict[str, int]:
@@ -77,24 +81,22 @@ def _count_states(states: pd.DataFrame) -> dict[str, int]:
 def _counts_line(counts: dict[str, int]) -> str:
     total = sum(counts.values())
     parts = ", ".join(f"{n} {state}" for state, n in counts.items())
-    return f"{total} trials: {parts}"
+    return f"{total} trial{'s' * (total != 1)}: {parts}"
 
 
-def _cell(value: object) -> str:
-    """A Markdown table cell: missing values as an em dash, pipes and newlines escaped."""
+def _item(value: object) -> str:
+    """A detail of a list item: ``—`` when missing, integral floats as integers."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return "—"
+        return MISSING
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return str(value)
 
 
-def _md_table(frame: pd.DataFrame, columns: list[str]) -> str:
-    cols = [c for c in columns if c in frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in frame[cols].itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
-    return "\n".join(lines)
+def _relative(text: str, root: Path) -> str:
+    """``text`` with the absolute results directory replaced by ``<results>``: an error message
+    may quote a path of the machine the trial ran on, and a report never shows one."""
+    return text.replace(str(root), "<results>")
 
 
 def _fence(text: str) -> str:
@@ -108,8 +110,8 @@ def _trial_heading(row: pd.Series) -> str:
     return f"### `{row['trial_id']}` — {row['state']}"
 
 
-def _problem_section(states: pd.DataFrame) -> list[str]:
-    """Failed, diverged (and unknown-status) trials, each with its full error message."""
+def _problem_section(states: pd.DataFrame, root: Path) -> list[str]:
+    """Failed and diverged trials, each with its full error message."""
     bad = states[~states["state"].isin(["completed", INCOMPLETE])]
     if bad.empty:
         return ["No trial failed or diverged."]
@@ -124,27 +126,25 @@ def _problem_section(states: pd.DataFrame) -> list[str]:
             ("dataset", row.get("dataset")),
             ("seed index", row.get("seed_index")),
             ("steps completed", row.get("steps_completed")),
-            ("directory", row.get("trial_path")),
+            ("directory (relative to the results)", row.get(TRIAL_PATH)),
         ]
-        lines += [f"- {name}: {_cell(value)}" for name, value in details]
+        lines += [f"- {name}: {_item(value)}" for name, value in details]
         lines.append("")
         error = row.get("error")
         if error is None or pd.isna(error) or not str(error).strip():
             lines.append("(no error message recorded)")
         else:
-            lines.append(_fence(str(error)))
+            lines.append(_fence(_relative(str(error), root)))
         lines.append("")
     return lines
 
 
 def _plot_section(plot_paths: list[Path], out_dir: Path, table: pd.DataFrame) -> list[str]:
     if not plot_paths:
-        return ["No curves to plot (no completed trial with logged steps)."]
+        return ["No curves to plot (no completed trial with logged steps).", ""]
     # File names are "<workload prefix>__<curve>.png" (analysis.plots); map prefixes back to the
     # unslugged names for the headings.
-    names = {
-        workload_prefix(m, d): f"{m} on {d}" for m, d in zip(table["model"], table["dataset"], strict=True)
-    }
+    names = {workload_prefix(*w): workload_title(*w) for w in table[WORKLOAD].itertuples(index=False)}
     lines: list[str] = []
     current = None
     for path in plot_paths:
@@ -168,18 +168,19 @@ def render_markdown(
     comparison_lines: list[str] | None = None,
 ) -> str:
     """The text of ``report.md`` (``curvature_lines`` / ``comparison_lines``: the optional
-    Curvature and Comparisons sections)."""
+    Curvature and Comparisons sections). Paths are relative: the results directory to the
+    report's, trial directories to the results directory."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# specbench report",
         "",
-        f"- results: `{results_path}`",
+        f"- results: `{Path(os.path.relpath(results_path, out_dir)).as_posix()}` (relative to this report)",
         f"- generated: {now}",
         f"- {_counts_line(counts)}",
         "",
         "## Optimizer comparison",
         "",
-        "Mean ± sample standard deviation over the *completed* seeds of each optimizer; "
+        "Mean ± sample standard deviation over the *completed* seeds of each setting; "
         "diverged and failed trials are counted in `ok/div/fail`, not averaged (they are listed "
         "below). Within each workload the best final eval metric comes first (↑ higher is "
         "better, ↓ lower is better).",
@@ -188,14 +189,16 @@ def render_markdown(
         "",
         "## Curves",
         "",
-        "One line per optimizer: mean over completed seeds aligned by step, shaded min–max band.",
+        "One line per setting, in its optimizer entry's colour (settings of one entry differ by line "
+        "style): mean over completed seeds aligned by step, shaded min–max band. Wall-clock axes "
+        "are training time: curvature-probe pauses are excluded.",
         "",
         *_plot_section(plot_paths, out_dir, table),
         *(comparison_lines or []),
         *(curvature_lines or []),
         "## Failed and diverged trials",
         "",
-        *_problem_section(states),
+        *_problem_section(states, results_path),
         "",
         "## Running or incomplete trials",
         "",
@@ -206,26 +209,17 @@ def render_markdown(
     if incomplete.empty:
         lines.append("None.")
     else:
-        lines.append(
-            _md_table(incomplete, ["sweep_name", "trial_id", "n_steps_logged", "last_step", "trial_path"])
-        )
+        lines.append(frame_grid(incomplete, ["sweep_name", "trial_id", "n_steps_logged", "last_step", TRIAL_PATH],
+                                integers={"last_step"}))
     lines += [
         "",
         "## All trials",
         "",
-        _md_table(
+        frame_grid(
             states,
-            [
-                "sweep_name",
-                "trial_id",
-                "state",
-                "optimizer_label",
-                "model",
-                "dataset",
-                "seed_index",
-                "steps_completed",
-                "last_step",
-            ],
+            ["sweep_name", "trial_id", "state", "optimizer_label", "model", "dataset", "seed_index",
+             "steps_completed", "last_step"],
+            integers={"seed_index", "steps_completed", "last_step"},
         ),  # fmt: skip
         "",
     ]
@@ -235,64 +229,51 @@ def render_markdown(
 def build_report(
     results_path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None
 ) -> Report:
-    """Read a sweep (or a folder of sweeps), write ``report.md`` and plots, return a :class:`Report`.
+    """Read a sweep, a folder of sweeps or a consolidated directory, write ``report.md`` and
+    plots, return a :class:`Report`.
 
     Args:
-        results_path: a sweep directory or a parent of several sweeps.
+        results_path: a sweep directory, a parent of several sweeps, or a consolidated directory
+            (:func:`analysis.dataset.locate`).
         out_dir: where to write; default ``<results_path>/report/``. Plots go to
             ``<out_dir>/plots/`` and are linked from ``report.md`` by relative paths.
 
     Raises:
-        ResultsNotFound: no trials under ``results_path``.
-        SchemaVersionError: some file was written by a newer specbench.
+        ResultsNotFound: no results under ``results_path``.
+        SchemaVersionError: some file was written at another schema version.
+        ResultsReadError: some file lacks a required column.
     """
-    root = Path(results_path).expanduser()
-    find_trial_dirs(root)  # fail early, with the clear message, before creating out_dir
-    root = root.resolve()
+    res = locate(results_path)  # fail early, with the clear message, before creating out_dir
+    root = res.root
     out = Path(out_dir) if out_dir is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
 
-    runs = load_table(root, "runs")
-    steps = load_table(root, "steps", columns=STEPS_COLUMNS)
-    states = trial_states(root)
+    runs = load_table(res, "runs")
+    steps = load_table(res, "steps", columns=STEPS_COLUMNS)
+    states = trial_states(res)
     counts = _count_states(states)
+    colors = entry_colors(runs["optimizer_entry"]) if not runs.empty else {}
 
     table = optimizer_table(runs)
-    plot_paths = plot_loss_curves(steps, runs, out / "plots")
+    plot_paths = plot_loss_curves(steps, runs, out / "plots", colors)
     text = f"{format_table(table, style='plain')}\n\n{_counts_line(counts)}"
-    curvature = curvature_section(root, out, runs)
-    curvature_lines = None
+    curvature = curvature_section(res, out, runs)
     if curvature is not None:
         text += f"\n\n{curvature.text}"
-        curvature_lines = curvature.markdown
-
-    comparison = comparison_section(runs, steps, out)
+    comparison = comparison_section(runs, steps, out, colors=colors)
     if comparison is not None:
         text += f"\n\n{comparison.text}"
 
     markdown = render_markdown(
-        root,
-        out,
-        table,
-        plot_paths,
-        states,
-        counts,
-        curvature_lines,
+        root, out, table, plot_paths, states, counts,
+        curvature.markdown if curvature is not None else None,
         comparison.markdown if comparison is not None else None,
-    )
+    )  # fmt: skip
     if curvature is not None:
         plot_paths = [*plot_paths, *curvature.plot_paths]
     report_path = out / "report.md"
     report_path.write_text(markdown, encoding="utf-8")
     return Report(
-        results_path=root,
-        out_dir=out,
-        report_path=report_path,
-        table=table,
-        text=text,
-        plot_paths=plot_paths,
-        trial_states=states,
-        state_counts=counts,
-        curvature=curvature,
-        comparison=comparison,
-    )
+        results_path=root, out_dir=out, report_path=report_path, table=table, text=text, plot_paths=plot_paths,
+        trial_states=states, state_counts=counts, curvature=curvature, comparison=comparison, colors=colors,
+    )  # fmt: skip

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.comparison_plots import _figure
-from analysis.curvature_report import markdown_table
 from analysis.dataset import load_table
+from analysis.plots import figure, save
+from analysis.tables import frame_grid
 
 #: The probe's default batch (bench.probes.settings.ProbeSettings.batch_size; duplicated because
 #: analysis does not import bench).
@@ -124,7 +124,8 @@ def plot_speedup(step: pd.DataFrame, out: Path) -> Path | None:
     sharded = step[step["distribution"] == "sharded"]
     if sharded.empty:
         return None
-    fig, ax = _figure()
+    fig = figure()
+    ax = fig.add_subplot()
     ax.plot(sharded["ranks"], sharded["speedup_vs_redundant"], "o-", label="sharded / redundant (measured)")
     ranks = np.array(sorted(sharded["ranks"].unique()), dtype=float)
     ax.plot(ranks, ranks, "--", color="0.5", label="ideal (= P)")
@@ -133,24 +134,17 @@ def plot_speedup(step: pd.DataFrame, out: Path) -> Path | None:
     ax.set_xticks(ranks)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    path = out / "spectral_step_speedup.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save(fig, out / "spectral_step_speedup.png")
 
 
 def plot_overhead(overhead: pd.DataFrame, out: Path) -> Path | None:
     """Probe/step ratio against each varied factor (log-log), one panel per factor."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     factors = [("width", "width (d_model)"), ("probe_batch", "probe batch (samples)"), ("top_k", "K (directions per layer)")]
     default = overhead[overhead["varied"] == "default"]
     present = [(f, lbl) for f, lbl in factors if (overhead["varied"] == f).any()]
     if default.empty or not present:
         return None
-    fig = Figure(figsize=(4 * len(present), 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure(4 * len(present), 3.8)
     for i, (factor, label) in enumerate(present):
         ax = fig.add_subplot(1, len(present), i + 1)
         pts = pd.concat([default, overhead[overhead["varied"] == factor]]).sort_values(factor)
@@ -158,10 +152,7 @@ def plot_overhead(overhead: pd.DataFrame, out: Path) -> Path | None:
         ax.set_xlabel(label)
         ax.set_ylabel("probe time / training step time")
         ax.grid(True, which="both", alpha=0.3)
-    path = out / "probe_overhead.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save(fig, out / "probe_overhead.png")
 
 
 def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> ScalingReport:
@@ -174,7 +165,7 @@ def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.Path
                          plot_overhead(overhead, out) if not overhead.empty else None) if p is not None]
     parts = ["# Distributed spectral step and probe overhead", ""]
     if not step.empty:
-        parts += ["## Spectral Newton step: owner-rank sharded vs redundant", "", markdown_table(step), ""]
+        parts += ["## Spectral Newton step: owner-rank sharded vs redundant", "", frame_grid(step), ""]
         at2 = step[(step["ranks"] == 2) & (step["distribution"] == "sharded")]
         if len(at2):
             s = float(at2["speedup_vs_redundant"].iloc[0])
@@ -183,7 +174,7 @@ def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.Path
             parts += [f"Target ≥ {SPEEDUP_TARGET}× at P = 2: **{s:.2f}× ({verdict})**; parameters after the same "
                       f"steps differ from redundant by at most {dev:.2e}.", ""]
     if not overhead.empty:
-        parts += ["## Curvature probe vs training step (built-in transformer)", "", markdown_table(overhead), ""]
+        parts += ["## Curvature probe vs training step (built-in transformer)", "", frame_grid(overhead), ""]
         d = overhead[overhead["varied"] == "default"]
         if len(d):
             r = d.iloc[0]
@@ -196,7 +187,7 @@ def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.Path
             growth = growth_exponents(overhead)
             if not growth.empty:
                 parts += ["Growth of the probe time along each axis (others at the default; exponent p of "
-                          "time ∝ factor^p, a least-squares slope in log-log):", "", markdown_table(growth), ""]
+                          "time ∝ factor^p, a least-squares slope in log-log):", "", frame_grid(growth), ""]
             ext = extrapolate_to_batch(overhead)
             if ext is not None:
                 parts += [f"At the probe's default batch of {ext['batch']} (not measured here; a line through the "

@@ -1,10 +1,14 @@
-"""Optimizer comparison table: one row per (model, dataset, optimizer_label) over seeds.
+"""Optimizer comparison table: one row per (sweep, model, dataset, optimizer_label) over seeds,
+and the statistics every table of the analysis shares (Student-t intervals, metric ranges).
 
 Statistics are over *completed* trials only: a diverged or failed trial's "final" metric is
 whatever the run held when it stopped, and averaging it in would make the mean meaningless.
 Those trials are counted instead (``n_diverged``, ``n_failed``) so an optimizer that often
 diverges cannot look good by omission. Standard deviations are sample standard deviations
 (``ddof=1``) across seeds, NaN with fewer than two completed seeds.
+
+A *workload* is a (sweep, model, dataset): two sweeps of the same model and data ran under
+different budgets, seeds and machines, so their trials are never pooled.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-WORKLOAD = ["model", "dataset"]
+from analysis.tables import format_mean_std, format_number, grid
+
+WORKLOAD = ["sweep_name", "model", "dataset"]
 GROUP = [*WORKLOAD, "optimizer_label"]
 
 #: Metrics reported as mean and std over seeds.
@@ -39,20 +45,40 @@ TABLE_COLUMNS = [
 ]
 
 
+#: The values each metric (``runs.metric_name``) can take: an interval is clipped to them.
+METRIC_RANGES = {"accuracy": (0.0, 1.0), "perplexity": (1.0, math.inf), "loss": (0.0, math.inf)}
+#: The range of a cost (seconds, steps, samples, tokens).
+NONNEGATIVE = (0.0, math.inf)
+UNBOUNDED = (-math.inf, math.inf)
+
+
+def metric_range(metric_name: object) -> tuple[float, float]:
+    """The range of a metric named in ``runs.metric_name``; unbounded for an unknown name."""
+    return METRIC_RANGES.get(str(metric_name), UNBOUNDED)
+
+
 class Interval(NamedTuple):
-    """A two-sided confidence interval for a mean; ``low``/``high`` are NaN when n < 2."""
+    """A two-sided confidence interval for a mean; ``low``/``high`` are NaN when n < 2;
+    ``clipped`` says a bound was moved to the range the quantity can take."""
 
     mean: float
     low: float
     high: float
     n: int
+    clipped: bool = False
 
 
-def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
+def t_interval(
+    values: Iterable[float], confidence: float = 0.95, bounds: tuple[float, float] = UNBOUNDED
+) -> Interval:
     """Student-t confidence interval for the mean of ``values`` (one value per seed).
 
     NaN values are ignored. With one value the mean is returned and the bounds are NaN (one seed
-    says nothing about the spread); with none everything is NaN.
+    says nothing about the spread); with none everything is NaN. ``bounds`` is the range of the
+    quantity (:func:`metric_range`, :data:`NONNEGATIVE`): mean ± t·s/√n can reach past it with
+    few seeds (two accuracies of 0.9 and 1.0 give an upper bound of 1.59), and an interval is a
+    statement about where the mean can be, so the bounds are clipped and ``clipped`` set; reports
+    say so below the table (:data:`analysis.tables.CLIPPED_NOTE`).
     """
     x = np.asarray(list(values), dtype=float)
     x = x[~np.isnan(x)]
@@ -67,23 +93,20 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> Interval:
     from scipy import stats
 
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n)
+    low, high = max(mean - half, bounds[0]), min(mean + half, bounds[1])
+    return Interval(mean, low, high, n, clipped=(low, high) != (mean - half, mean + half))
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
-    """A numeric column, or all-NaN when an older/partial runs table lacks it."""
+    """A measured column, all-NaN when a table lacks it (a hand-made table may omit what was not
+    measured; the required columns are checked when files are read)."""
     if name in frame.columns:
         return pd.to_numeric(frame[name], errors="coerce").astype(float)
     return pd.Series(np.nan, index=frame.index, dtype=float)
 
 
-def _first(values: pd.Series) -> object:
-    present = values.dropna()
-    return present.iloc[0] if len(present) else None
-
-
 def optimizer_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Summarise the ``runs`` table per (model, dataset, optimizer_label).
+    """Summarise the ``runs`` table per (sweep, model, dataset, optimizer_label).
 
     Columns (see ``TABLE_COLUMNS``): the group keys; ``metric_name`` and ``metric_goal`` of the
     workload; ``rank`` within the workload (1 = best); ``n_trials`` (rows), ``n_seeds``
@@ -95,23 +118,18 @@ def optimizer_table(runs: pd.DataFrame) -> pd.DataFrame:
     ``metric_goal`` (``max``: higher is better, ``min``: lower is better); groups without a
     completed trial come last.
     """
-    if runs.empty or not set(GROUP) <= set(runs.columns):
+    if runs.empty:
         return pd.DataFrame(columns=TABLE_COLUMNS)
-
-    runs = runs.reset_index(drop=True)  # status is looked up by group index below
-    status = runs["status"].astype("object") if "status" in runs.columns else None
     rows = []
-    # dropna=False: a trial with a missing key is still a trial and must show up somewhere.
-    for key, group in runs.groupby(GROUP, dropna=False, sort=True):
+    for key, group in runs.groupby(GROUP, sort=True):
         row: dict[str, object] = dict(zip(GROUP, key, strict=True))
-        row["metric_name"] = _first(group["metric_name"]) if "metric_name" in group else None
-        row["metric_goal"] = _first(group["metric_goal"]) if "metric_goal" in group else None
+        row["metric_name"] = group["metric_name"].iloc[0]
+        row["metric_goal"] = group["metric_goal"].iloc[0]
         row["n_trials"] = len(group)
-        row["n_seeds"] = int(group["seed"].nunique()) if "seed" in group else len(group)
-        group_status = status.loc[group.index] if status is not None else None
+        row["n_seeds"] = int(group["seed_index"].nunique())
         for s in STATUSES:
-            row[f"n_{s}"] = int((group_status == s).sum()) if group_status is not None else 0
-        done = group[group_status == "completed"] if group_status is not None else group
+            row[f"n_{s}"] = int((group["status"] == s).sum())
+        done = group[group["status"] == "completed"]
         for m in MEAN_STD:
             values = _column(done, m).dropna()
             row[f"{m}_mean"] = float(values.mean()) if len(values) else math.nan
@@ -123,43 +141,29 @@ def optimizer_table(runs: pd.DataFrame) -> pd.DataFrame:
 
     table = pd.DataFrame(rows)
     # Sort key: the metric with its sign flipped for "max" goals, so ascending means better.
-    sign = np.where(table["metric_goal"].astype("object") == "max", -1.0, 1.0)
+    sign = np.where(table["metric_goal"] == "max", -1.0, 1.0)
     table["_key"] = sign * table["final_eval_metric_mean"]
     table = table.sort_values([*WORKLOAD, "_key"], na_position="last", kind="stable")
-    table["rank"] = table.groupby(WORKLOAD, dropna=False).cumcount() + 1
+    table["rank"] = table.groupby(WORKLOAD).cumcount() + 1
     return table.drop(columns="_key")[TABLE_COLUMNS].reset_index(drop=True)
 
 
 # --- formatting --------------------------------------------------------------------------------
 
 
-def _decimals(value: float, significant: int = 3) -> int:
-    """Decimals that show ``significant`` digits of ``value`` (0.952 -> 3, 35.21 -> 1)."""
-    if not math.isfinite(value) or value == 0:
-        return significant
-    return int(min(max(significant - 1 - math.floor(math.log10(abs(value))), 0), 8))
+def format_table(table: pd.DataFrame, style: str = "markdown") -> str:
+    """Render an :func:`optimizer_table` result for a Markdown file or a terminal
+    (:func:`analysis.tables.grid` styles).
 
-
-def format_number(value: float, significant: int = 3) -> str:
-    """A number with ``significant`` digits; ``—`` for NaN/missing."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.{_decimals(value, significant)}f}"
-
-
-def format_mean_std(mean: float, std: float, significant: int = 3) -> str:
-    """``"0.952 ± 0.004"``; the std uses the mean's decimals so columns line up."""
-    if mean is None or math.isnan(mean):
-        return "—"
-    digits = _decimals(mean, significant)
-    if std is None or math.isnan(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    Metrics read ``mean ± std`` over completed seeds (std omitted with one seed, ``—`` when
+    nothing completed); ``ok/div/fail`` counts trials per status. The sweep column appears when
+    the table holds more than one sweep.
+    """
+    if table.empty:
+        return "(no finished trials)"
+    sweeps = table["sweep_name"].nunique() > 1
     header = [
-        "model", "dataset", "optimizer", "seeds", "ok/div/fail", "metric",
+        *(["sweep"] if sweeps else []), "model", "dataset", "optimizer", "seeds", "ok/div/fail", "metric",
         "final eval", "best eval", "test", "train loss", "wall s", "step s",
     ]  # fmt: skip
     body = []
@@ -167,12 +171,13 @@ def _display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         goal = {"max": " ↑", "min": " ↓"}.get(r.metric_goal, "")
         body.append(
             [
+                *([str(r.sweep_name)] if sweeps else []),
                 str(r.model),
                 str(r.dataset),
                 str(r.optimizer_label),
                 str(r.n_seeds),
                 f"{r.n_completed}/{r.n_diverged}/{r.n_failed}",
-                f"{r.metric_name or '?'}{goal}",
+                f"{r.metric_name}{goal}",
                 format_mean_std(r.final_eval_metric_mean, r.final_eval_metric_std),
                 format_mean_std(r.best_eval_metric_mean, r.best_eval_metric_std),
                 format_mean_std(r.test_metric_mean, r.test_metric_std),
@@ -181,46 +186,7 @@ def _display_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 format_number(r.median_step_time_s_mean),
             ]
         )
-    return header, body
-
-
-def format_table(table: pd.DataFrame, style: str = "markdown") -> str:
-    """Render an :func:`optimizer_table` result for a terminal or a Markdown file.
-
-    Args:
-        table: the output of :func:`optimizer_table`.
-        style: ``"markdown"`` (a padded pipe table, readable as plain text too) or ``"plain"``
-            (fixed-width columns, no pipes).
-
-    Metrics read ``mean ± std`` over completed seeds (std omitted with one seed, ``—`` when
-    nothing completed); ``ok/div/fail`` counts trials per status.
-    """
-    if style not in ("markdown", "plain"):
-        raise ValueError(f"style must be 'markdown' or 'plain', not {style!r}")
-    if table.empty:
-        return "(no finished trials)"
-    header, body = _display_rows(table)
-    if style == "markdown":  # a "|" inside a cell (e.g. in a label) would split the column
-        body = [[c.replace("|", "\\|") for c in row] for row in body]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     # Text columns left-aligned, numbers right-aligned, as a reader scans them.
-    right = [i >= 3 and i != 5 for i in range(len(header))]
-
-    def cell(text: str, i: int) -> str:
-        return text.rjust(widths[i]) if right[i] else text.ljust(widths[i])
-
-    if style == "plain":
-        lines = ["  ".join(cell(h, i) for i, h in enumerate(header))]
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(cell(c, i) for i, c in enumerate(row)) for row in body]
-        return "\n".join(line.rstrip() for line in lines)
-
-    def md_row(cells: list[str]) -> str:
-        return "| " + " | ".join(cell(c, i) for i, c in enumerate(cells)) + " |"
-
-    rule = (
-        "|"
-        + "|".join(("-" * (w + 1) + ":") if right[i] else ("-" * (w + 2)) for i, w in enumerate(widths))
-        + "|"
-    )
-    return "\n".join([md_row(header), rule, *(md_row(row) for row in body)])
+    first_number = header.index("seeds")
+    right = {i for i in range(first_number, len(header)) if header[i] != "metric"}
+    return grid(header, body, style, right)

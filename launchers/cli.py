@@ -236,7 +236,7 @@ def _refuse_second_local_ray() -> None:
 
 def _print_report(results: Path, out: Path | None = None, lm_question: bool = False) -> int:
     from analysis import ResultsNotFound, ResultsReadError, SchemaVersionError, build_report
-    from analysis.consolidate import write_layer_fits
+    from launchers.derived_tables import write_layer_fits
 
     try:
         write_layer_fits(results)  # the layer_fits table of every probed trial, from its curvature rows
@@ -280,7 +280,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not ok:
         print(f"trial {spec.trial_id} failed (see the traceback above)", file=sys.stderr)
         return 1
-    from analysis.consolidate import write_layer_fits
+    from launchers.derived_tables import write_layer_fits
 
     write_layer_fits(storage / cfg.name / "trials" / spec.trial_id)
     print(f"results in {(storage / cfg.name / 'trials' / spec.trial_id).resolve()}", file=sys.stderr)
@@ -295,9 +295,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     cfg, spec = checked.cfg, _trial_of(args, checked.trials)
     storage = _storage_root(cfg.storage)
     _writable_dir(storage / cfg.name)
-    from analysis.consolidate import write_layer_fits
     from bench.distributed import configure_cpu_threads
     from bench.probes.standalone import probe_checkpoint
+    from launchers.derived_tables import write_layer_fits
 
     configure_cpu_threads(max(1, os.cpu_count() or 1))
     try:
@@ -460,7 +460,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- consolidate
 def cmd_consolidate(args: argparse.Namespace) -> int:
     from analysis import ResultsNotFound, ResultsReadError, SchemaVersionError
-    from analysis.consolidate import consolidate
+    from launchers.derived_tables import consolidate
 
     out = _output_dir(args.out, "--out")
     path = _results_path(args.results)

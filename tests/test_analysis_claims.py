@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
+from analysis_fixtures import run_row, write_table
 
 from analysis.claims import (
     DEFAULT_CLAIMS,
@@ -42,25 +41,19 @@ from analysis.paper_data import (
 )
 
 DATA = Path(__file__).parent / "data" / "spectral-alignment"
-METADATA = {b"specbench.schema_version": b"1"}
-
-
-def _write(path: Path, frame: pd.DataFrame) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(METADATA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
 
 
 def _write_sweep(root: Path, fits: pd.DataFrame, runs: pd.DataFrame | None = None) -> Path:
-    """One trial directory per trial_id of ``fits`` (and ``runs``)."""
+    """One trial directory per trial_id of ``fits`` (and ``runs``), written by the real writer."""
     sweep = root / "sweep"
     ids = set(fits["trial_id"]) | (set(runs["trial_id"]) if runs is not None else set())
     for trial in sorted(ids):
-        part = fits[fits["trial_id"] == trial]
+        part = fits[fits["trial_id"] == trial].assign(sweep_name="sweep")
         if not part.empty:
-            _write(sweep / "trials" / trial / "layer_fits.parquet", part)
+            write_table(sweep / "trials" / trial / "layer_fits.parquet", part)
         if runs is not None and (runs["trial_id"] == trial).any():
-            _write(sweep / "trials" / trial / "runs.parquet", runs[runs["trial_id"] == trial])
+            rows = [run_row(**r) for r in runs[runs["trial_id"] == trial].to_dict("records")]
+            write_table(sweep / "trials" / trial / "runs.parquet", rows)
     return sweep
 
 
@@ -171,7 +164,7 @@ def test_verify_fits_curvature_only_trials(tmp_path):
         for j in range(5) for i in k
     ]  # fmt: skip
     sweep = tmp_path / "sweep"
-    _write(sweep / "trials" / "t" / "curvature.parquet", pd.DataFrame(rows))
+    write_table(sweep / "trials" / "t" / "curvature.parquet", rows)
     claims = load_claims(DEFAULT_CLAIMS)
     results = {r.id: r for r in verify(sweep, DEFAULT_CLAIMS)}
     assert len(results) == len(claims)
@@ -183,7 +176,7 @@ def test_verify_fits_curvature_only_trials(tmp_path):
 
 def test_verify_without_any_curvature_is_all_no_data(tmp_path):
     sweep = tmp_path / "sweep"
-    _write(sweep / "trials" / "t" / "runs.parquet", pd.DataFrame([{"trial_id": "t", "model": "m"}]))
+    write_table(sweep / "trials" / "t" / "runs.parquet", [run_row(trial_id="t", model="m")])
     results = verify(sweep)
     assert {r.status for r in results} == {NO_DATA}
     assert all("no layer_fits or curvature" in r.detail for r in results)

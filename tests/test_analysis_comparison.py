@@ -21,8 +21,8 @@ from analysis.comparison import (
     best_settings,
     default_targets,
     performance_profile,
+    performance_profile_scores,
     performance_ratios,
-    profile_scores,
     setting_table,
     summarize_time_to_target,
     time_to_target,
@@ -71,18 +71,8 @@ def _write(path, rows, schema):
     pq.write_table(pa.Table.from_pylist(full, schema=schema), path)
 
 
-def _old_runs_schema() -> pa.Schema:
-    """The runs schema as written before tuning_index / search_space existed."""
-    schema = writer_schema.RUNS
-    for name in ("tuning_index", "search_space"):
-        if name in schema.names:
-            schema = schema.remove(schema.get_field_index(name))
-    return schema
-
-
-def write_sweep(root, trials=TRIALS, old: bool = False, sweep: str = "cmp"):
+def write_sweep(root, trials=TRIALS, sweep: str = "cmp"):
     """Write every trial of ``trials`` under ``root/<sweep>/trials/<id>/``."""
-    runs_schema = _old_runs_schema() if old else writer_schema.RUNS
     n = 0
     for workload, opt, label, tidx, space, tests, trajectories in trials:
         for seed, (test, traj) in enumerate(zip(tests, trajectories, strict=True)):
@@ -96,6 +86,7 @@ def write_sweep(root, trials=TRIALS, old: bool = False, sweep: str = "cmp"):
             better = max if workload["metric_goal"] == "max" else min
             run = {
                 "sweep_name": sweep, "trial_id": tid, "optimizer": opt, "optimizer_label": label,
+                "optimizer_entry": opt, "tuning_index": tidx, "search_space": space,
                 "optimizer_settings": json.dumps({"lr": float(label.split("=")[1][:-1]) if "=" in label else 0.01,
                                                   "weight_decay": 0.0}),
                 "seed_index": seed, "seed": 100 + seed, "status": "completed" if done else traj,
@@ -104,9 +95,7 @@ def write_sweep(root, trials=TRIALS, old: bool = False, sweep: str = "cmp"):
                 "best_eval_metric": float(better(values)) if done else None,
                 "test_metric": test, "wall_time_s": steps[-1] * sec, **workload,
             }  # fmt: skip
-            if not old:
-                run.update(tuning_index=tidx, search_space=space)
-            _write(tdir / "runs.parquet", [run], runs_schema)
+            _write(tdir / "runs.parquet", [run], writer_schema.RUNS)
             _write(
                 tdir / "steps.parquet",
                 [
@@ -189,34 +178,6 @@ def test_min_goal_workload(tables):
     assert (lm_adamw["rank"], lm_sn["rank"]) == (1, 2)
 
 
-def test_older_results_without_tuning_columns(tmp_path):
-    sweep = write_sweep(tmp_path, old=True)
-    runs = load_table(sweep, "runs")
-    assert "tuning_index" not in runs.columns and "search_space" not in runs.columns
-    best = best_settings(runs)
-    adamw = _row(best, model="builtin:cnn", optimizer="adamw")
-    assert adamw["best_setting"] == "adamw(lr=0.01)" and adamw["n_settings"] == 3
-    assert adamw["tuning_index"] == -1 and adamw["search_space"] == "{}"
-    report = build_report(sweep)
-    assert report.comparison is not None
-    assert "## Comparisons" in report.report_path.read_text(encoding="utf-8")
-
-
-def test_runs_with_missing_optional_columns_still_compare():
-    runs = pd.DataFrame(
-        {
-            "trial_id": ["a1", "a2", "b1", "b2"],
-            "optimizer_label": ["adamw", "adamw", "sn", "sn"],
-            "model": "m", "dataset": "d", "metric_name": "accuracy",
-            "final_eval_metric": [0.5, 0.6, 0.7, 0.8],
-        }
-    )  # fmt: skip
-    best = best_settings(runs)  # no optimizer, status, goal, best metric, seeds, test metric
-    assert list(best["optimizer"]) == ["adamw", "sn"]
-    assert best["val_metric_mean"].tolist() == pytest.approx([0.55, 0.75])
-    assert best["test_metric_mean"].isna().all()
-
-
 def test_empty_runs():
     assert best_settings(pd.DataFrame()).empty
     ttt = time_to_target(pd.DataFrame(), pd.DataFrame())
@@ -229,9 +190,9 @@ def test_default_target_is_median_of_best_setting_final_metrics(tables):
     runs, _ = tables
     targets = default_targets(best_settings(runs))
     # digits: adamw(lr=0.01) final mean 0.91, spectral_newton(lr=0.02) 0.94 → 0.925.
-    assert targets[("builtin:cnn", "sklearn:digits")] == pytest.approx(0.925)
+    assert targets[("cmp", "builtin:cnn", "sklearn:digits")] == pytest.approx(0.925)
     # LM: adamw final mean 15.5, spectral_newton 16.5 → 16.0.
-    assert targets[("builtin:transformer", "builtin:text")] == pytest.approx(16.0)
+    assert targets[("cmp", "builtin:transformer", "builtin:text")] == pytest.approx(16.0)
 
 
 def test_time_to_target_per_trial_default_targets(tables):
@@ -243,10 +204,10 @@ def test_time_to_target_per_trial_default_targets(tables):
     cnn = best[best["model"] == "builtin:cnn"]
     # adamw's best setting peaks at 0.90 / 0.92 < 0.925: never reached.
     adamw = cnn[cnn["optimizer"] == "adamw"]
-    assert not adamw["reached"].any() and adamw["step"].isna().all() and adamw["wall_time_s"].isna().all()
+    assert not adamw["reached"].any() and adamw["step"].isna().all() and adamw["train_wall_time_s"].isna().all()
     sn = cnn[cnn["optimizer"] == "spectral_newton"]
     assert sn["reached"].all() and sn["step"].tolist() == [15, 15]
-    assert sn["wall_time_s"].tolist() == [15.0, 15.0] and sn["samples_seen"].tolist() == [960, 960]
+    assert sn["train_wall_time_s"].tolist() == [15.0, 15.0] and sn["samples_seen"].tolist() == [960, 960]
     assert set(ttt["target_source"]) == {"default"}
 
     # Perplexity: reached when ≤ the target (16.0); 16 itself counts.
@@ -262,13 +223,13 @@ def test_time_to_target_per_trial_default_targets(tables):
 def test_explicit_targets_and_the_boundary(tables):
     runs, steps = tables
     ttt = time_to_target(steps, runs, targets={("builtin:cnn", "sklearn:digits"): 0.8})
-    assert ttt.attrs["targets"][("builtin:cnn", "sklearn:digits")] == 0.8
-    assert ttt.attrs["targets"][("builtin:transformer", "builtin:text")] == pytest.approx(16.0)  # default
+    assert ttt.attrs["targets"][("cmp", "builtin:cnn", "sklearn:digits")] == 0.8
+    assert ttt.attrs["targets"][("cmp", "builtin:transformer", "builtin:text")] == pytest.approx(16.0)  # default
     cnn = ttt[(ttt["model"] == "builtin:cnn") & ttt["best_setting"]].set_index(["optimizer", "seed"])
     assert set(cnn["target_source"]) == {"explicit"}
     assert cnn.loc[("adamw", 0), "step"] == 15  # 0.85 at step 15
     assert cnn.loc[("adamw", 1), "step"] == 10  # exactly 0.8 at step 10: ≥ reaches
-    assert cnn.loc[("adamw", 1), "wall_time_s"] == 5.0
+    assert cnn.loc[("adamw", 1), "train_wall_time_s"] == 5.0
     assert cnn.loc[("spectral_newton", 0), "step"] == 10
 
     summary = summarize_time_to_target(ttt).set_index(["model", "optimizer"])
@@ -276,7 +237,9 @@ def test_explicit_targets_and_the_boundary(tables):
     assert row["n_reached"] == 2 and row["frac_reached"] == 1.0
     assert row["steps_mean"] == 12.5 and row["seconds_mean"] == pytest.approx(6.25)
     ci = t_interval([7.5, 5.0])
-    assert (row["seconds_low"], row["seconds_high"]) == pytest.approx((ci.low, ci.high))
+    # A time is ≥ 0: the two-seed interval's lower end (−9.6 s) is clipped, and says so.
+    assert ci.low < 0 and row["seconds_low"] == 0.0 and row["seconds_clipped"]
+    assert row["seconds_high"] == pytest.approx(ci.high)
     assert row["t_seconds"] == pytest.approx(6.25)  # median of two = their mean
     assert summary.loc[("builtin:cnn", "spectral_newton"), "t_seconds"] == pytest.approx(10.0)
 
@@ -341,14 +304,14 @@ def test_profile_ratios_rho_and_exact_score():
 
 
 def test_profile_missing_optimizer_counts_as_not_reached():
-    summary = _summary({("m1", "d"): {"A": 10.0, "B": 12.0}, ("m2", "d"): {"A": 5.0}})
+    summary = _summary({("m1", "d"): {"A": 10.0, "B": 12.0}, ("m2", "d"): {"A": 5.0, "C": 6.0}})
     ratios = performance_ratios(summary)
     assert math.isinf(ratios.loc[("m2", "d"), "B"])
-    scores = profile_scores(ratios, tau_max=4).set_index("optimizer")
+    scores = performance_profile_scores(ratios, tau_max=4).set_index("optimizer")
     assert scores.loc["A", "score"] == pytest.approx(1.0)
     assert scores.loc["B", "score"] == pytest.approx((4 - 1.2) / 3 / 2)
     with pytest.raises(ValueError, match="tau_max"):
-        profile_scores(ratios, tau_max=1.0)
+        performance_profile_scores(ratios, tau_max=1.0)
 
 
 def test_profile_from_trials_and_in_steps(tables):
@@ -378,9 +341,9 @@ def test_report_has_a_comparisons_section(sweep_dir):
     assert md.index("## Comparisons") < md.index("## Failed and diverged trials")
     section = report.comparison
     assert section is not None and len(section.best) == 4
-    profile_png = report.out_dir / "plots" / "performance_profile.png"
+    profile_png = report.out_dir / "plots" / "performance_profile__cmp.png"
     assert profile_png.is_file() and profile_png in section.plot_paths
-    assert "](plots/performance_profile.png)" in md
+    assert "](plots/performance_profile__cmp.png)" in md
     curves = [p for p in section.plot_paths if "best_eval_metric" in p.name]
     assert len(curves) == 4 and all(p.is_file() and p.stat().st_size > 1000 for p in curves)
     assert "best setting per optimizer" in report.text
@@ -408,10 +371,10 @@ def test_comparison_plots_directly(tables, tmp_path):
     assert plot_performance_profile(performance_profile(pd.DataFrame()), tmp_path / "x.png") is None
     written = plot_best_setting_curves(steps, runs, best, tmp_path / "c", ttt.attrs["targets"])
     assert {p.name for p in written} == {
-        "builtin-cnn__sklearn-digits__best_eval_metric_vs_step.png",
-        "builtin-cnn__sklearn-digits__best_eval_metric_vs_wall.png",
-        "builtin-transformer__builtin-text__best_eval_metric_vs_step.png",
-        "builtin-transformer__builtin-text__best_eval_metric_vs_wall.png",
+        "cmp__builtin-cnn__sklearn-digits__best_eval_metric_vs_step.png",
+        "cmp__builtin-cnn__sklearn-digits__best_eval_metric_vs_wall.png",
+        "cmp__builtin-transformer__builtin-text__best_eval_metric_vs_step.png",
+        "cmp__builtin-transformer__builtin-text__best_eval_metric_vs_wall.png",
     }
     # The band is a t-interval over seeds at each step.
     frame = pd.DataFrame({"k": ["a", "a", "b", "b"], "step": [5, 10, 5, 10], "y": [1.0, 2.0, 3.0, 2.0]})
@@ -436,3 +399,98 @@ def test_two_entries_of_one_optimizer_are_compared_as_two_competitors(tables):
     assert set(cnn.index) == {"adamw", "sn-fixed", "sn-measured"}
     assert cnn.loc["sn-measured", "best_setting"] == "spectral_newton(lr=0.05)"
     assert cnn.loc["sn-fixed", "n_settings"] == 1
+
+
+# ----------------------------------------------------------- performance profile discipline
+def test_performance_profile_never_pools_sweeps_nor_ranks_a_lone_optimizer(tmp_path):
+    """An α-map-like sweep that trained only AdamW must not make AdamW win the profile: its
+    workload is not ranked, and it is never pooled with the comparison sweep."""
+    from analysis.comparison import performance_profiles
+
+    write_sweep(tmp_path, trials=[t for t in TRIALS if t[0] is CNN], sweep="cmp")
+    write_sweep(tmp_path, trials=[t for t in TRIALS if t[0] is LM and t[1] == "adamw"], sweep="amap")
+    runs, steps = load_table(tmp_path, "runs"), load_table(tmp_path, "steps")
+    ttt = time_to_target(steps, runs, targets={("builtin:cnn", "sklearn:digits"): 0.8})
+    with pytest.raises(ValueError, match="never pools sweeps"):
+        performance_profile(ttt)
+    profiles = performance_profiles(ttt)
+    assert set(profiles) == {"amap", "cmp"}
+    amap = profiles["amap"]
+    assert amap.attrs["ratios"].empty and amap.attrs["scores"].empty
+    assert amap.attrs["excluded"] == [("builtin:transformer", "builtin:text", "only adamw ran")]
+    cmp_scores = profiles["cmp"].attrs["scores"].set_index("optimizer")
+    assert set(cmp_scores["n_workloads"]) == {1}  # the CNN workload only
+    # digits, target 0.8: adamw 6.25 s, spectral_newton 10 s → adamw fastest, sn at τ = 1.6.
+    assert cmp_scores.loc["adamw", "score"] == 1.0
+    assert cmp_scores.loc["spectral_newton", "score"] == pytest.approx((4 - 1.6) / 3)
+
+    # Within one sweep too: a workload only one optimizer ran is left out of the ranking.
+    lone = _summary({("m1", "d"): {"A": 10.0, "B": 20.0}, ("m2", "d"): {"A": 5.0}})
+    ratios = performance_ratios(lone)
+    assert list(ratios.index) == [("m1", "d")] and ratios.attrs["excluded"] == [("m2", "d", "only A ran")]
+
+    report = build_report(tmp_path, tmp_path / "out")
+    md = report.report_path.read_text(encoding="utf-8")
+    assert "#### Sweep `amap`" in md and "builtin:transformer on builtin:text (only adamw ran)" in md
+    assert (tmp_path / "out" / "plots" / "performance_profile__cmp.png").is_file()
+    assert not (tmp_path / "out" / "plots" / "performance_profile__amap.png").exists()
+
+
+def test_performance_profile_axis_is_a_ratio(tables, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from analysis.comparison_plots import plot_performance_profile
+
+    labels = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (labels.append(fig.axes[0].get_xlabel()),
+                                                                  original(fig, *a, **k)))
+    runs, steps = tables
+    plot_performance_profile(performance_profile(time_to_target(steps, runs)), tmp_path / "p.png")
+    assert labels == ["τ = time to target ÷ fastest optimizer's time to target (ratio)"]
+
+
+# ---------------------------------------------------------------------- bounded intervals
+def test_an_accuracy_interval_stays_inside_0_1_and_says_so(tmp_path):
+    """Two seeds of accuracy 0.9 and 1.0: mean ± t·s/√2 reaches 1.59; the report clips at 1."""
+    trials = [
+        (CNN, "adamw", "adamw", -1, "{}", [0.90, 1.00], [[0.5, 0.7, 0.9, 0.95], [0.5, 0.7, 0.9, 0.97]]),
+        (CNN, "spectral_newton", "spectral_newton", -1, "{}", [0.80, 0.82], [[0.5, 0.6, 0.7, 0.8]] * 2),
+    ]  # fmt: skip
+    sweep = write_sweep(tmp_path, trials=trials)
+    best = best_settings(load_table(sweep, "runs")).set_index("optimizer")
+    raw = t_interval([0.90, 1.00])
+    assert raw.high > 1.5  # what the interval would say unclipped
+    assert best.loc["adamw", "test_metric_high"] == 1.0 and best.loc["adamw", "test_metric_clipped"]
+    assert best.loc["adamw", "test_metric_low"] == pytest.approx(raw.low)
+    assert not best.loc["spectral_newton", "test_metric_clipped"]
+    md = build_report(sweep).report_path.read_text(encoding="utf-8")
+    assert "0.950 [0.315, 1.000]*" in md and "interval clipped to the range" in md
+    assert "1.585" not in md
+
+
+# ------------------------------------------------------------------------- probe pauses
+def test_wall_clock_excludes_probe_pauses():
+    from analysis.clock import train_wall_time
+
+    steps = pd.DataFrame({
+        "trial_path": ["a"] * 4 + ["b"] * 2, "step": [1, 2, 3, 3, 1, 2],
+        "wall_time_s": [1.0, 12.0, 13.0, 13.5, 2.0, 4.0],
+        "probe_time_s": [0.0, 10.0, 0.0, 0.0, 0.5, 0.0],  # a 10 s probe in a's second interval
+    })  # fmt: skip
+    # a: 1, 12 − 10, 13 − 10, and the rewritten step 3 counts the probe once; b: its own probe.
+    assert train_wall_time(steps, "trial_path").tolist() == [1.0, 2.0, 3.0, 3.5, 1.5, 3.5]
+    assert train_wall_time(steps.drop(columns="probe_time_s"), "trial_path").tolist() == steps["wall_time_s"].tolist()
+
+
+def test_time_to_target_excludes_probe_pauses(tables):
+    runs, steps = tables
+    probed = steps.copy()
+    sn = probed["trial_id"].str.startswith("spectral_newton")
+    probed["probe_time_s"] = np.where(sn & (probed["step"] == 5), 100.0, 0.0)
+    probed.loc[sn & (probed["step"] >= 5), "wall_time_s"] += 100.0  # the pause is in the clock
+    targets = {("builtin:cnn", "sklearn:digits"): 0.8}
+    plain = summarize_time_to_target(time_to_target(steps, runs, targets)).set_index(["model", "optimizer"])
+    paused = summarize_time_to_target(time_to_target(probed, runs, targets)).set_index(["model", "optimizer"])
+    assert paused.loc[("builtin:cnn", "spectral_newton"), "t_seconds"] == plain.loc[
+        ("builtin:cnn", "spectral_newton"), "t_seconds"] == pytest.approx(10.0)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from analysis_fixtures import run_row, write_table
 
 from analysis import build_report
 from analysis.curvature import (
@@ -27,7 +26,6 @@ from analysis.curvature import (
     select_step,
     transfer_error_summary,
 )
-from analysis.dataset import METADATA_KEY
 from analysis.fits import (
     EXTRA_KEYS,
     FIT_KEYS,
@@ -388,29 +386,16 @@ def test_summaries_use_the_latest_step():
 # --- Parquet in, report out ------------------------------------------------------------------------
 
 
-def _write_trial_table(path: Path, frame: pd.DataFrame) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({METADATA_KEY: b"1"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-
-
 def test_report_gains_a_curvature_section(tmp_path):
     sweep = tmp_path / "sweep"
     curv = _curvature_frame()
     for trial in ("t0", "t1"):
         trial_dir = sweep / "trials" / trial
-        runs = pd.DataFrame(
-            [{"trial_id": trial, "sweep_name": "sweep", "optimizer": "adamw", "optimizer_label": "adamw",
-              "model": "builtin:cnn", "dataset": "sklearn:digits", "task": "classification",
-              "metric_name": "accuracy", "metric_goal": "max", "status": "completed", "seed_index": 0,
-              "steps_completed": 20, "final_eval_metric": 0.9, "schema_version": 1}]
-        )  # fmt: skip
-        _write_trial_table(trial_dir / "runs.parquet", runs)
+        write_table(trial_dir / "runs.parquet", [run_row(trial_id=trial, steps_completed=20, final_eval_metric=0.9)])
         part = curv[curv["trial_id"] == trial]
         if trial == "t0":  # one trial wrote its fits, the other only curvature
-            _write_trial_table(trial_dir / "layer_fits.parquet", layer_fits_from_curvature(part))
-        _write_trial_table(trial_dir / "curvature.parquet", part)
+            write_table(trial_dir / "layer_fits.parquet", layer_fits_from_curvature(part).assign(sweep_name="sweep"))
+        write_table(trial_dir / "curvature.parquet", part)
 
     loaded = load_layer_fits(sweep)
     assert len(loaded) == 12 and set(loaded["trial_id"]) == {"t0", "t1"}
@@ -432,11 +417,7 @@ def test_report_gains_a_curvature_section(tmp_path):
 
 def test_report_without_curvature_has_no_section(tmp_path):
     trial_dir = tmp_path / "sweep" / "trials" / "t0"
-    _write_trial_table(
-        trial_dir / "runs.parquet",
-        pd.DataFrame([{"trial_id": "t0", "optimizer_label": "adamw", "model": "m", "dataset": "d",
-                       "status": "completed", "schema_version": 1}]),
-    )  # fmt: skip
+    write_table(trial_dir / "runs.parquet", [run_row(trial_id="t0", model="m", dataset="d")])
     report = build_report(tmp_path / "sweep", tmp_path / "out")
     assert report.curvature is None
     assert "## Curvature" not in report.report_path.read_text()

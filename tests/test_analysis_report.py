@@ -26,7 +26,15 @@ from analysis import (
     load_table,
     optimizer_table,
 )
-from analysis.dataset import INCOMPLETE, METADATA_KEY, SCHEMA_VERSION, trial_states
+from analysis.dataset import (
+    INCOMPLETE,
+    METADATA_KEY,
+    REQUIRED_COLUMNS,
+    SCHEMA_VERSION,
+    TABLES,
+    ResultsReadError,
+    trial_states,
+)
 from analysis.summary import format_mean_std, format_table, t_interval
 from bench.results import schema as writer_schema
 
@@ -61,6 +69,8 @@ def _runs_row(
         "trial_id": trial_id,
         "optimizer": label.split("-")[0],
         "optimizer_label": label,
+        "optimizer_entry": label,
+        "tuning_index": -1,
         "seed_index": seed,
         "seed": 1000 + seed,
         "status": status,
@@ -154,6 +164,10 @@ def results(tmp_path: Path) -> Path:
 def test_schema_constants_match_writer():
     assert SCHEMA_VERSION == writer_schema.SCHEMA_VERSION
     assert METADATA_KEY == writer_schema.METADATA_KEY
+    assert REQUIRED_COLUMNS == writer_schema.REQUIRED
+    assert set(TABLES) == set(writer_schema.TABLES)
+    for table, required in REQUIRED_COLUMNS.items():
+        assert set(required) <= set(writer_schema.TABLES[table].names), table
 
 
 def test_analysis_imports_no_training_code():
@@ -202,7 +216,7 @@ def test_results_not_found(tmp_path: Path):
     with pytest.raises(ResultsNotFound, match="does not exist"):
         load_table(tmp_path / "nope", "runs")
     (tmp_path / "empty" / "trials").mkdir(parents=True)
-    with pytest.raises(ResultsNotFound, match="no trials"):
+    with pytest.raises(ResultsNotFound, match="no results found"):
         load_table(tmp_path / "empty", "runs")
     with pytest.raises(ResultsNotFound):
         build_report(tmp_path / "nope")
@@ -211,9 +225,37 @@ def test_results_not_found(tmp_path: Path):
 def test_newer_schema_version_is_refused(results: Path):
     path = results / "vision" / "trials" / "adamw-s0" / "runs.parquet"
     row = pq.read_table(path).to_pylist()
-    _write(path, row, writer_schema.RUNS, version=3, extra={"config.lr": pa.float64()})
-    with pytest.raises(SchemaVersionError, match="schema version 3; this specbench reads up to 1"):
+    newer = SCHEMA_VERSION + 1
+    _write(path, row, writer_schema.RUNS, version=newer, extra={"config.lr": pa.float64()})
+    with pytest.raises(SchemaVersionError, match=f"schema version {newer}; this specbench reads version "
+                       f"{SCHEMA_VERSION} — upgrade specbench"):
         load_table(results, "runs")
+
+
+def test_older_schema_version_is_refused_with_what_to_do(results: Path):
+    path = results / "vision" / "trials" / "adamw-s0" / "runs.parquet"
+    _write(path, pq.read_table(path).to_pylist(), writer_schema.RUNS, version=1,
+           extra={"config.lr": pa.float64()})
+    with pytest.raises(SchemaVersionError) as info:
+        load_table(results, "runs")
+    message = str(info.value)
+    assert str(path) in message and "schema version 1" in message
+    assert f"python -m bench.results.upgrade {path}" in message
+
+
+def test_a_missing_or_null_required_column_is_refused(tmp_path: Path):
+    """No guessing downstream: an (unlabelled, hand-made) runs file without optimizer_entry,
+    or with a null metric_goal, is refused when read, naming the file and the column."""
+    rng = np.random.default_rng(0)
+    row = _runs_row("s", "t0", "adamw", 0, "completed", VISION, rng)
+    path = tmp_path / "s" / "trials" / "t0" / "runs.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in row.items() if k != "optimizer_entry"}]), path)
+    with pytest.raises(ResultsReadError, match=r"runs\.parquet lacks the column\(s\) optimizer_entry"):
+        load_table(tmp_path / "s", "runs")
+    _write(path, [{**row, "metric_goal": None}], writer_schema.RUNS)
+    with pytest.raises(ResultsReadError, match="missing values in metric_goal"):
+        build_report(tmp_path / "s")
 
 
 def test_newer_version_in_column_only_is_refused(tmp_path: Path):
@@ -222,12 +264,12 @@ def test_newer_version_in_column_only_is_refused(tmp_path: Path):
         path,
         _steps_rows("t0", np.random.default_rng(0)),
         writer_schema.STEPS,
-        version=2,
+        version=SCHEMA_VERSION + 1,
         extra={"opt_spectral_time_s": pa.float64()},
     )
     table = pq.read_table(path).replace_schema_metadata(None)  # as if another tool rewrote it
     pq.write_table(table, path)
-    with pytest.raises(SchemaVersionError, match="schema version 2"):
+    with pytest.raises(SchemaVersionError, match=f"schema version {SCHEMA_VERSION + 1}"):
         load_table(tmp_path / "s", "steps")
 
 
@@ -285,7 +327,8 @@ def test_table_sorts_best_first_by_goal(results: Path):
 
 def test_table_with_no_completed_trials():
     runs = pd.DataFrame(
-        [{"model": "m", "dataset": "d", "optimizer_label": "a", "status": "failed", "seed": 1}]
+        [{"sweep_name": "s", "model": "m", "dataset": "d", "optimizer_label": "a", "status": "failed",
+          "seed_index": 0, "metric_name": "accuracy", "metric_goal": "max"}]
     )
     table = optimizer_table(runs)
     assert table.loc[0, "n_failed"] == 1 and math.isnan(table.loc[0, "final_eval_metric_mean"])
@@ -373,3 +416,17 @@ def test_report_with_diverged_and_only_running_trials(tmp_path: Path):
     report = build_report(tmp_path / "running")
     assert report.table.empty and report.state_counts == {INCOMPLETE: 1}
     assert "(no finished trials)" in report.report_path.read_text(encoding="utf-8")
+
+
+def test_no_absolute_path_of_the_machine_in_the_report(results: Path, tmp_path: Path):
+    path = results / "vision" / "trials" / "spectral_newton-failed" / "runs.parquet"
+    row = pq.read_table(path).to_pylist()[0]
+    row["error"] = f"OSError: cannot open {results}/vision/trials/spectral_newton-failed/ckpt/global_step0"
+    _write(path, [row], writer_schema.RUNS)
+    report = build_report(results, tmp_path / "out")
+    md = report.report_path.read_text(encoding="utf-8")
+    assert str(tmp_path) not in md and str(tmp_path.resolve()) not in md
+    assert "- results: `../results` (relative to this report)" in md
+    assert "- directory (relative to the results): vision/trials/spectral_newton-failed" in md
+    assert "cannot open <results>/vision/trials/spectral_newton-failed/ckpt" in md
+    assert "| lm/trials/adamw-running " in md  # the incomplete trial, with its relative path

@@ -8,24 +8,26 @@ numbers written in this file.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from analysis_fixtures import write_table
 from scipy import stats
 
 from analysis.curvature import load_layer_fits
-from analysis.dataset import METADATA_KEY, SCHEMA_VERSION, load_table
+from analysis.dataset import load_table
 from analysis.lm_question import (
+    MFU_NOTE,
     alpha_by_depth,
     alpha_map,
     build_lm_question,
+    format_mfu,
     optimizer_conclusions,
     optimizer_sweeps,
     optimizer_table,
 )
-from bench.results import schema as writer_schema
 
 LM = {"model": "hf:gpt2", "dataset": "builtin:text", "task": "lm", "metric_name": "perplexity",
       "metric_goal": "min", "num_parameters": 3_300_000, "world_size": 1}  # fmt: skip
@@ -41,30 +43,19 @@ ENTRIES = {
 }  # fmt: skip
 
 
-def _write(path, rows, schema=None):
-    frame = pa.Table.from_pylist(
-        [{**({n: None for n in schema.names} if schema else {}), **r, "schema_version": SCHEMA_VERSION} for r in rows],
-        schema=schema.with_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()}) if schema else None,
-    )
-    frame = frame.replace_schema_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(frame, path)
-
-
 @pytest.fixture
 def results(tmp_path):
     root = tmp_path / "lm"
     # The α-map sweep: one AdamW trial with layer fits.
     tdir = root / "amap" / "trials" / "adamw-0"
-    _write(tdir / "runs.parquet", [{**LM, "sweep_name": "amap", "trial_id": "adamw-0", "optimizer": "adamw",
+    write_table(tdir / "runs.parquet", [{**LM, "sweep_name": "amap", "trial_id": "adamw-0", "optimizer": "adamw",
                                     "optimizer_label": "adamw", "optimizer_entry": "adamw", "status": "completed",
-                                    "seed_index": 0, "tuning_index": -1, "tokens_seen": 400_000}],
-           writer_schema.RUNS)  # fmt: skip
+                                    "seed_index": 0, "tuning_index": -1, "tokens_seen": 400_000}])  # fmt: skip
     fits = [{"sweep_name": "amap", "trial_id": "adamw-0", "step": step, "layer": f"h.{i}.{t}", "layer_type": t,
              "depth": i, "alpha": a + (0.5 if step == 50 else 0.0), "gamma": 0.5, "s": a * 0.5, "pr_h": 3.0,
              "beta": 1.0, "phi": a - 1.0}
             for step in (50, 200) for t, pair in ALPHAS.items() for i, a in enumerate(pair)]  # fmt: skip
-    _write(tdir / "layer_fits.parquet", fits)
+    write_table(tdir / "layer_fits.parquet", fits)
     # The optimizer sweep.
     n = 0
     for entry, settings in ENTRIES.items():
@@ -73,7 +64,7 @@ def results(tmp_path):
                 n += 1
                 tid = f"t{n}"
                 opt = entry.split("[")[0]
-                _write(root / "opt" / "trials" / tid / "runs.parquet", [{
+                write_table(root / "opt" / "trials" / tid / "runs.parquet", [{
                     **LM, "sweep_name": "opt", "trial_id": tid, "optimizer": opt, "optimizer_entry": entry,
                     "optimizer_label": f"{entry}(lr={lr})", "optimizer_settings": json.dumps({"lr": lr}),
                     "tuning_index": tidx, "search_space": json.dumps({"lr": {"values": list(settings)}}),
@@ -81,12 +72,12 @@ def results(tmp_path):
                     "final_eval_metric": val, "test_loss": test, "test_metric": float(pd.Series([test]).map(
                         lambda x: 2.718281828459045 ** x).iloc[0]),
                     "tokens_seen": 400_000, "wall_time_s": 100.0, "median_tokens_per_s": 4000.0, "median_mfu": 0.1,
-                }], writer_schema.RUNS)  # fmt: skip
-                _write(root / "opt" / "trials" / tid / "steps.parquet", [
+                }])  # fmt: skip
+                write_table(root / "opt" / "trials" / tid / "steps.parquet", [
                     {"trial_id": tid, "step": s, "tokens_seen": s * 2048, "wall_time_s": s * 0.5,
                      "eval_loss": 3.0 - s / 100 * (1 if opt == "adamw" else 0.8), "eval_metric": val,
                      "step_time_s": 0.5, "optimizer_time_s": 0.1 if opt == "adamw" else 0.2}
-                    for s in (50, 100, 150, 200)], writer_schema.STEPS)  # fmt: skip
+                    for s in (50, 100, 150, 200)])  # fmt: skip
     return root
 
 
@@ -123,7 +114,7 @@ def test_optimizer_table_picks_on_validation_and_reports_test_intervals(results)
     assert table.loc["spectral_newton[fixed α=2]", "optimizer_share"] == pytest.approx(0.4)
     # Target: the median of the entries' final validation perplexity (12.1, 14.1, 14.5) = 14.1;
     # AdamW's seeds are below it from the first evaluation (step 50, 50 · 2048 tokens).
-    assert table.loc["adamw", "target_ppl"] == pytest.approx(14.1)
+    assert table.loc["adamw", "target"] == pytest.approx(14.1)
     assert table.loc["adamw", "reached"] == "3/3"
     assert table.loc["adamw", "tokens_to_target"] == pytest.approx(50 * 2048)
     assert table.loc["spectral_newton[measured α]", "reached"] == "0/3"
@@ -153,5 +144,83 @@ def test_report_files_are_written(results, tmp_path):
     assert "<table>" in html and "<img" in html
     names = {p.name for p in report.plot_paths}
     assert "lm_alpha_map.png" in names
-    assert any(n.startswith("lm_loss_vs_tokens_opt") for n in names)
+    assert any(n.startswith("lm_loss_vs_tokens__opt") for n in names)
     assert all(p.is_file() and p.stat().st_size > 0 for p in report.plot_paths)
+
+
+def _figure_lines(monkeypatch) -> list[dict]:
+    """Record, for every figure saved, its optimizer lines (entry tag, colour) and legend texts."""
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+
+    from analysis.plots import ENTRY_GID
+
+    seen: list[dict] = []
+    original = Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        lines = [(a.get_gid()[len(ENTRY_GID):], to_hex(a.get_color())) for ax in fig.axes
+                 for a in ax.get_children() if isinstance(a.get_gid(), str) and a.get_gid().startswith(ENTRY_GID)]
+        legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        seen.append({"path": Path(path).name, "lines": lines, "legend": legends})
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return seen
+
+
+def test_one_colour_per_entry_in_every_figure_and_no_doubled_labels(results, tmp_path, monkeypatch):
+    from analysis import build_report
+
+    seen = _figure_lines(monkeypatch)
+    out = tmp_path / "out"
+    report = build_report(results, out)
+    build_lm_question(results, out)
+    colours: dict[str, set[str]] = {}
+    for fig in seen:
+        for entry, colour in fig["lines"]:
+            colours.setdefault(entry, set()).add(colour)
+    drawn_in = {e for fig in seen for e, _ in fig["lines"]}
+    assert drawn_in == set(ENTRIES)  # every entry appears, in loss curves, profiles, α map, LM curves
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({c.pop() for c in colours.values()}) == len(ENTRIES)  # and no two entries share one
+    assert report.colors == {e: report.colors[e] for e in sorted(ENTRIES)}
+    figures_with_entries = [f["path"] for f in seen if f["lines"]]
+    assert any(p.startswith("performance_profile") for p in figures_with_entries)
+    assert any(p.startswith("lm_loss") for p in figures_with_entries) and "lm_alpha_map.png" in figures_with_entries
+    for fig in seen:
+        for text in fig["legend"]:
+            label = re.sub(r" \((n=\d+|score [\d.]+)\)$", "", text)
+            assert not re.fullmatch(r"(.+) \(\1\)", label) and not re.fullmatch(r"(.+): \1.*", label), text
+
+
+def test_an_mfu_above_one_is_a_measurement_error_not_a_result(results, tmp_path):
+    path = next((results / "opt" / "trials").glob("*/runs.parquet"))
+    rows = pd.read_parquet(path).to_dict("records")
+    entry = rows[0]["optimizer_entry"]
+    for p in (results / "opt" / "trials").glob("*/runs.parquet"):
+        frame = pd.read_parquet(p)
+        if frame.loc[0, "optimizer_entry"] == entry:
+            write_table(p, frame.assign(median_mfu=1.236).drop(columns=["schema_version"]))
+    md = build_lm_question(results, tmp_path / "out").markdown_path.read_text()
+    assert "invalid (1.24 > 1)" in md and MFU_NOTE in md
+    assert "1.236" not in md
+    assert format_mfu(0.468) == "0.468" and format_mfu(float("nan")) == "—"
+
+
+def test_task_and_direction_come_from_the_runs_columns(results):
+    """No name parsing: an LM whose model is called "custom:net" is still an LM, a
+    classification sweep of a model called "hf:gpt2" is not, and Spectral Newton entries are
+    found by their registry name, whatever their label."""
+    runs = load_table(results, "runs")
+    runs.loc[runs["sweep_name"] == "opt", "model"] = "custom:net"
+    clf = runs[runs["sweep_name"] == "opt"].assign(sweep_name="clf", task="classification",
+                                                    trial_path=lambda f: "clf/" + f["trial_path"])
+    runs = pd.concat([runs, clf], ignore_index=True)
+    assert optimizer_sweeps(runs) == ["opt"]
+    relabelled = runs.assign(optimizer_entry=runs["optimizer_entry"].str.replace("spectral_newton", "SN"))
+    relabelled["optimizer_label"] = relabelled["optimizer_label"].str.replace("spectral_newton", "SN")
+    table = optimizer_table(relabelled, load_table(results, "steps"))
+    assert set(table["registry"]) == {"adamw", "spectral_newton"}
+    lines = optimizer_conclusions(table)
+    assert any(line.startswith("Best Spectral Newton variant (SN[") and "vs AdamW" in line for line in lines)

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import tiny_sweep
 
-from analysis.consolidate import write_layer_fits
 from analysis.fits import fit_layer
 from bench.probes.measured_alpha import alpha_by_parameter, layer_alpha
+from launchers.derived_tables import write_layer_fits
 from launchers.local import run_local
 from launchers.sweep import expand, parse_config
 

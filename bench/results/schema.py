@@ -1,16 +1,32 @@
 """Parquet schema of the result tables (DESIGN.md "Results").
 
 Every file carries ``SCHEMA_VERSION`` twice: as a ``schema_version`` column and in the Parquet
-key-value metadata (``specbench.schema_version``), so a reader can refuse a newer dataset before
-it reads a single row. Columns are listed here once; the README's "Parquet schema" section
-documents their meaning.
+key-value metadata (``specbench.schema_version``), so a reader can refuse a file of another
+version before it reads a single row. Columns are listed here once; the README's "Parquet schema"
+section documents their meaning.
+
+Versioning rule: any change to a table below (a column added, removed, renamed or retyped, or a
+column's meaning changed) bumps ``SCHEMA_VERSION``, updates :data:`REQUIRED` when it concerns an
+identifying column, and extends :mod:`bench.results.upgrade`. The reader (``analysis.dataset``)
+duplicates the version and :data:`REQUIRED` — analysis never imports bench — and a test checks
+that the two sides agree.
+
+History:
+
+- 1: ``runs``, ``steps``, ``curvature``, ``profile``; ``layer_fits`` written without a
+  declaration or a ``schema_version`` column. Columns were added to ``runs`` under this number
+  (``optimizer_entry``, ``tuning_index``, ``search_space``, the ``median_*`` throughput
+  columns...), so a version-1 file may lack any of them.
+- 2: the same columns, now guaranteed: every declared column is in every file (null where a
+  value was not measured), every :data:`REQUIRED` column is present and non-null, and
+  ``layer_fits`` is declared here (:data:`LAYER_FITS`) and carries the version like the others.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METADATA_KEY = b"specbench.schema_version"
 
 #: One row per trial. ``config.*`` columns (the flattened resolved trial config) are added
@@ -95,8 +111,6 @@ STEPS = pa.schema(
     ]
 )
 
-TABLES = {"runs": RUNS, "steps": STEPS}
-
 #: One row per measurement of the estimation-cost profiler (``bench.profile``) and of the
 #: curvature probe's phases. ``op`` says which: ``kernel`` (one spectral kernel on one shape,
 #: ``bench.profile.kernels.measure_kernel``), ``shape`` (catalogue: a model's shapes with counts
@@ -157,8 +171,6 @@ PROFILE = pa.schema(
     ]
 )
 
-TABLES["profile"] = PROFILE
-
 #: One row per (trial, probe step, layer, k): PAPER.md §1 quantities from bench/probes. Rows with
 #: k beyond the probe's top_k (kept for wider γ fits) carry only ``sigma``.
 CURVATURE = pa.schema(
@@ -182,4 +194,57 @@ CURVATURE = pa.schema(
         ],
     ]
 )
-TABLES["curvature"] = CURVATURE
+
+#: One row per (trial, probe step, layer): the fits of PAPER.md §2–3 computed from that layer's
+#: ``curvature`` rows by ``analysis.curvature.layer_fits_from_curvature`` (column meanings: the
+#: README's "Parquet schema"). Written by the report/train/probe commands, not by the trial.
+LAYER_FITS = pa.schema(
+    [
+        ("schema_version", pa.int32()),
+        ("sweep_name", pa.string()),
+        ("trial_id", pa.string()),
+        ("step", pa.int64()),
+        ("layer", pa.string()),
+        ("layer_type", pa.string()),
+        ("depth", pa.int64()),
+        ("module", pa.string()),
+        ("shape_m", pa.int64()),
+        ("shape_n", pa.int64()),
+        *[(name, pa.float64()) for name in (
+            "alpha", "r2_alpha", "gamma", "r2_gamma", "s", "r2_s", "transfer_error", "pr_h", "pr_grad",
+            "zeta_bound",
+        )],
+        ("n_positive", pa.int64()),  # positive h_k in the α window (a fit needs 5)
+        ("reason", pa.string()),  # why α is missing; empty when fitted
+        ("bic_winner", pa.string()),  # power_law | exponential | lognormal: the σ_k decay by BIC
+        ("p_h", pa.float64()),  # the exponent the ζ bound is evaluated at
+        ("alpha_intercept", pa.float64()),
+        *[(name, pa.float64()) for name in (
+            "alpha_kron", "r2_alpha_kron", "beta", "r2_beta", "phi", "r2_phi", "chi_slope", "r2_chi",
+            "theorem1_residual", "kron_identity_error",
+        )],
+        ("n_decomp", pa.int64()),
+        ("decomp_reason", pa.string()),
+        ("n_directions", pa.int64()),
+        ("n_sigma", pa.int64()),
+        ("sample_count", pa.float64()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "runs": RUNS, "steps": STEPS, "curvature": CURVATURE, "layer_fits": LAYER_FITS, "profile": PROFILE,
+}  # fmt: skip
+
+#: Columns every file of a table must hold, non-null, at this version: what identifies a row and
+#: says how to read it (the comparison's unit, the metric's direction, the seed). A reader relies
+#: on them without a fallback; other declared columns may be null (not measured).
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "runs": (
+        "sweep_name", "trial_id", "optimizer", "optimizer_label", "optimizer_entry", "tuning_index",
+        "model", "dataset", "task", "metric_name", "metric_goal", "seed_index", "status",
+    ),
+    "steps": ("trial_id", "step"),
+    "curvature": ("trial_id", "step", "layer", "layer_type", "k"),
+    "layer_fits": ("sweep_name", "trial_id", "step", "layer", "layer_type"),
+    "profile": ("op",),
+}  # fmt: skip
