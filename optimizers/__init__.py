@@ -4,8 +4,8 @@ Shampoo and SOAP, parameter grouping by layer type, owner-rank sharding at ZeRO-
 Public API (docs/ARCHITECTURE.md): :func:`build`, :func:`available`, :func:`settings_model`,
 :func:`validate_settings`, :func:`requires_full_matrices`, :func:`describe`; layer types in
 :mod:`optimizers.layer_types`; the spectral math in :mod:`optimizers.spectral`; distribution of the
-matrix work over data-parallel ranks in :mod:`optimizers.distributed`; step-time benchmark in
-:mod:`optimizers.benchmark` (``python -m optimizers.benchmark``).
+matrix work over data-parallel ranks in :mod:`optimizers.distributed`. Step times are measured by
+the profiler (``bench.profile``, ``specbench profile``).
 """
 
 from .distributed import OwnerSharding, lpt_assign, matrix_cost
