@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,26 +142,35 @@ def assumed_fit(ranks: int) -> dict[str, Any]:
 
 
 def comm_checks(df: pd.DataFrame, fit: Mapping[str, Any]) -> pd.DataFrame:
-    """Predicted against measured syncs whose bucket plans the rows record: ``owner_sync``
-    collectives (after a barrier: communication alone) and sharded ``spectral_step`` rows
-    (``comm_seconds_min``: the rank that waited for nobody). Columns: kind, ranks, buckets,
-    bytes, measured_s, predicted_s, rel_err."""
-    cols = ["kind", "ranks", "buckets", "bytes", "measured_s", "predicted_s", "rel_err"]
+    """Predicted against measured syncs whose bucket plans the rows record.
+
+    ``owner_sync`` collectives start after a barrier, so they time the communication alone:
+    ``rel_err`` is the prediction's relative error against them. Inside a sharded
+    ``spectral_step`` no barrier precedes the sync: the slowest rank's sync (``comm_seconds``)
+    includes waiting for the others' compute, and the last rank to arrive finds part of the
+    data already sent (``comm_seconds_min``), so the two bracket the transfer: ``in_bracket``
+    says whether the prediction lies between them. Columns: kind, ranks, buckets, bytes,
+    measured_s (low end for steps), measured_high_s (steps only), predicted_s, rel_err (syncs
+    only), in_bracket (steps only), run (the results directory the row came from, when it was
+    read from a directory of several)."""
+    cols = ["run", "kind", "ranks", "buckets", "bytes", "measured_s", "measured_high_s", "predicted_s", "rel_err",
+            "in_bracket"]
     if df.empty or "op" not in df.columns or "bucket_bytes" not in df.columns:
         return pd.DataFrame(columns=cols)
     out = []
     syncs = df[(df["op"] == "collective") & (df["method"] == "owner_sync")]
     steps = df[(df["op"] == "spectral_step") & (df["phase"] == "sharded") & (df["ranks"] > 1)]
-    for kind, rows, column in (("owner_sync", syncs, "seconds"), ("spectral_step", steps, "comm_seconds_min")):
-        if column not in rows.columns:
-            continue
-        for r in rows.itertuples(index=False):
-            plan = json.loads(r.bucket_bytes) if isinstance(r.bucket_bytes, str) else []
-            measured = float(getattr(r, column))
-            if not plan or not measured > 0:
+    for kind, rows in (("owner_sync", syncs), ("spectral_step", steps)):
+        for r in rows.to_dict("records"):
+            plan = json.loads(r["bucket_bytes"]) if isinstance(r.get("bucket_bytes"), str) else []
+            low = float(r["seconds"] if kind == "owner_sync" else r.get("comm_seconds_min", math.nan))
+            if not plan or not low > 0:
                 continue
-            predicted = sync_seconds(fit, int(r.ranks), plan)
-            out.append({"kind": kind, "ranks": int(r.ranks), "buckets": len(plan), "bytes": float(sum(plan)),
-                        "measured_s": measured, "predicted_s": predicted,
-                        "rel_err": abs(predicted - measured) / measured})
+            predicted = sync_seconds(fit, int(r["ranks"]), plan)
+            high = float(r["comm_seconds"]) if kind == "spectral_step" else math.nan
+            run = Path(r["trial_path"]).parent.parent.name if isinstance(r.get("trial_path"), str) else ""
+            out.append({"run": run, "kind": kind, "ranks": int(r["ranks"]), "buckets": len(plan), "bytes": float(sum(plan)),
+                        "measured_s": low, "measured_high_s": high, "predicted_s": predicted,
+                        "rel_err": abs(predicted - low) / low if kind == "owner_sync" else math.nan,
+                        "in_bracket": (low <= predicted <= high) if kind == "spectral_step" else None})
     return pd.DataFrame(out, columns=cols)

@@ -394,7 +394,7 @@ def fit_from_paths(
     """:func:`fit_device_costs` on the profile tables under these paths (sources recorded)."""
     paths = [p for p in (results, comm_results, probe_results) if p is not None]
     return fit_device_costs(
-        load_profile_rows(results), name, device, sources=[str(Path(p).resolve()) for p in paths],
+        load_profile_rows(results), name, device, sources=[str(p) for p in paths],
         comm=load_profile_rows(comm_results) if comm_results is not None else None,
         probe=load_profile_rows(probe_results) if probe_results is not None else None,
     )

@@ -8,7 +8,7 @@
   ``<storage>/<name>/trials/<job_id>/profile.parquet`` itself (job id
   ``<name>-<hostname>-<node id prefix>``).
 - ``collectives`` and ``spectral_step``: for every P, one Ray Train worker group of P workers
-  (a gloo or nccl process group) runs the measurement; rank 0 writes
+  (a gloo or nccl process group) runs the sections that ask for that P; rank 0 writes
   ``<storage>/<name>/trials/<name>-<section>-p<P>/profile.parquet``.
 - ``probe_overhead``: one Ray task.
 
@@ -109,9 +109,18 @@ def _probe_overhead_job(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     return {"path": str(path.resolve()), "rows": len(rows)}
 
 
+#: The sections that need a process group of P ranks, in the order a group runs them.
+GROUP_SECTIONS: tuple[str, ...] = ("collectives", "spectral_step")
+
+
+def group_job_id(name: str, section: str, ranks: int) -> str:
+    """``<name>-<section>-p<P>``: where one section's rows at P ranks are written."""
+    return f"{name}-{section.replace('_', '-')}-p{ranks}"
+
+
 def _group_worker(config: dict[str, Any]) -> None:
-    """Body of every Ray Train worker of a distributed measurement (one process group of P):
-    ``collectives`` or ``spectral_step``, as ``config["section"]`` says; rank 0 writes the rows."""
+    """Body of every Ray Train worker of a distributed measurement (one process group of P): each
+    section of ``config["sections"]`` in turn; rank 0 writes each section's rows to its own job."""
     import socket
     import warnings
 
@@ -125,55 +134,57 @@ def _group_worker(config: dict[str, Any]) -> None:
 
     warnings.filterwarnings("ignore")
     cfg = ProfileConfig.model_validate(config["profile"])
-    section = getattr(cfg, config["section"])
-    if config["use_gpu"]:
-        device = torch.device("cuda", ray.train.get_context().get_local_rank())
-    else:
-        configure_cpu_threads(section.threads_per_rank)
-        device = torch.device("cpu")
-    common = {"seed": cfg.seed, "device": device, "sweep_name": cfg.name, "job_id": config["job_id"]}
-    if config["section"] == "collectives":
-        from bench.profile.collectives import measure_collectives
+    ctx = ray.train.get_context()
+    for name in config["sections"]:
+        section = getattr(cfg, name)
+        if config["use_gpu"]:
+            device = torch.device("cuda", ctx.get_local_rank())
+        else:
+            configure_cpu_threads(section.threads_per_rank)
+            device = torch.device("cpu")
+        job_id = group_job_id(cfg.name, name, ctx.get_world_size())
+        common = {"seed": cfg.seed, "device": device, "sweep_name": cfg.name, "job_id": job_id}
+        if name == "collectives":
+            from bench.profile.collectives import measure_collectives
 
-        rows = measure_collectives(section, **common)
-    else:
-        from bench.profile.spectral_step import measure_spectral_step
+            rows = measure_collectives(section, **common)
+        else:
+            from bench.profile.spectral_step import measure_spectral_step
 
-        rows = measure_spectral_step(blocks=section.blocks, dim=section.dim, method=section.method,
-                                     warmup=section.warmup, repeats=section.repeats, **common)
-    if ray.train.get_context().get_world_rank() == 0:
-        where = {"device_name": device_name(device), "hostname": socket.gethostname(), "torch_version": torch.__version__}
-        rows = [{**where, **r} for r in rows]
-        write_rows("profile", rows, trial_dir(cfg.storage, cfg.name, config["job_id"]) / "profile.parquet")
+            rows = measure_spectral_step(blocks=section.blocks, dim=section.dim, method=section.method,
+                                         warmup=section.warmup, repeats=section.repeats, **common)
+        if ctx.get_world_rank() == 0:
+            where = {"device_name": device_name(device), "hostname": socket.gethostname(),
+                     "torch_version": torch.__version__}
+            write_rows("profile", [{**where, **r} for r in rows], trial_dir(cfg.storage, cfg.name, job_id) / "profile.parquet")
 
 
-def run_group(cfg: ProfileConfig, section: str, ranks: int, use_gpu: bool, log: Callable[[str], None] | None) -> Path:
-    """One Ray Train worker group of ``ranks`` workers measuring ``section`` (``collectives`` or
-    ``spectral_step``); returns the Parquet it wrote
-    (``<storage>/<name>/trials/<name>-<section>-p<P>/profile.parquet``)."""
+def run_group(cfg: ProfileConfig, ranks: int, use_gpu: bool, log: Callable[[str], None] | None) -> list[Path]:
+    """One Ray Train worker group of ``ranks`` workers measuring every section of
+    :data:`GROUP_SECTIONS` that asks for P = ``ranks`` (one group launch per P); returns the
+    Parquet files it wrote (``<storage>/<name>/trials/<name>-<section>-p<P>/profile.parquet``)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from bench.results.writer import trial_dir
 
-    job_id = f"{cfg.name}-{section.replace('_', '-')}-p{ranks}"
+    sections = [s for s in GROUP_SECTIONS if getattr(cfg, s) is not None and ranks in getattr(cfg, s).ranks]
     sweep_dir = (Path(cfg.storage) / cfg.name).resolve()
     trainer = TorchTrainer(
         _group_worker,
-        train_loop_config={"profile": cfg.model_dump(mode="json"), "section": section, "job_id": job_id,
-                           "use_gpu": use_gpu},
+        train_loop_config={"profile": cfg.model_dump(mode="json"), "sections": sections, "use_gpu": use_gpu},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=ranks, use_gpu=use_gpu,
-            resources_per_worker=None if use_gpu else {"CPU": getattr(cfg, section).cpus_per_rank},
+            resources_per_worker=None if use_gpu else {"CPU": max(getattr(cfg, s).cpus_per_rank for s in sections)},
         ),
-        run_config=ray.train.RunConfig(name=job_id, storage_path=str(sweep_dir / "_ray")),
+        run_config=ray.train.RunConfig(name=f"{cfg.name}-p{ranks}", storage_path=str(sweep_dir / "_ray")),
     )
     trainer.fit()
-    path = trial_dir(cfg.storage, cfg.name, job_id) / "profile.parquet"
+    paths = [trial_dir(cfg.storage, cfg.name, group_job_id(cfg.name, s, ranks)) / "profile.parquet" for s in sections]
     if log:
-        log(f"  {section.replace('_', ' ')} at P={ranks} → {path}")
-    return path
+        log(f"  {', '.join(s.replace('_', ' ') for s in sections)} at P={ranks} → {', '.join(map(str, paths))}")
+    return paths
 
 
 def alive_nodes() -> list[dict[str, Any]]:
@@ -244,9 +255,9 @@ def run_profile(
             if log:
                 log(f"  {result['rows']} probe-overhead points → {result['path']}")
         use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-        for section in ("collectives", "spectral_step"):
-            if getattr(cfg, section) is not None:
-                paths += [run_group(cfg, section, ranks, use_gpu, log) for ranks in getattr(cfg, section).ranks]
+        group_ranks = sorted({p for s in GROUP_SECTIONS if getattr(cfg, s) is not None for p in getattr(cfg, s).ranks})
+        for ranks in group_ranks:
+            paths += run_group(cfg, ranks, use_gpu, log)
     finally:
         if started:
             ray.shutdown()

@@ -117,14 +117,16 @@ def test_sync_is_the_sum_over_buckets_and_checks_use_the_recorded_plans():
         {"op": "collective", "method": "owner_sync", "ranks": 4, "seconds": expected * 1.1,
          "bucket_bytes": json.dumps(plan)},
         {"op": "spectral_step", "phase": "sharded", "ranks": 4, "comm_seconds_min": expected / 2,
-         "bucket_bytes": json.dumps(plan)},
-        {"op": "spectral_step", "phase": "redundant", "ranks": 4, "comm_seconds_min": 0.0, "bucket_bytes": "[]"},
+         "comm_seconds": expected * 2, "bucket_bytes": json.dumps(plan)},
+        {"op": "spectral_step", "phase": "sharded", "ranks": 2, "comm_seconds_min": expected * 0.6,
+         "comm_seconds": expected * 2, "bucket_bytes": json.dumps(plan)},  # P = 2: one round, expected/2: below
+        {"op": "spectral_step", "phase": "redundant", "ranks": 4, "comm_seconds_min": 0.0, "comm_seconds": 0.0,
+         "bucket_bytes": "[]"},
     ])
-    checks = CC.comm_checks(df, fit).set_index("kind")
-    assert list(checks.index) == ["owner_sync", "spectral_step"]
-    assert checks.loc["owner_sync", "rel_err"] == pytest.approx(0.1 / 1.1)
-    assert checks.loc["spectral_step", "rel_err"] == pytest.approx(1.0)
-    assert checks.loc["owner_sync", "buckets"] == 3
+    checks = CC.comm_checks(df, fit)
+    assert list(checks["kind"]) == ["owner_sync", "spectral_step", "spectral_step"]
+    assert checks["rel_err"].iloc[0] == pytest.approx(0.1 / 1.1) and checks["buckets"].iloc[0] == 3
+    assert list(checks["in_bracket"].iloc[1:]) == [True, False]
 
 
 # ---------------------------------------------------------------------------------- prediction
