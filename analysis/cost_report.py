@@ -1,20 +1,19 @@
-"""The estimation-cost report: time-vs-FLOPs plots, method ratios and the at-scale table.
+"""The cost report: time-vs-FLOPs plots, method ratios, communication checks, the at-scale table.
 
-    python -m analysis.cost_report RESULTS --name cpu-2core [--out DIR] [--profile-out JSON]
-    python -m analysis.cost_report --cost --model llama-70b --ranks 1024 --device cpu-2core
-
-``RESULTS`` is a results directory holding ``profile.parquet`` files (or one such file). The
-report fits the cost model (:mod:`analysis.cost_model`), writes the device profile, log-log plots
-of time vs FLOPs per method with the fitted line (matplotlib, Agg backend: no display needed),
-the measured ratios of each method to the full SVD per shape, and the table "what it costs at
-7B / 70B / 405B on N GPUs" together with the measured points each prediction rests on (how many
+Built by ``python -m launchers.cost fit RESULTS --name NAME`` (the launcher hands in the
+optimizer's own sharding planner, :data:`analysis.step_cost.Planner`; analysis never imports
+the optimizer). ``RESULTS`` is a results directory holding ``profile.parquet`` files (or one
+such file). The report fits the cost model (:mod:`analysis.cost_model`), writes the device cost
+constants, log-log plots of time vs FLOPs per method with the fitted line (matplotlib, Agg
+backend: no display needed), the measured ratios between the optimizers' routes per shape, the
+broadcast constants with their held-out checks, and the table "what one step costs at 7B / 70B
+/ 405B on N devices" together with the measured points each prediction rests on (how many
 shapes, which FLOP range, and how far the model's largest matrix lies beyond it).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,35 +22,29 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.comm_cost import ALGORITHMS
 from analysis.cost_model import (
-    DEVICE_PROFILE_DIR,
+    METHODS,
     PROBE_BATCH,
     PROBE_TOP_K,
     CostModelError,
-    build_device_profile,
+    fit_from_paths,
     fit_kernels,
-    fit_probe_constant,
     held_out_accuracy,
     kernel_rows,
-    load_device_profile,
+    load_device_costs,
     load_profile_rows,
     predict_probe_cost,
-    predict_step_cost,
-    save_device_profile,
+    save_device_costs,
 )
+from analysis.step_cost import Planner, predict_step_cost
 
 DEFAULT_MODELS: tuple[str, ...] = ("llama-7b", "llama-70b", "llama-405b")
 DEFAULT_RANKS: tuple[int, ...] = (8, 64, 512, 1024)
-#: Methods of the at-scale table: the decompositions/updates a Spectral Newton step could use,
-#: Muon's Newton–Schulz for reference, and the optimizer's own routes.
-DEFAULT_METHODS: tuple[str, ...] = (
-    "svd", "gram_eigh", "damped_solve", "ns5", "transform:gram", "transform:solve", "transform:polar",
-    "transform:svd",
-)  # fmt: skip
-#: (numerator, denominator) pairs of the ratio table: how much cheaper than the full SVD.
+#: (numerator, denominator) pairs of the ratio table: how much cheaper than the full SVD each
+#: route is, and each route's cost relative to Muon's Newton–Schulz.
 RATIOS: tuple[tuple[str, str], ...] = (
-    ("svd", "gram_eigh"), ("svd", "damped_solve"), ("svd", "ns5"),
-    ("transform:svd", "transform:gram"), ("transform:svd", "transform:solve"), ("transform:svd", "transform:polar"),
+    ("svd", "gram"), ("svd", "solve"), ("svd", "polar"), ("gram", "ns5"), ("solve", "ns5"), ("polar", "ns5"),
 )  # fmt: skip
 
 
@@ -79,7 +72,7 @@ def fmt_bytes(b: float) -> str:
 
 # ------------------------------------------------------------------------------------- plots
 def plot_time_vs_flops(
-    df: pd.DataFrame, out_dir: str | os.PathLike[str], methods: Sequence[str] | None = None
+    df: pd.DataFrame, out_dir: str | Path, methods: Sequence[str] | None = None
 ) -> list[Path]:
     """Log-log time vs FLOPs, one figure per (device, dtype), one colour per method, with each
     method's fitted line a·flops + b over its measured range (dashed)."""
@@ -182,41 +175,40 @@ def format_ratios(ratios: pd.DataFrame) -> str:
 
 # ------------------------------------------------------------------------------- scale table
 def cost_table(
-    profile: Mapping[str, Any],
+    costs: Mapping[str, Any],
+    planner: Planner,
     models: Sequence[str] = DEFAULT_MODELS,
     ranks: Sequence[int] = DEFAULT_RANKS,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] = METHODS,
     dtype: str = "fp32",
-    sharded: bool = True,
 ) -> pd.DataFrame:
-    """One row per (model, method, ranks): predicted compute, all-gather and total per step."""
+    """One row per (model, method, ranks): predicted compute, sync and total per step (sharded)."""
     rows = []
     for model in models:
         for method in methods:
-            if f"{method}|{dtype}" not in profile.get("kernels", {}):
+            if f"{method}|{dtype}" not in costs.get("kernels", {}):
                 continue
             for p in ranks:
                 try:
-                    pred = predict_step_cost(model, p, profile, method, sharded=sharded, dtype=dtype)
+                    rows.append(predict_step_cost(model, p, costs, method, planner, dtype=dtype))
                 except CostModelError:
                     continue
-                rows.append(pred)
     return pd.DataFrame(rows)
 
 
 def format_cost_table(table: pd.DataFrame) -> str:
-    """Markdown: per model, methods × ranks, cell = total (compute + all-gather)."""
+    """Markdown: per model, methods × ranks, cell = compute + sync = total."""
     if table.empty:
-        return "(no predictions: the device profile lacks the methods or the model catalogue)"
+        return "(no predictions: the device cost constants lack the methods or the model catalogue)"
     out = []
     ranks = sorted(table["ranks"].unique())
     for model, g in table.groupby("model", sort=False):
-        first = g.iloc[0]
-        out.append(f"**{model}**: {first['matrices']} spectral matrices, {first['elements'] / 1e9:.2f} B parameters; "
-                   f"all-gather of bf16 updates {fmt_bytes(first['allgather_bytes'] or 0) if first['sharded'] else '–'}"
-                   f" per step at N > 1 ({first['collective_source']})")
+        first = g.sort_values("ranks").iloc[-1]
+        out.append(f"**{model}**: {first['matrices']} matrices, {first['elements'] / 1e9:.2f} B parameters; the "
+                   f"owners' new values go out in {first['buckets']} bucketed broadcasts, "
+                   f"{fmt_bytes(first['sync_bytes'])} per step ({first['comm_source']})")
         out.append("")
-        out.append("| method | serial (1 device) | " + " | ".join(f"N = {p}: compute + all-gather = total" for p in ranks)
+        out.append("| method | serial (1 device) | " + " | ".join(f"N = {p}: compute + sync = total" for p in ranks)
                    + " | largest matrix vs measured |")
         out.append("|---|---|" + "---|" * len(ranks) + "---|")
         for method, gm in g.groupby("method", sort=False):
@@ -225,7 +217,7 @@ def format_cost_table(table: pd.DataFrame) -> str:
             for p in ranks:
                 r = by_p.get(int(p))
                 cells.append("–" if r is None else
-                             f"{fmt_seconds(r['compute_s'])} + {fmt_seconds(r['allgather_s'])} = "
+                             f"{fmt_seconds(r['compute_s'])} + {fmt_seconds(r['sync_s'])} = "
                              f"**{fmt_seconds(r['total_s'])}**")
             r0 = gm.iloc[0]
             out.append(f"| {method} | {fmt_seconds(r0['serial_compute_s'])} | " + " | ".join(cells)
@@ -234,39 +226,70 @@ def format_cost_table(table: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def format_probe_table(profile: Mapping[str, Any], models: Sequence[str] = DEFAULT_MODELS,
+def format_probe_table(costs: Mapping[str, Any], models: Sequence[str] = DEFAULT_MODELS,
                        train_batch: int = 1024, interval: int = 100) -> str:
     """Markdown: one curvature probe (defaults K = 20, batch 2048) of each model, in training steps
-    of a ``train_batch``-sample step, from the profile's κ; the measured points behind κ."""
-    fit = profile.get("probe_model")
+    of a ``train_batch``-sample step, from κ; the measured points behind κ."""
+    fit = costs.get("probe_model")
     if not fit:
-        return "(no probe constant: fit with --probe-results pointing at a probe-overhead profile)"
+        return "(no probe constant: fit with --probe-results pointing at probe-overhead results)"
     lines = [f"κ = {fit['kappa']:.2f} (median of {fit['points']} measured points, range {fit['kappa_min']:.2f}–"
              f"{fit['kappa_max']:.2f}; leave-one-out median error {fit['loo_median_rel_err']:.0%}), "
-             f"in {fit['model']}. Probed layers L = the model's spectral matrices; training batch "
+             f"in {fit['model']}. Probed layers L = the model's matrices; training batch "
              f"{train_batch} samples.", "",
              f"| model | L | one probe (training steps) | overhead at interval {interval} | interval for 5 % | interval for 1 % |",
              "|---|---|---|---|---|---|"]
     for model in models:
-        try:
-            layers = predict_step_cost(model, 1, profile, next(iter(_kernel_methods(profile))))["matrices"]
-        except (CostModelError, StopIteration):
+        shapes = costs.get("models", {}).get(model)
+        if not shapes:
             continue
-        pred = predict_probe_cost(profile, layers, PROBE_TOP_K, PROBE_BATCH, train_batch, interval)
+        layers = sum(int(s["count"]) for s in shapes)
+        pred = predict_probe_cost(costs, layers, PROBE_TOP_K, PROBE_BATCH, train_batch, interval)
         lines.append(f"| {model} | {layers} | {pred['probe_in_steps']:,.0f} | {pred['overhead_at_interval']:.0%} | "
                      f"{pred['interval_for_5pct']:,.0f} | {pred['interval_for_1pct']:,.0f} |")
     return "\n".join(lines)
 
 
-def _kernel_methods(profile: Mapping[str, Any]) -> list[str]:
-    return [key.split("|")[0] for key in profile.get("kernels", {}) if key.endswith("|fp32")]
+def format_comm(costs: Mapping[str, Any]) -> str:
+    """Markdown: the broadcast constants, their held-out error per P and the model-sync checks."""
+    fit = costs.get("broadcast")
+    if not fit:
+        return ("(no collective rows: at scale the sync is priced with assumed NCCL constants; measure with a "
+                "`collectives:` section)")
+    r2 = {alg: "⌈log₂ P⌉" if alg == "binomial_tree" else "P − 1" for alg in ALGORITHMS.values()}[fit["algorithm"]]
+    s2 = "⌈log₂ P⌉" if fit["algorithm"] == "binomial_tree" else "1"
+    lines = [f"One bucket of B bytes on P ranks ({fit['backend']}, {fit['algorithm'].replace('_', ' ')}): "
+             f"t(P, B) = {r2}·ℓ + {s2}·B/bw with ℓ = **{fit['latency_s'] * 1e6:.0f} µs** and bw = "
+             f"**{1 / fit['seconds_per_byte'] / 1e9:.2f} GB/s**, fitted on {fit['n']} single-bucket syncs at "
+             f"P = {', '.join(str(p) for p in fit['ranks'])} (median error {fit['median_rel_err']:.1%}, largest "
+             f"{fit['max_rel_err']:.1%}). A step's sync is the sum over its buckets.", ""]
+    held = fit.get("heldout_by_ranks") or {}
+    if held:
+        lines += ["Held out by P (fit on the other P, predict this one): "
+                  + ", ".join(f"P = {p}: median error **{e:.1%}**" for p, e in held.items()) + ".", ""]
+    checks = costs.get("comm_checks") or []
+    if checks:
+        lines += ["Whole syncs with the optimizer's bucket plan, predicted bucket by bucket (never fitted on): "
+                  "`owner_sync` after a barrier (communication alone); inside a sharded `spectral_step` the "
+                  "fastest and slowest rank's sync bracket the transfer.", "",
+                  "| run | measured | P | buckets | bytes | measured | predicted | error / inside the bracket |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in checks:
+            if c["kind"] == "owner_sync":
+                measured, verdict = fmt_seconds(c["measured_s"]), f"{c['rel_err']:.1%}"
+            else:
+                measured = f"{fmt_seconds(c['measured_s'])} – {fmt_seconds(c['measured_high_s'])}"
+                verdict = "inside" if c["in_bracket"] else "outside"
+            lines.append(f"| {c.get('run') or '–'} | {c['kind']} | {c['ranks']} | {c['buckets']} | {fmt_bytes(c['bytes'])} | {measured} | "
+                         f"{fmt_seconds(c['predicted_s'])} | {verdict} |")
+    return "\n".join(lines)
 
 
-def format_fit_points(profile: Mapping[str, Any], methods: Sequence[str] | None = None) -> str:
+def format_fit_points(costs: Mapping[str, Any], methods: Sequence[str] | None = None) -> str:
     """Markdown: the measured points every fit rests on."""
     lines = ["| method | dtype | points | measured FLOP range | sustained rate 1/a | fixed cost b | "
              "fit median rel. err | held-out median rel. err |", "|---|---|---|---|---|---|---|---|"]
-    for key, fit in sorted(profile.get("kernels", {}).items()):
+    for key, fit in sorted(costs.get("kernels", {}).items()):
         method, dtype = key.split("|")
         if methods is not None and method not in methods:
             continue
@@ -283,47 +306,45 @@ def format_fit_points(profile: Mapping[str, Any], methods: Sequence[str] | None 
 class CostReport:
     text: str
     report_path: Path
-    profile_path: Path
+    costs_path: Path
     plot_paths: list[Path] = field(default_factory=list)
-    profile: dict[str, Any] = field(default_factory=dict)
+    costs: dict[str, Any] = field(default_factory=dict)
 
 
 def build_cost_report(
-    results: str | os.PathLike[str],
+    results: str | Path,
     name: str,
-    out_dir: str | os.PathLike[str] | None = None,
-    profile_out: str | os.PathLike[str] | None = None,
+    planner: Planner,
+    out_dir: str | Path | None = None,
+    costs_out: str | Path | None = None,
     device: str | None = None,
     ratio_sets: Sequence[str] = ("gpt2-small", "resnet18"),
-    probe_results: str | os.PathLike[str] | None = None,
+    comm_results: str | Path | None = None,
+    probe_results: str | Path | None = None,
 ) -> CostReport:
-    """Fit, save the device profile, plot, and write ``cost_report.md`` into ``out_dir``."""
+    """Fit, save the device cost constants, plot, and write ``cost_report.md`` into ``out_dir``."""
     df = load_profile_rows(results)
-    profile = build_device_profile(df, name, device, sources=[str(Path(results).resolve())])
-    if probe_results is not None:
-        # The probe constant comes from a separate probe-overhead job on the same device.
-        profile["probe_model"] = fit_probe_constant(load_profile_rows(probe_results))
-        profile["sources"].append(str(Path(probe_results).resolve()))
+    costs = fit_from_paths(results, name, device, comm_results, probe_results)
     out = Path(out_dir) if out_dir is not None else Path(results) / "cost_report"
     if out.suffix == ".parquet":
         out = out.parent / "cost_report"
     out.mkdir(parents=True, exist_ok=True)
-    profile_path = save_device_profile(profile, profile_out or out / f"{name}.json")
+    costs_path = save_device_costs(costs, costs_out or out / f"{name}.json")
     sel = df if device is None else df[df.get("device_name") == device]
     plots = plot_time_vs_flops(sel, out)
     acc = held_out_accuracy(sel)
     parts = [
-        f"# Estimation cost on {profile['device_name']} ({profile['device']}, "
-        f"{profile.get('threads')} threads, torch {profile.get('torch_version')})",
+        f"# Estimation cost on {costs['device_name']} ({costs['device']}, "
+        f"{costs.get('threads')} threads, torch {costs.get('torch_version')})",
         "",
-        f"Fit: {profile['fit']}. Held-out median relative error (every 3rd shape by FLOPs held out): "
-        f"**{profile['heldout_median_rel_err']:.1%}**.",
+        f"Fit: {costs['fit']}. Held-out median relative error (every 3rd shape by FLOPs held out): "
+        f"**{costs['heldout_median_rel_err']:.1%}**.",
         "",
-        "## Ratios to the full SVD (measured, same run)",
+        "## Ratios between the optimizers' routes (measured, same run)",
     ]
     for s in ratio_sets:
         parts += ["", f"### {s}", "", format_ratios(method_ratios(sel, s))]
-    parts += ["", "## Fits and the points they rest on", "", format_fit_points(profile), ""]
+    parts += ["", "## Fits and the points they rest on", "", format_fit_points(costs), ""]
     if not acc.empty:
         parts += ["Held-out accuracy per fit:", "",
                   "| method | dtype | fit shapes | held out | median rel. err | max rel. err |",
@@ -331,32 +352,33 @@ def build_cost_report(
         parts += [f"| {r.method} | {r.dtype} | {r.n_fit} | {r.n_held_out} | {r.median_rel_err:.1%} | "
                   f"{r.max_rel_err:.1%} |" for r in acc.itertuples(index=False)]
         parts.append("")
-    parts += ["## What it costs at scale (per optimizer step, sharded: LPT over N ranks + all-gather)", "",
-              format_cost_table(cost_table(profile)), "",
+    parts += ["## Communication: the owner sharding's bucketed broadcasts", "", format_comm(costs), "",
+              "## What one step costs at scale (sharded: the optimizer's LPT owners, compute + bucketed sync)", "",
+              format_cost_table(cost_table(costs, planner)), "",
               "## What one curvature probe costs at scale (K = 20 directions, probe batch 2048)", "",
-              format_probe_table(profile), ""]
+              format_probe_table(costs), ""]
     text = "\n".join(parts)
     report_path = out / "cost_report.md"
     report_path.write_text(text)
-    return CostReport(text, report_path, profile_path, plots, profile)
+    return CostReport(text, report_path, costs_path, plots, costs)
 
 
 # -------------------------------------------------------------------------------- cost command
 def format_breakdown(pred: Mapping[str, Any]) -> str:
-    """The human-readable breakdown of one :func:`~analysis.cost_model.predict_step_cost`."""
+    """The human-readable breakdown of one :func:`~analysis.step_cost.predict_step_cost`."""
     lo, hi = pred["measured_flops_range"]
     held = pred.get("fit_heldout_median_rel_err")
     lines = [
-        f"{pred['model']} on {pred['ranks']} × {pred['device_name']} ({pred['device_profile']}), method "
-        f"{pred['method']} ({pred['dtype']}), {'sharded (LPT)' if pred['sharded'] else 'replicated'}",
-        f"  spectral matrices        {pred['matrices']} ({pred['elements'] / 1e9:.2f} B parameters, "
+        f"{pred['model']} on {pred['ranks']} × {pred['device_name']} ({pred['device_costs']}), method "
+        f"{pred['method']} ({pred['dtype']}), {'sharded (LPT owners)' if pred['sharded'] else 'replicated'}",
+        f"  matrices                 {pred['matrices']} ({pred['elements'] / 1e9:.2f} B parameters, "
         f"{pred['flops_total'] / 1e12:.1f} TFLOP per step in total)",
         f"  serial compute           {fmt_seconds(pred['serial_compute_s'])} (one device doing every matrix)",
         f"  per-rank compute (max)   {fmt_seconds(pred['compute_s'])} (mean {fmt_seconds(pred['mean_rank_compute_s'])},"
-        f" imbalance ×{pred['imbalance']:.2f})",
-        f"  all-gather of updates    {fmt_seconds(pred['allgather_s'])} ({fmt_bytes(pred['allgather_bytes'])}; "
-        f"{pred['collective_source']})",
-        f"  total per step           {fmt_seconds(pred['total_s'])} (compute + all-gather, no overlap)",
+        f" imbalance ×{pred['imbalance']:.2f}; owners assigned on {pred['assignment_ranks']} ranks)",
+        f"  sync of new values       {fmt_seconds(pred['sync_s'])} ({pred['buckets']} bucketed broadcasts, "
+        f"{fmt_bytes(pred['sync_bytes'])}; {pred['comm_source']})",
+        f"  total per step           {fmt_seconds(pred['total_s'])} (compute + sync, no overlap)",
         f"  fit                      t = {pred['fit_a']:.3e}·flops + {fmt_seconds(pred['fit_b'])} from "
         f"{pred['fit_points']} measured shapes, {lo:.2e}–{hi:.2e} FLOPs; median rel. err "
         f"{pred['fit_median_rel_err']:.1%}"
@@ -369,7 +391,7 @@ def format_breakdown(pred: Mapping[str, Any]) -> str:
 def format_probe_breakdown(probe: Mapping[str, Any] | None) -> str:
     """The probe lines of the ``cost`` breakdown (or why there are none)."""
     if probe is None:
-        return "  curvature probe          no probe constant in this device profile (see README: cost model)"
+        return "  curvature probe          no probe constant in these device cost constants (see README: cost model)"
     lo, hi = probe["kappa_range"]
     return "\n".join([
         f"  curvature probe          K = {probe['top_k']} on L = {probe['layers']} layers, batch {probe['probe_batch']} "
@@ -384,8 +406,9 @@ def format_probe_breakdown(probe: Mapping[str, Any] | None) -> str:
 def cost_cli(
     model: str,
     ranks: int,
-    device_profile_path: str | os.PathLike[str],
-    method: str = "damped_solve",
+    device_costs: str | Path,
+    planner: Planner,
+    method: str = "solve",
     dtype: str = "fp32",
     sharded: bool = True,
     probe_top_k: int = PROBE_TOP_K,
@@ -393,58 +416,18 @@ def cost_cli(
     train_batch: int = 1024,
     probe_interval: int = 100,
 ) -> int:
-    """Print the breakdown for ``specbench cost --model M --ranks N --device PROFILE [--method]``
+    """Print the breakdown for ``specbench cost --model M --ranks N --device NAME [--method]``
     (the optimizer step, then one curvature probe in training steps); returns the exit status
-    (2 on a usage problem, with the message on stderr)."""
+    (2 on a usage problem, with one message on stderr)."""
     try:
-        if min(probe_top_k, probe_batch, train_batch, probe_interval) < 1:
-            raise ValueError("--probe-k, --probe-batch, --train-batch and --probe-interval must be at least 1")
-        profile = load_device_profile(device_profile_path)
-        pred = predict_step_cost(model, ranks, profile, method, sharded=sharded, dtype=dtype)
-    except (CostModelError, FileNotFoundError, ValueError) as exc:
+        if min(ranks, probe_top_k, probe_batch, train_batch, probe_interval) < 1:
+            raise ValueError("--ranks, --probe-k, --probe-batch, --train-batch and --probe-interval must be at least 1")
+        costs = load_device_costs(device_costs)
+        pred = predict_step_cost(model, ranks, costs, method, planner, sharded=sharded, dtype=dtype)
+    except (CostModelError, ValueError) as exc:
         print(f"specbench: error: {exc}", file=sys.stderr)
         return 2
-    probe = predict_probe_cost(profile, pred["matrices"], probe_top_k, probe_batch, train_batch, probe_interval)
+    probe = predict_probe_cost(costs, pred["matrices"], probe_top_k, probe_batch, train_batch, probe_interval)
     print(format_breakdown(pred))
     print(format_probe_breakdown(probe))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m analysis.cost_report", description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="?", help="results directory or profile.parquet (report mode)")
-    parser.add_argument("--name", help="device profile name (report mode)")
-    parser.add_argument("--out", help="report directory (default: <results>/cost_report)")
-    parser.add_argument("--profile-out", help=f"device-profile JSON (default: <out>/<name>.json; "
-                        f"the project keeps them in {DEVICE_PROFILE_DIR})")
-    parser.add_argument("--device-name", help="device model when the results hold several")
-    parser.add_argument("--probe-results", help="profile results with probe_overhead rows (fits the probe constant κ)")
-    parser.add_argument("--cost", action="store_true", help="print one prediction instead of a report")
-    parser.add_argument("--model", default="llama-70b")
-    parser.add_argument("--ranks", type=int, default=8)
-    parser.add_argument("--device", help="device profile (name or JSON path) for --cost")
-    parser.add_argument("--method", default="damped_solve")
-    parser.add_argument("--dtype", default="fp32")
-    parser.add_argument("--replicated", action="store_true", help="every rank transforms every matrix")
-    args = parser.parse_args(argv)
-    if args.cost:
-        if not args.device:
-            parser.error("--cost needs --device")
-        return cost_cli(args.model, args.ranks, args.device, args.method, args.dtype, not args.replicated)
-    if not args.results or not args.name:
-        parser.error("a report needs RESULTS and --name")
-    try:
-        rep = build_cost_report(args.results, args.name, args.out, args.profile_out, args.device_name,
-                                probe_results=args.probe_results)
-    except (CostModelError, FileNotFoundError) as exc:
-        print(f"specbench: error: {exc}", file=sys.stderr)
-        return 2
-    print(rep.text)
-    print(f"\nreport: {rep.report_path}; device profile: {rep.profile_path}; {len(rep.plot_paths)} plot(s)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,8 @@
-"""The distributed spectral step and the probe overhead, from the ``profile`` table.
+"""What one step costs, from the ``profile`` table: optimizer steps, the distributed spectral step
+and the probe overhead.
 
-``specbench profile`` writes ``op=spectral_step`` rows (`bench.profile.spectral_step`: one per
+``specbench profile`` writes ``op=optimizer_step`` rows (`bench.profile.optimizer_step`: one per
+optimizer and model), ``op=spectral_step`` rows (`bench.profile.spectral_step`: one per
 distribution and P) and ``op=probe_overhead`` rows (`bench.profile.probe_overhead`: one per
 probe setting). This module turns them into the report's tables and two figures — speedup vs
 ranks, probe overhead vs width (and batch, K) — and states the issue's targets against them::
@@ -43,16 +45,20 @@ class ScalingReport:
 def spectral_step_table(profile: pd.DataFrame) -> pd.DataFrame:
     """One row per (P, distribution): step time, compute, communication, bytes, imbalance,
     speedup over redundant at the same P, and the largest parameter deviation from redundant."""
-    cols = ["ranks", "phase", "method", "shape_set", "seconds", "compute_seconds", "comm_seconds", "bytes",
-            "load_imbalance", "speedup_vs_redundant", "max_abs_diff_vs_redundant", "max_abs_param", "device"]
-    if profile.empty or "op" not in profile.columns:
-        return pd.DataFrame(columns=cols)
-    rows = profile[profile["op"] == "spectral_step"]
-    if rows.empty:
-        return pd.DataFrame(columns=cols)
-    rows = rows[[c for c in cols if c in rows.columns]].rename(columns={"phase": "distribution"})
+    cols = ["ranks", "phase", "method", "shape_set", "seconds", "compute_seconds", "comm_seconds", "comm_seconds_min",
+            "bytes", "load_imbalance", "speedup_vs_redundant", "max_abs_diff_vs_redundant", "max_abs_param", "device"]
+    rows = _op_rows(profile, "spectral_step", cols).rename(columns={"phase": "distribution"})
     rows = _as_int(rows, ["ranks", "bytes"])
     return rows.sort_values(["ranks", "distribution"]).reset_index(drop=True)
+
+
+def _op_rows(profile: pd.DataFrame, op: str, cols: list[str]) -> pd.DataFrame:
+    """The ``op`` rows of the profile table, with those of ``cols`` that are present (an empty
+    frame with every column when there are none)."""
+    if profile.empty or "op" not in profile.columns or not (profile["op"] == op).any():
+        return pd.DataFrame(columns=cols)
+    rows = profile[profile["op"] == op]
+    return rows[[c for c in cols if c in rows.columns]]
 
 
 def _as_int(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -64,18 +70,36 @@ def _as_int(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return df
 
 
+def optimizer_step_table(profile: pd.DataFrame) -> pd.DataFrame:
+    """One row per optimizer and model: the median step, its ratio to the baseline (AdamW) and to
+    the reference (Muon), both measured in the same job, and the amortised periodic parts."""
+    cols = ["model", "label", "method", "matrices", "seconds", "ratio_to_baseline", "ratio_to_reference",
+            "regular_step_s", "refresh_step_s", "period"]
+    rows = _op_rows(profile, "optimizer_step", cols).rename(columns={"label": "optimizer"})
+    return _as_int(rows, ["matrices"]).reset_index(drop=True)
+
+
+def step_ratio_summary(steps: pd.DataFrame) -> pd.DataFrame:
+    """Optimizers × models: each step relative to AdamW (every optimizer) and to Muon (the
+    Spectral Newton methods), the two tables of the README."""
+    if steps.empty:
+        return pd.DataFrame()
+    out = steps.pivot_table(index="optimizer", columns="model", values="ratio_to_baseline", sort=False)
+    out.columns = [f"{m} / AdamW" for m in out.columns]
+    if "ratio_to_reference" in steps.columns:
+        ref = steps.pivot_table(index="optimizer", columns="model", values="ratio_to_reference", sort=False)
+        ref.columns = [f"{m} / Muon" for m in ref.columns]
+        out = out.join(ref)
+    return out.reset_index()
+
+
 def probe_overhead_table(profile: pd.DataFrame) -> pd.DataFrame:
     """The ``op=probe_overhead`` rows: what was varied, the point, probe and step seconds, the
     ratio, overhead at the interval, the intervals for 5 % and 1 %, and the phase split."""
     cols = ["phase", "shape_m", "batch", "k", "count", "seconds", "step_seconds", "probe_to_step", "interval",
             "overhead_at_interval", "interval_for_5pct", "interval_for_1pct", "hvp_seconds", "grad_svd_seconds",
             "factors_seconds", "eigh_seconds"]
-    if profile.empty or "op" not in profile.columns:
-        return pd.DataFrame(columns=cols)
-    rows = profile[profile["op"] == "probe_overhead"]
-    if rows.empty:
-        return pd.DataFrame(columns=cols)
-    out = rows[[c for c in cols if c in rows.columns]].rename(
+    out = _op_rows(profile, "probe_overhead", cols).rename(
         columns={"phase": "varied", "shape_m": "width", "batch": "probe_batch", "k": "top_k", "count": "layers"})
     return _as_int(out, ["width", "probe_batch", "top_k", "layers", "interval"]).reset_index(drop=True)
 
@@ -158,12 +182,16 @@ def plot_overhead(overhead: pd.DataFrame, out: Path) -> Path | None:
 def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> ScalingReport:
     """Tables, figures and target statements; writes ``scaling_report.md`` into ``out_dir``."""
     profile = load_table(results, "profile")
+    opt_steps = optimizer_step_table(profile)
     step = spectral_step_table(profile)
     overhead = probe_overhead_table(profile)
     out = Path(out_dir) if out_dir is not None else Path(results) / "scaling_report"
     plots = [p for p in (plot_speedup(step, out) if not step.empty else None,
                          plot_overhead(overhead, out) if not overhead.empty else None) if p is not None]
-    parts = ["# Distributed spectral step and probe overhead", ""]
+    parts = ["# Optimizer steps, distributed spectral step and probe overhead", ""]
+    if not opt_steps.empty:
+        parts += ["## One optimizer step (interleaved, same job; ratios to AdamW and to Muon)", "",
+                  markdown_table(step_ratio_summary(opt_steps)), "", markdown_table(opt_steps), ""]
     if not step.empty:
         parts += ["## Spectral Newton step: owner-rank sharded vs redundant", "", frame_grid(step), ""]
         at2 = step[(step["ranks"] == 2) & (step["distribution"] == "sharded")]

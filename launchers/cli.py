@@ -380,12 +380,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from analysis.cost_report import cost_cli
+    from launchers.cost import cmd_cost as run
 
-    if args.ranks < 1:
-        raise UsageError("--ranks must be at least 1")
-    return int(cost_cli(args.model, args.ranks, args.device, args.method, args.dtype, not args.replicated,
-                        args.probe_k, args.probe_batch, args.train_batch, args.probe_interval) or 0)
+    return int(run(args) or 0)
 
 
 # -------------------------------------------------------------------------------------- cluster
@@ -584,17 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show Ray logs")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("cost", help="predicted per-step spectral cost of a model on N devices, from a device profile")
-    p.add_argument("--model", required=True, help="e.g. gpt2-small, llama-7b, llama-70b, llama-405b")
-    p.add_argument("--ranks", type=int, required=True, help="devices the per-matrix work is sharded over")
-    p.add_argument("--device", required=True, help="a name in analysis/device_profiles/ (cpu-2core, h200) or a JSON path")
-    p.add_argument("--method", default="damped_solve", help="kernel: damped_solve, gram_eigh, ns5, svd, ...")
-    p.add_argument("--dtype", default="fp32", help="kernel precision in the device profile (default fp32)")
-    p.add_argument("--replicated", action="store_true", help="every rank computes every matrix (no sharding)")
-    p.add_argument("--probe-k", type=int, default=20, help="probe directions per layer (default: the probe's 20)")
-    p.add_argument("--probe-batch", type=int, default=2048, help="probe batch in samples (default: the probe's 2048)")
-    p.add_argument("--train-batch", type=int, default=1024, help="global training batch in samples (default 1024)")
-    p.add_argument("--probe-interval", type=int, default=100, help="training steps between probes (default 100)")
+    p = sub.add_parser("cost", help="predicted per-step cost of a model's matrix work on N devices, from device "
+                       "cost constants")
+    from launchers.cost import add_cost_arguments
+
+    add_cost_arguments(p)
     p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("verify", help="check the paper's claims against a results directory (PASS/FAIL/NO DATA)")

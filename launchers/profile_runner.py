@@ -1,13 +1,20 @@
-"""``specbench profile CONFIG``: the kernel profile measured on every node of a Ray cluster.
+"""``specbench profile CONFIG``: the one benchmark entry point, on a Ray cluster.
 
-One measurement job per alive node, pinned there with ``NodeAffinitySchedulingStrategy``
-(``soft=False``: a job that ran elsewhere would label another machine's timings with this node).
-Each job asks for ``resources.num_cpus`` CPUs (capped at what the node has) and, on nodes that
-have GPUs, ``resources.num_gpus`` of them, and calls :func:`bench.profile.runner.run_kernel_profile`,
-which writes ``<storage>/<name>/trials/<job_id>/profile.parquet`` itself (job id
-``<name>-<hostname>-<node id prefix>``); nothing depends on Ray's result plumbing beyond the
-paths the jobs return. The storage must therefore be visible to every node (a shared
-filesystem) for the driver to read the results back; on one machine it always is.
+- ``profiles`` and ``optimizer_step``: one measurement job per alive node, pinned there with
+  ``NodeAffinitySchedulingStrategy`` (``soft=False``: a job that ran elsewhere would label
+  another machine's timings with this node). Each job asks for ``resources.num_cpus`` CPUs
+  (capped at what the node has) and, on nodes that have GPUs, ``resources.num_gpus`` of them,
+  and calls :func:`bench.profile.runner.run_profile_job`, which writes
+  ``<storage>/<name>/trials/<job_id>/profile.parquet`` itself (job id
+  ``<name>-<hostname>-<node id prefix>``).
+- ``collectives`` and ``spectral_step``: for every P, one Ray Train worker group of P workers
+  (a gloo or nccl process group) runs the sections that ask for that P; rank 0 writes
+  ``<storage>/<name>/trials/<name>-<section>-p<P>/profile.parquet``.
+- ``probe_overhead``: one Ray task.
+
+Nothing depends on Ray's result plumbing beyond the paths the jobs return. The storage must
+therefore be visible to every node (a shared filesystem) for the driver to read the results
+back; on one machine it always is.
 
 The config is validated before Ray starts; problems raise :class:`ProfileConfigError`
 (a ``launchers.sweep.ConfigError``, which the CLI turns into one list and exit status 2).
@@ -48,17 +55,18 @@ def _profile_job(config: dict[str, Any], job_id: str, node_id: str) -> dict[str,
     import warnings
 
     from bench.profile.config import ProfileConfig
-    from bench.profile.runner import run_kernel_profile
+    from bench.profile.runner import run_profile_job
     from bench.results.writer import trial_dir
 
     warnings.filterwarnings("ignore")
     cfg = ProfileConfig.model_validate(config)
-    rows = run_kernel_profile(cfg, job_id=job_id, node_id=node_id)
+    rows = run_profile_job(cfg, job_id=job_id, node_id=node_id)
     kernels = [r for r in rows if r.get("op") == "kernel"]
     return {
         "path": str((trial_dir(cfg.storage, cfg.name, job_id) / "profile.parquet").resolve()),
         "kernels": len(kernels),
         "ok": sum(r.get("status") == "ok" for r in kernels),
+        "steps": sum(r.get("op") == "optimizer_step" for r in rows),
         "node_id": node_id,
     }
 
@@ -101,8 +109,19 @@ def _probe_overhead_job(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     return {"path": str(path.resolve()), "rows": len(rows)}
 
 
-def _spectral_step_worker(config: dict[str, Any]) -> None:
-    """Body of every Ray Train worker of the spectral-step measurement (one process group of P)."""
+#: The sections that need a process group of P ranks, in the order a group runs them.
+GROUP_SECTIONS: tuple[str, ...] = ("collectives", "spectral_step")
+
+
+def group_job_id(name: str, section: str, ranks: int) -> str:
+    """``<name>-<section>-p<P>``: where one section's rows at P ranks are written."""
+    return f"{name}-{section.replace('_', '-')}-p{ranks}"
+
+
+def _group_worker(config: dict[str, Any]) -> None:
+    """Body of every Ray Train worker of a distributed measurement (one process group of P): each
+    section of ``config["sections"]`` in turn; rank 0 writes each section's rows to its own job."""
+    import socket
     import warnings
 
     import ray.train
@@ -110,51 +129,62 @@ def _spectral_step_worker(config: dict[str, Any]) -> None:
 
     from bench.distributed import configure_cpu_threads
     from bench.profile.config import ProfileConfig
-    from bench.profile.spectral_step import measure_spectral_step
+    from bench.profile.runner import device_name
     from bench.results.writer import trial_dir, write_rows
 
     warnings.filterwarnings("ignore")
     cfg = ProfileConfig.model_validate(config["profile"])
-    ss = cfg.spectral_step
-    use_gpu = config["use_gpu"]
-    if use_gpu:
-        device = torch.device("cuda", ray.train.get_context().get_local_rank())
-    else:
-        configure_cpu_threads(ss.threads_per_rank)
-        device = torch.device("cpu")
-    rows = measure_spectral_step(blocks=ss.blocks, dim=ss.dim, method=ss.method, warmup=ss.warmup,
-                                 repeats=ss.repeats, seed=cfg.seed, device=device, sweep_name=cfg.name,
-                                 job_id=config["job_id"])
-    if ray.train.get_context().get_world_rank() == 0:
-        write_rows("profile", rows, trial_dir(cfg.storage, cfg.name, config["job_id"]) / "profile.parquet")
+    ctx = ray.train.get_context()
+    for name in config["sections"]:
+        section = getattr(cfg, name)
+        if config["use_gpu"]:
+            device = torch.device("cuda", ctx.get_local_rank())
+        else:
+            configure_cpu_threads(section.threads_per_rank)
+            device = torch.device("cpu")
+        job_id = group_job_id(cfg.name, name, ctx.get_world_size())
+        common = {"seed": cfg.seed, "device": device, "sweep_name": cfg.name, "job_id": job_id}
+        if name == "collectives":
+            from bench.profile.collectives import measure_collectives
+
+            rows = measure_collectives(section, **common)
+        else:
+            from bench.profile.spectral_step import measure_spectral_step
+
+            rows = measure_spectral_step(blocks=section.blocks, dim=section.dim, method=section.method,
+                                         warmup=section.warmup, repeats=section.repeats, **common)
+        if ctx.get_world_rank() == 0:
+            where = {"device_name": device_name(device), "hostname": socket.gethostname(),
+                     "torch_version": torch.__version__}
+            write_rows("profile", [{**where, **r} for r in rows], trial_dir(cfg.storage, cfg.name, job_id) / "profile.parquet")
 
 
-def run_spectral_step(cfg: ProfileConfig, ranks: int, use_gpu: bool, log: Callable[[str], None] | None) -> Path:
-    """One Ray Train worker group of ``ranks`` workers measuring the spectral step; returns the
-    Parquet it wrote (``<storage>/<name>/trials/<name>-spectral-step-p<P>/profile.parquet``)."""
+def run_group(cfg: ProfileConfig, ranks: int, use_gpu: bool, log: Callable[[str], None] | None) -> list[Path]:
+    """One Ray Train worker group of ``ranks`` workers measuring every section of
+    :data:`GROUP_SECTIONS` that asks for P = ``ranks`` (one group launch per P); returns the
+    Parquet files it wrote (``<storage>/<name>/trials/<name>-<section>-p<P>/profile.parquet``)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from bench.results.writer import trial_dir
 
-    ss = cfg.spectral_step
-    job_id = f"{cfg.name}-spectral-step-p{ranks}"
+    sections = [s for s in GROUP_SECTIONS if getattr(cfg, s) is not None and ranks in getattr(cfg, s).ranks]
     sweep_dir = (Path(cfg.storage) / cfg.name).resolve()
     trainer = TorchTrainer(
-        _spectral_step_worker,
-        train_loop_config={"profile": cfg.model_dump(mode="json"), "job_id": job_id, "use_gpu": use_gpu},
+        _group_worker,
+        train_loop_config={"profile": cfg.model_dump(mode="json"), "sections": sections, "use_gpu": use_gpu},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=ranks, use_gpu=use_gpu,
-            resources_per_worker=None if use_gpu else {"CPU": ss.cpus_per_rank},
+            resources_per_worker=None if use_gpu else {"CPU": max(getattr(cfg, s).cpus_per_rank for s in sections)},
         ),
-        run_config=ray.train.RunConfig(name=job_id, storage_path=str(sweep_dir / "_ray")),
+        run_config=ray.train.RunConfig(name=f"{cfg.name}-p{ranks}", storage_path=str(sweep_dir / "_ray")),
     )
     trainer.fit()
-    path = trial_dir(cfg.storage, cfg.name, job_id) / "profile.parquet"
+    paths = [trial_dir(cfg.storage, cfg.name, group_job_id(cfg.name, s, ranks)) / "profile.parquet" for s in sections]
     if log:
-        log(f"  spectral step at P={ranks} → {path}")
-    return path
+        log(f"  {', '.join(s.replace('_', ' ') for s in sections)} at P={ranks} → {', '.join(map(str, paths))}")
+    return paths
 
 
 def alive_nodes() -> list[dict[str, Any]]:
@@ -213,8 +243,8 @@ def run_profile(
         start_ray(address, verbose=verbose)
     paths: list[Path] = []
     try:
-        if cfg.profiles:
-            paths += _run_kernel_jobs(cfg, log)
+        if cfg.profiles or cfg.optimizer_step is not None:
+            paths += _run_node_jobs(cfg, log)
         if cfg.probe_overhead is not None:
             job_id = f"{cfg.name}-probe-overhead"
             opts = {"num_cpus": min(cfg.probe_overhead.threads, ray.cluster_resources().get("CPU", 1.0)), "max_retries": 0}
@@ -224,18 +254,19 @@ def run_profile(
             paths.append(Path(result["path"]))
             if log:
                 log(f"  {result['rows']} probe-overhead points → {result['path']}")
-        if cfg.spectral_step is not None:
-            use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-            for ranks in cfg.spectral_step.ranks:
-                paths.append(run_spectral_step(cfg, ranks, use_gpu, log))
+        use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        group_ranks = sorted({p for s in GROUP_SECTIONS if getattr(cfg, s) is not None for p in getattr(cfg, s).ranks})
+        for ranks in group_ranks:
+            paths += run_group(cfg, ranks, use_gpu, log)
     finally:
         if started:
             ray.shutdown()
     return paths
 
 
-def _run_kernel_jobs(cfg: ProfileConfig, log: Callable[[str], None] | None) -> list[Path]:
-    """One kernel-profile task per alive node; returns the Parquet files they wrote."""
+def _run_node_jobs(cfg: ProfileConfig, log: Callable[[str], None] | None) -> list[Path]:
+    """One measurement job (kernels, optimizer steps) per alive node; returns the Parquet files
+    they wrote."""
     import ray
 
     job = ray.remote(_profile_job)
@@ -250,7 +281,7 @@ def _run_kernel_jobs(cfg: ProfileConfig, log: Callable[[str], None] | None) -> l
     results = ray.get(refs)
     if log:
         for r in results:
-            log(f"  {r['ok']}/{r['kernels']} kernels ok → {r['path']}")
+            log(f"  {r['ok']}/{r['kernels']} kernels ok, {r['steps']} optimizer steps → {r['path']}")
     return [Path(r["path"]) for r in results]
 
 
@@ -278,9 +309,9 @@ def cli_profile(args) -> int:
     paths = run_profile(cfg, address=getattr(args, "address", None), verbose=getattr(args, "verbose", False), log=log)
     for p in paths:
         print(p)
-    if cfg.spectral_step is not None or cfg.probe_overhead is not None:
+    if cfg.optimizer_step is not None or cfg.spectral_step is not None or cfg.probe_overhead is not None:
         from analysis.scaling_report import build_scaling_report
 
         print(build_scaling_report(target).text)
-    print(f"analyse with: python -m analysis.cost_report {target} --name <device-profile-name>", file=sys.stderr)
+    print(f"fit device cost constants with: python -m launchers.cost fit {target} --name <device>", file=sys.stderr)
     return 0

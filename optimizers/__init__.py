@@ -7,8 +7,8 @@ optimizer subclasses, :class:`MatrixOptimizer` with its settings base :class:`Ma
 (:mod:`optimizers.matrix_base`), registered with :func:`register` and :func:`matrix_spec`; layer
 types in :mod:`optimizers.layer_types`; the spectral math in :mod:`optimizers.spectral`;
 distribution of the matrix work over data-parallel ranks in :mod:`optimizers.distributed`; device
-timing in :mod:`optimizers.timing`; step-time benchmark in :mod:`optimizers.benchmark`
-(``python -m optimizers.benchmark``).
+timing in :mod:`optimizers.timing`. Step times are measured by the profiler (``bench.profile``,
+``specbench profile``).
 """
 
 from .distributed import OwnerSharding, lpt_assign, matrix_cost, rank_and_world

@@ -2,11 +2,12 @@
 # The kernel profile on ONE lent GPU (an H200), as one prepared device check of at most ~4 minutes.
 #
 # Runs in the repository root. Writes into $OUT (default ./gpu_out):
-#   profile.parquet    the `profile` table (op=kernel rows + the op=shape model catalogue)
-#   h200.json          the fitted device profile (analysis.cost_model)
+#   profile.parquet    the `profile` table (op=kernel rows of the optimizers' routes + the op=shape
+#                      model catalogue)
+#   h200.json          the fitted device cost constants (analysis.cost_model)
 #   gpu_kernels.log    everything printed
-# Copy the JSON to analysis/device_profiles/h200.json, and the Parquet to
-# results/kernels-gpu/trials/h200/profile.parquet to re-analyse it with `analysis.cost_report`.
+# Copy the JSON to analysis/device_costs/h200.json and the Parquet to
+# analysis/device_costs/h200-profile.parquet; `python -m launchers.cost fit` re-analyses it.
 #
 # What it needs there: torch with CUDA (the image's), pyyaml, pyarrow, pandas (the image has
 # them) and pydantic, which the H200 image lacks and cannot download: carry its wheels as .whl/.
@@ -61,7 +62,7 @@ rc=$?
 echo "== runner exit $rc after $(( $(date +%s) - t0 )) s"
 [ -f "$OUT/profile.parquet" ] || { echo "FATAL: no profile.parquet"; exit 4; }
 
-# 4. Fit the device profile from what was measured (also after a timeout: the file is a flush).
+# 4. Fit the device cost constants from what was measured (also after a timeout: the file is a flush).
 timeout 60 "$PY" -m analysis.cost_model fit "$OUT/profile.parquet" --name h200 --out "$OUT/h200.json"
 fit=$?
 echo "== done in $(( $(date +%s) - t0 )) s (runner $rc, fit $fit)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -23,7 +24,8 @@ def tiny(tmp_path, **overrides):
 
 
 def test_shipped_configs_are_valid():
-    for name in ("tiny", "kernels_cpu", "kernels", "kernels_gpu", "spectral_step_cpu", "probe_overhead_cpu", "scaling_tiny"):
+    for name in ("tiny", "kernels_cpu", "kernels", "kernels_gpu", "optimizer_step_cpu", "distributed_cpu",
+                 "probe_overhead_cpu", "scaling_tiny"):
         load_profile_config(REPO / "configs" / "profile" / f"{name}.yaml")
 
 
@@ -35,14 +37,25 @@ def test_config_problems_are_listed_together():
         parse_profile_config(raw, "bad.yaml")
     assert len(err.value.problems) == 2 and "unknown key" in err.value.render()
     raw = yaml.safe_load(TINY.read_text())
-    raw["profiles"].append({"shape_sets": ["gpt2-small", "gpt5"], "methods": ["svd", "lu"], "shapes": ["nope"]})
+    raw["profiles"].append({"shape_sets": ["gpt2-small", "gpt5"], "methods": ["svd", "damped_solve"], "shapes": ["nope"]})
     with pytest.raises(ProfileConfigError) as err:
         parse_profile_config(raw, "bad.yaml")
     text = err.value.render()
-    assert "'gpt5'" in text and "'lu'" in text and len(err.value.problems) == 2
+    assert "'gpt5'" in text and "'damped_solve'" in text and len(err.value.problems) == 2
     raw["profiles"][-1]["shape_sets"] = ["gpt2-small"]
     with pytest.raises(ProfileConfigError, match="'nope' is not a shape of gpt2-small"):
         parse_profile_config(raw, "bad.yaml")
+
+
+def test_optimizer_step_problems_are_listed_together():
+    raw = {"optimizer_step": {"models": ["llama-7b", "resnet18"], "baseline": "sgd", "optimizers": [
+        {"name": "adamw"}, {"name": "spectral_newton", "settings": {"method": "lu"}}, {"name": "lion"}]}}
+    with pytest.raises(ProfileConfigError) as err:
+        parse_profile_config(raw, "bad.yaml")
+    text = err.value.render()
+    assert "'llama-7b' cannot be instantiated" in text and "unknown optimizer 'lion'" in text
+    assert "optimizers.1.settings" in text and "'sgd' is not one of the labels" in text
+    assert "reference: 'muon'" in text and len(err.value.problems) == 5
 
 
 def test_plan_deduplicates_shapes_and_orders_by_size():
@@ -50,7 +63,7 @@ def test_plan_deduplicates_shapes_and_orders_by_size():
 
     cfg = parse_profile_config({
         "shape_source": "frozen",  # the derivation itself is tested in test_profile_shapes.py
-        "profiles": [{"shape_sets": ["gpt2-small", "vit-base"], "methods": ["gram_eigh", "matmul"],
+        "profiles": [{"shape_sets": ["gpt2-small", "vit-base"], "methods": ["gram", "ns5"],
                       "dtypes": ["fp32", "bf16"]}],
     })
     tasks = plan_tasks(cfg)
@@ -58,17 +71,16 @@ def test_plan_deduplicates_shapes_and_orders_by_size():
     # GPT-2 small and ViT-Base share 768×768, 2304×768 and 3072×768 (mlp up and down alike).
     assert sorted(set(keys)) == [(768, 768), (2304, 768), (3072, 768)]
     assert len(tasks) == 3 * 2 * 2
-    assert tasks[0].method == "matmul"  # the ceiling first within a shape
     assert keys == sorted(keys, key=lambda k: k[0] * k[1] ** 2)
     qkv = next(t for t in tasks if t.shape.key == (2304, 768))
     assert {x.split("/")[0] for x in qkv.labels} == {"gpt2-small", "vit-base"}
 
 
 def test_runner_without_ray_skips_what_would_be_too_slow(tmp_path):
-    from bench.profile.runner import run_kernel_profile
+    from bench.profile.runner import run_profile_job
 
     cfg = tiny(tmp_path, max_call_seconds=1e-9)
-    rows = run_kernel_profile(cfg, job_id="job0", write=False)
+    rows = run_profile_job(cfg, job_id="job0", write=False)
     kernels = [r for r in rows if r["op"] == "kernel"]
     first = [r for r in kernels if r["shape"] == "32x48"]
     assert all(r["status"] == "ok" for r in first)  # nothing to predict from yet
@@ -76,7 +88,8 @@ def test_runner_without_ray_skips_what_would_be_too_slow(tmp_path):
     assert later and all(r["status"] == "skipped" and "max_call_seconds" in r["error"] for r in later)
     catalog = [r for r in rows if r["op"] == "shape"]
     assert {r["model"] for r in catalog} == {"gpt2-small", "llama-7b"}
-    assert {r["method"] for r in catalog} == {"matmul", "gram_eigh", "damped_solve"}
+    assert {r["method"] for r in catalog} == {"gram", "solve"}
+    assert all(r["methods_version"] == 2 for r in rows)
 
 
 def test_module_entry_point_writes_one_file_and_maps_config_errors(tmp_path):
@@ -104,10 +117,10 @@ def test_tiny_profile_through_real_ray(tmp_path):
     assert paths[0].parent.parent.parent == (tmp_path / "results" / "tiny-profile").resolve()
     df = load_table(tmp_path / "results" / "tiny-profile", "profile")
     k = df[df["op"] == "kernel"]
-    assert len(k) == 9 and (k["status"] == "ok").all()
+    assert len(k) == 6 and (k["status"] == "ok").all() and set(k["method"]) == {"gram", "solve"}
     assert (k["seconds"] > 0).all() and (k["repeats"] >= 3).all()
     assert k["node_id"].str.len().min() > 0 and k["trial_id"].iloc[0] == paths[0].parent.name
-    assert math.isclose(k[k["method"] == "matmul"]["efficiency"].iloc[0], 1.0)
+    assert (k["ceiling_seconds"] > 0).all() and (k["efficiency"] > 0).all()
     assert (df["op"] == "shape").sum() > 0
 
 
@@ -125,12 +138,15 @@ def test_cli_body_raises_the_cli_config_error(tmp_path):
 
 
 def test_scaling_measurements_through_real_ray(tmp_path, monkeypatch):
-    """The spectral step at P = 1 and 2 (a real 2-worker gloo group under Ray Train) and the probe
-    overhead, end to end: rows are consistent with their own definitions, the sharded step moves
-    bytes only at P = 2 and leaves the parameters equal to the redundant run's, and the report
-    states both targets. The storage is relative (as in the shipped configs): every job must
-    write under the caller's working directory, not its own. A probe point measured by an
-    earlier, interrupted run is kept and not measured again."""
+    """Every section of scaling_tiny.yaml end to end: the optimizer steps (one node job), the
+    owner sharding's broadcasts and the spectral step at P = 2 (real 2-worker gloo groups under
+    Ray Train; the spectral step also at P = 1) and the probe overhead. Rows are consistent with
+    their own definitions, the sharded step moves bytes only at P = 2 and leaves the parameters
+    equal to the redundant run's, the bucket plans the real OwnerSharding ran equal the plan the
+    cost model is given (launchers.cost), and the report states both targets. The storage is
+    relative (as in the shipped configs): every job must write under the caller's working
+    directory, not its own. A probe point measured by an earlier, interrupted run is kept and not
+    measured again."""
     ray = pytest.importorskip("ray")
     from analysis.dataset import load_table
     from analysis.scaling_report import build_scaling_report
@@ -150,9 +166,25 @@ def test_scaling_measurements_through_real_ray(tmp_path, monkeypatch):
         paths = run_profile(cfg)
     finally:
         ray.shutdown()
-    assert len(paths) == 3 and all(p.is_file() for p in paths)
+    assert len(paths) == 5 and all(p.is_file() for p in paths)
     results = tmp_path / "results" / "scaling-tiny"
     df = load_table(results, "profile")
+
+    opt = df[df["op"] == "optimizer_step"].set_index("label")
+    assert list(opt.index) == ["adamw", "spectral_newton[solve]", "muon"]
+    assert opt.loc["adamw", "ratio_to_baseline"] == 1.0 and opt.loc["muon", "ratio_to_reference"] == 1.0
+    assert opt.loc["spectral_newton[solve]", "method"] == "solve" and opt.loc["muon", "method"] == "ns5"
+    assert (opt["seconds"] > 0).all() and (opt["matrices"] == 4).all()
+
+    from launchers.cost import owner_sharding_plan
+
+    coll = df[df["op"] == "collective"]
+    bcast = coll[coll["method"] == "broadcast"].sort_values("bytes")
+    assert list(bcast["bytes"]) == [4 * (int(mb * 2**20) // 4) for mb in (0.01, 0.1)]
+    assert (bcast["buckets"] == 1).all() and (bcast["ranks"] == 2).all() and (bcast["seconds"] > 0).all()
+    sync = coll[coll["method"] == "owner_sync"].iloc[0]
+    shapes = [(64, 192), (64, 64), (64, 256), (256, 64)]  # c_attn, attn c_proj, c_fc, mlp c_proj (Conv1D: in × out)
+    assert json.loads(sync["bucket_bytes"]) == list(owner_sharding_plan(shapes, 2).bucket_bytes)
 
     step = df[df["op"] == "spectral_step"].set_index(["ranks", "phase"])
     assert set(step.index) == {(1, "redundant"), (1, "sharded"), (2, "redundant"), (2, "sharded")}
@@ -163,6 +195,8 @@ def test_scaling_measurements_through_real_ray(tmp_path, monkeypatch):
         assert row["seconds"] > 0 and row["max_abs_diff_vs_redundant"] <= 1e-6 * row["max_abs_param"], key
         assert math.isclose(row["speedup_vs_redundant"], step.loc[(key[0], "redundant"), "seconds"] / row["seconds"])
     assert step.loc[(2, "sharded"), "count"] == 4  # one block: c_attn, attn c_proj, c_fc, mlp c_proj
+    assert step.loc[(2, "sharded"), "bucket_bytes"] == sync["bucket_bytes"]  # the same plan the step ran
+    assert 0 < step.loc[(2, "sharded"), "comm_seconds_min"] <= step.loc[(2, "sharded"), "comm_seconds"]
 
     probe = df[df["op"] == "probe_overhead"].set_index("phase")
     assert set(probe.index) == {"default", "width", "probe_batch", "top_k"}

@@ -53,3 +53,21 @@ def test_frozen_copy_equals_a_fresh_derivation():
 def test_unknown_set():
     with pytest.raises(KeyError, match="unknown shape set"):
         S.get("resnet1000")
+
+
+def test_block_models_are_the_catalogue_blocks():
+    """The optimizer-step and spectral-step measurements build GPT-2 blocks with build_model: their
+    matrices are the catalogue's, one per role and block."""
+    pytest.importorskip("transformers")
+    from collections import Counter
+
+    blocks = S.shapes_of_model(S.build_model("gpt2-small", "meta", blocks=2), "two-blocks", "transformers")
+    full = S.get("gpt2-small", "frozen")
+    counts: Counter = Counter()
+    for s in blocks.shapes:
+        counts[(s.layer_type, s.m, s.n)] += s.count
+    assert counts == {(s.layer_type, s.m, s.n): 2 for s in full.shapes}
+    narrow = S.shapes_of_model(S.build_model("gpt2-small", "meta", blocks=1, dim=48), "narrow", "transformers")
+    assert {(s.m, s.n) for s in narrow.shapes} == {(144, 48), (48, 48), (192, 48), (48, 192)}
+    with pytest.raises(KeyError, match="cannot be instantiated"):
+        S.build_model("llama-7b")

@@ -71,3 +71,20 @@ def test_growth_exponents_recover_known_power_laws():
     assert got.loc["top_k", "exponent"] == pytest.approx(1.5)
     assert got.loc["width", "exponent"] == pytest.approx(0.5)
     assert got.loc["probe_batch", "points"] == 3 and got.loc["width", "values"] == "32, 64"
+
+
+def test_optimizer_step_summary_divides_by_adamw_and_muon():
+    from analysis.scaling_report import optimizer_step_table, step_ratio_summary
+
+    seconds = {"adamw": 0.01, "spectral_newton[solve]": 0.5, "muon": 2.0}
+    rows = [{"op": "optimizer_step", "model": model, "label": label, "method": method, "matrices": 4,
+             "seconds": scale * seconds[label], "ratio_to_baseline": seconds[label] / seconds["adamw"],
+             "ratio_to_reference": seconds[label] / seconds["muon"]}
+            for model, scale in (("resnet18", 1.0), ("gpt2-small", 3.0))
+            for label, method in (("adamw", None), ("spectral_newton[solve]", "solve"), ("muon", "ns5"))]
+    table = optimizer_step_table(pd.DataFrame(rows + [{"op": "kernel", "method": "gram", "seconds": 1.0}]))
+    assert len(table) == 6 and list(table["optimizer"][:3]) == ["adamw", "spectral_newton[solve]", "muon"]
+    summary = step_ratio_summary(table).set_index("optimizer")
+    assert summary.loc["spectral_newton[solve]", "resnet18 / AdamW"] == pytest.approx(50.0)
+    assert summary.loc["spectral_newton[solve]", "gpt2-small / Muon"] == pytest.approx(0.25)
+    assert list(summary.index) == ["adamw", "spectral_newton[solve]", "muon"]

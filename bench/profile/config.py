@@ -1,10 +1,17 @@
-"""The profile config: which shapes, methods and dtypes to measure, and how.
+"""The profile config: what ``specbench profile`` measures, and how.
+
+Sections (each optional, at least one given): ``profiles`` (the optimizers' per-matrix routes
+on model shapes, :mod:`bench.profile.kernels`), ``optimizer_step`` (one whole step of every
+optimizer, :mod:`bench.profile.optimizer_step`), ``spectral_step`` (sharded vs redundant at P
+ranks), ``collectives`` (the owner sharding's bucketed broadcasts at P ranks) and
+``probe_overhead`` (the curvature probe against the training step).
 
 Pydantic models with ``extra="forbid"`` (a misspelt key is an error) and a description for
 every field. :func:`load_profile_config` returns a validated :class:`ProfileConfig` or raises
 :class:`ProfileConfigError` carrying *every* problem at once (schema errors plus unknown shape
-sets, shape names and methods), so that the CLI can print one list and exit 2 before anything
-starts. This module imports neither torch nor Ray.
+sets, shape names, methods, optimizers and their settings), so that the CLI can print one list
+and exit 2 before anything starts. This module imports neither torch nor Ray, except torch
+through ``optimizers.validate_settings`` when an ``optimizer_step`` section is given.
 """
 
 from __future__ import annotations
@@ -15,13 +22,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.profile import shapes as shape_sets
+from bench.profile.flops import METHODS
 
-#: Method names (mirrors ``bench.profile.kernels.METHODS``, kept here so that validating a
-#: config does not import torch; a test checks the two agree).
-METHODS: tuple[str, ...] = (
-    "matmul", "svd", "svd:gesvd", "svd:gesvdj", "svd:gesvda", "svd_lowrank", "gram_eigh",
-    "damped_solve", "ns5", "transform:gram", "transform:solve", "transform:polar", "transform:svd",
-)  # fmt: skip
+#: The optimizers' default bucket size (``optimizers.distributed.DEFAULT_BUCKET_CAP_MB``; repeated
+#: so that validating a config does not import torch, a test checks the two agree).
+DEFAULT_BUCKET_CAP_MB = 25.0
 
 
 class ProfileConfigError(ValueError):
@@ -62,9 +67,11 @@ class ProfileEntry(_Strict):
         "`python -m bench.profile.shapes`); null keeps all"
     )
     custom_shapes: list[CustomShape] = Field(default_factory=list, description="extra explicit shapes")
-    methods: list[str] = Field(..., min_length=1, description=f"kernels to time ({', '.join(METHODS)}; 'all')")
+    methods: list[str] = Field(..., min_length=1, description=f"the optimizers' routes to time ({', '.join(METHODS)}; "
+                               "'all'): Spectral Newton's svd, gram, solve, polar and Muon's ns5")
     dtypes: list[Literal["fp32", "bf16"]] = Field(
-        default_factory=lambda: ["fp32"], description="input dtypes; decompositions upcast bf16 to fp32"
+        default_factory=lambda: ["fp32"], description="input dtypes; Spectral Newton's routes upcast bf16 to fp32, "
+        "ns5 runs in it (Muon's ns_dtype)"
     )
     batch: int = Field(1, gt=0, description="matrices per call (a batched call over a count)")
     max_elements: int | None = Field(
@@ -89,6 +96,67 @@ class ProfileResources(_Strict):
 
     num_cpus: float = Field(1.0, gt=0, description="CPUs per job (the job's torch threads default to this)")
     num_gpus: float = Field(1.0, ge=0, description="GPUs per job on nodes that have GPUs (0: CPU only)")
+
+
+class StepOptimizer(_Strict):
+    """One optimizer of the optimizer-step comparison (the sweep config's optimizer entry)."""
+
+    name: str = Field(..., description="registry name (optimizers.available())")
+    settings: dict[str, Any] = Field(default_factory=dict, description="settings, as in a sweep config")
+    label: str | None = Field(None, description="row label (default: the name, plus the settings in brackets)")
+
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        if not self.settings:
+            return self.name
+        return f"{self.name}[{','.join(f'{k}={v}' for k, v in self.settings.items())}]"
+
+
+def _default_step_optimizers() -> list[StepOptimizer]:
+    return [StepOptimizer(name="adamw"),
+            *(StepOptimizer(name="spectral_newton", settings={"method": m}, label=f"spectral_newton[{m}]")
+              for m in ("svd", "gram", "solve", "polar")),
+            StepOptimizer(name="muon"), StepOptimizer(name="shampoo"), StepOptimizer(name="soap")]
+
+
+class OptimizerStepConfig(_Strict):
+    """One whole ``optimizer.step()`` of every optimizer on a model's parameters
+    (:mod:`bench.profile.optimizer_step`), interleaved, relative to a baseline in the same job."""
+
+    models: list[str] = Field(default_factory=lambda: ["resnet18", "vit-tiny", "gpt2-small"], min_length=1,
+                              description="catalogue models that can be instantiated (timm and GPT-2 sets)")
+    blocks: int | None = Field(1, gt=0, description="GPT-2 models: only this many transformer blocks (their "
+                               "matrices, biases and norms; no embeddings or head); null: the whole model")
+    dim: int | None = Field(None, gt=0, description="GPT-2 models: width override (tests); null: the model's")
+    optimizers: list[StepOptimizer] = Field(default_factory=_default_step_optimizers, min_length=1,
+                                            description="optimizers to step, with their settings")
+    baseline: str = Field("adamw", description="label every step is divided by (ratio_to_baseline)")
+    reference: str | None = Field("muon", description="label the Spectral Newton methods are compared with")
+    repeats: int = Field(4, ge=2, description="timed steps per optimizer (the median is reported); Shampoo "
+                         "and SOAP alternate regular and refresh steps, half each")
+    warmup: int = Field(2, ge=1, description="untimed steps first (state creation, first preconditioner)")
+    threads: int = Field(1, gt=0, description="torch threads of the job")
+
+
+class CollectivesConfig(_Strict):
+    """The owner sharding's bucketed broadcasts (:mod:`bench.profile.collectives`) at P ranks: the
+    points the cost model's communication constants are fitted on, and a whole model's sync as
+    the check of the fit."""
+
+    ranks: list[int] = Field(default_factory=lambda: [2, 4], min_length=1,
+                             description="process-group sizes P (each a Ray Train worker group of P workers)")
+    sizes_mb: list[float] = Field(default_factory=lambda: [0.0625, 0.25, 1.0, 4.0, 16.0, 64.0], min_length=2,
+                                  description="payload of one broadcast bucket, MiB")
+    model_blocks: int = Field(4, ge=0, description="also sync the matrices of this many GPT-2 blocks with the "
+                              "optimizers' bucket plan (the check; 0: none)")
+    model_dim: int = Field(768, gt=0, description="width of those blocks (768: GPT-2 small)")
+    bucket_cap_mb: float = Field(DEFAULT_BUCKET_CAP_MB, gt=0, description="bucket size of the model sync (the "
+                                 "optimizers' default)")
+    repeats: int = Field(7, gt=0, description="timed syncs per size (the median is reported)")
+    warmup: int = Field(2, ge=1, description="untimed syncs first")
+    cpus_per_rank: float = Field(0.45, gt=0, description="Ray CPUs per worker (CPU runs)")
+    threads_per_rank: int = Field(1, gt=0, description="torch threads per CPU worker")
 
 
 class SpectralStepConfig(_Strict):
@@ -137,9 +205,7 @@ class ProfileConfig(_Strict):
     threads: int | None = Field(None, gt=0, description="torch CPU threads (null: resources.num_cpus, at least 1)")
     repeats: int = Field(5, gt=0, description="timed calls per kernel (the median is reported)")
     warmup: int = Field(1, ge=1, description="untimed calls before timing (the first also measures memory)")
-    top_k: int = Field(20, gt=0, description="rank q of the randomized SVD (svd_lowrank)")
-    niter: int = Field(2, ge=0, description="subspace iterations of svd_lowrank")
-    damping: float = Field(0.1, ge=0, description="d of T(σ; α) = σ/(σ^α + d) (damped_solve, transforms)")
+    damping: float = Field(0.1, ge=0, description="d of T(σ; α) = σ/(σ^α + d) in Spectral Newton's routes")
     matrix: Literal["gaussian", "power_law"] = Field(
         "gaussian", description="test matrices: i.i.d. Gaussian, or a σ_i = 1/i spectrum (gradient-like)"
     )
@@ -171,8 +237,14 @@ class ProfileConfig(_Strict):
     )
     resources: ProfileResources = Field(default_factory=ProfileResources)
     profiles: list[ProfileEntry] = Field(default_factory=list, description="groups of kernel measurements")
+    optimizer_step: OptimizerStepConfig | None = Field(
+        None, description="also time one whole step of every optimizer (relative to AdamW, and to Muon)"
+    )
     spectral_step: SpectralStepConfig | None = Field(
         None, description="also time the sharded vs redundant Spectral Newton step at each P"
+    )
+    collectives: CollectivesConfig | None = Field(
+        None, description="also time the owner sharding's bucketed broadcasts at each P (communication constants)"
     )
     probe_overhead: ProbeOverheadConfig | None = Field(
         None, description="also measure the curvature probe's cost against the training step"
@@ -182,8 +254,13 @@ class ProfileConfig(_Strict):
 def semantic_problems(cfg: ProfileConfig) -> list[str]:
     """Problems pydantic cannot see: unknown names, entries that select nothing."""
     problems: list[str] = []
-    if not cfg.profiles and cfg.spectral_step is None and cfg.probe_overhead is None:
-        problems.append("nothing to measure: give profiles, spectral_step or probe_overhead")
+    sections = (cfg.profiles, cfg.optimizer_step, cfg.spectral_step, cfg.collectives, cfg.probe_overhead)
+    if not any(sections):
+        problems.append("nothing to measure: give profiles, optimizer_step, spectral_step, collectives or probe_overhead")
+    if cfg.optimizer_step is not None:
+        problems += _optimizer_step_problems(cfg.optimizer_step)
+    if cfg.collectives is not None and min(cfg.collectives.ranks) < 2:
+        problems.append("collectives.ranks: every P must be at least 2 (one rank communicates nothing)")
     if cfg.probe_overhead is not None:
         po = cfg.probe_overhead
         bad = sorted({w for w in [*po.widths, po.default_width] if w % po.n_head})
@@ -209,6 +286,33 @@ def semantic_problems(cfg: ProfileConfig) -> list[str]:
             for s in entry.shapes:
                 if s not in names:
                     problems.append(f"{where}.shapes: {s!r} is not a shape of {', '.join(entry.shape_sets)}")
+    return problems
+
+
+def _optimizer_step_problems(cfg: OptimizerStepConfig) -> list[str]:
+    """Unknown or non-instantiable models, unknown optimizers or settings, duplicate labels and a
+    baseline or reference that is not among the labels."""
+    problems = []
+    for name in cfg.models:
+        if name not in shape_sets.INSTANTIABLE:
+            problems.append(f"optimizer_step.models: {name!r} cannot be instantiated here; "
+                            f"use one of {', '.join(shape_sets.INSTANTIABLE)}")
+    import optimizers  # imports torch: only when the section is there
+
+    labels = [o.display() for o in cfg.optimizers]
+    for i, entry in enumerate(cfg.optimizers):
+        if entry.name not in optimizers.available():
+            problems.append(f"optimizer_step.optimizers.{i}.name: unknown optimizer {entry.name!r}; "
+                            f"known: {', '.join(optimizers.available())}")
+            continue
+        problems += [f"optimizer_step.optimizers.{i}.settings: {p}"
+                     for p in optimizers.validate_settings(entry.name, entry.settings)]
+    if len(set(labels)) != len(labels):
+        problems.append(f"optimizer_step.optimizers: labels must be unique (got {', '.join(labels)})")
+    for key in ("baseline", "reference"):
+        value = getattr(cfg, key)
+        if value is not None and value not in labels:
+            problems.append(f"optimizer_step.{key}: {value!r} is not one of the labels {', '.join(labels)}")
     return problems
 
 

@@ -1,4 +1,9 @@
-"""Closed-form FLOP counts of the spectral kernels for one m × n matrix.
+"""Closed-form FLOP counts of the optimizers' per-matrix routes for one m × n matrix.
+
+The methods are the optimizers' own names (one vocabulary across the profile table, the cost
+model, the CLI and the README): Spectral Newton's ``svd``, ``gram``, ``solve`` and ``polar``
+(``optimizers.spectral.spectral_transform``, PAPER.md §5) and Muon's ``ns5`` (its quintic
+Newton–Schulz); ``matmul`` is the ceiling product every measured row is compared with.
 
 Conventions (the same for every method, so that counts compare across methods):
 
@@ -26,15 +31,9 @@ from __future__ import annotations
 #: 2k³ (``ormtr``) = (14/3)k³ = (4/3)k³ · EIGH_CONSTANT with EIGH_CONSTANT = 3.5.
 EIGH_CONSTANT = 3.5
 
-#: Muon's quintic Newton–Schulz coefficients (a, b, c) and step count (Keller Jordan's
-#: ``zeropower_via_newtonschulz5``): X ← a·X + (b·A + c·A²)·X with A = X Xᵀ, 5 steps.
-NS_QUINTIC = (3.4445, -4.7750, 2.0315)
+#: Muon's Newton–Schulz step count (its default ``ns_steps``): X ← a·X + (b·A + c·A²)·X with
+#: A = X Xᵀ on the wide form.
 NS_STEPS = 5
-
-#: Default rank of the randomized SVD (PAPER.md §1: the probe uses the top K = 20 directions).
-LOWRANK_Q = 20
-#: torch.svd_lowrank's default number of subspace (power) iterations.
-LOWRANK_NITER = 2
 
 
 def tall(m: int, n: int) -> tuple[int, int]:
@@ -64,23 +63,10 @@ def cholesky(k: int) -> float:
     return k**3 / 3.0
 
 
-def triangular_solve(k: int, nrhs: int) -> float:
-    """One k × k triangular solve with ``nrhs`` right-hand sides: k²·nrhs (k²/2 multiply-adds per
-    right-hand side)."""
-    return float(k) * k * nrhs
-
-
 def cholesky_inverse(k: int) -> float:
     """(LLᵀ)⁻¹ from the Cholesky factor L (LAPACK ``potri``, ``torch.cholesky_inverse``): the
     triangular inverse L⁻¹ (k³/3) and the product L⁻ᵀL⁻¹ (k³/3) = (2/3)k³."""
     return 2.0 * k**3 / 3.0
-
-
-def householder_qr(rows: int, cols: int) -> float:
-    """Thin QR of a rows × cols matrix (rows ≥ cols) with Q formed explicitly, as
-    ``torch.linalg.qr(X).Q``: ``geqrf`` 2·rows·cols² − (2/3)cols³ plus ``orgqr`` the same
-    (GVL §5.2.2) = 4·rows·cols² − (4/3)cols³."""
-    return 4.0 * rows * cols**2 - 4.0 / 3.0 * cols**3
 
 
 def svd(m: int, n: int) -> float:
@@ -94,21 +80,6 @@ def svd(m: int, n: int) -> float:
     """
     M, k = tall(m, n)
     return min(14.0 * M * k**2 + 8.0 * k**3, 6.0 * M * k**2 + 20.0 * k**3)
-
-
-def gram_eigh(m: int, n: int) -> float:
-    """Gram eigendecomposition (the decomposition of the ``gram`` route): A = GᵀG (2Mk²) then
-    eigh(A) ((14/3)k³). Gives Σ² and V, the same spectral information as the SVD."""
-    M, k = tall(m, n)
-    return gram(M, k) + eigh(k)
-
-
-def damped_solve(m: int, n: int) -> float:
-    """The complete α = 2 update ΔW = G (GᵀG + dI)⁻¹ by Cholesky (the ``solve`` route):
-    GᵀG (2Mk²) + Cholesky (k³/3) + ``cholesky_solve`` of the k × M right-hand side Gᵀ
-    (forward and backward triangular solves, 2·k²·M) = 4Mk² + k³/3."""
-    M, k = tall(m, n)
-    return gram(M, k) + cholesky(k) + 2.0 * triangular_solve(k, M)
 
 
 def newton_schulz5(m: int, n: int, steps: int = NS_STEPS) -> float:
@@ -130,25 +101,18 @@ def polar_cubic(m: int, n: int, steps: int) -> float:
     return steps * (matmul(k, M, k) + matmul(M, k, k))
 
 
-def svd_lowrank(m: int, n: int, q: int = LOWRANK_Q, niter: int = LOWRANK_NITER) -> float:
-    """``torch.svd_lowrank(G, q, niter)`` (Halko et al. Alg. 4.4 + 5.1, as torch implements it)
-    on the tall M × k form A:
-
-    - X = A R with R k × q random: 2Mkq; QR of X (M × q);
-    - ``niter`` times: X = Aᵀ Q (2Mkq), QR (k × q); X = A Q (2Mkq), QR (M × q);
-    - B = Qᵀ A (q × k): 2Mkq; thin SVD of B (k × q tall form); U = Q U_B: 2Mq².
-
-    Total: (2 + 2·niter)·2Mkq + (1 + niter)·QR(M, q) + niter·QR(k, q) + SVD(k, q) + 2Mq².
-    ``q`` is clipped to k (torch requires q ≤ min(m, n)).
-    """
-    M, k = tall(m, n)
-    q = min(q, k)
-    products = (2 + 2 * niter) * matmul(M, k, q)
-    qrs = (1 + niter) * householder_qr(M, q) + niter * householder_qr(k, q)
-    return products + qrs + svd(k, q) + matmul(M, q, q)
-
-
 # --------------------------------------------------------------------- the optimizer's own routes
+#: Spectral Newton's routes (``optimizers.spectral.METHODS``, duplicated so that counting needs no
+#: torch; a test checks the two agree).
+ROUTES: tuple[str, ...] = ("svd", "gram", "solve", "polar")
+#: Every method of the profiler: Spectral Newton's routes and Muon's Newton–Schulz.
+METHODS: tuple[str, ...] = (*ROUTES, "ns5")
+#: Version of the method vocabulary written in every kernel and catalogue row
+#: (``methods_version``): 2 = the optimizers' names. Rows without it use the old names
+#: (``transform:gram``, ``damped_solve``, ...), which ``analysis.cost_model`` upgrades on reading.
+METHODS_VERSION = 2
+
+
 def transform(route: str, m: int, n: int, ns_steps: int = 0) -> float:
     """``optimizers.spectral.spectral_transform(G, method=route)`` — the complete update
     ΔW = U diag(T(σ; α)) Vᵀ as the optimizer computes it (tall form, fallbacks not taken):
@@ -157,7 +121,7 @@ def transform(route: str, m: int, n: int, ns_steps: int = 0) -> float:
     - ``gram``:  GᵀG (2Mk²) + eigh + (V·w) @ Vᵀ (2k³) + G @ (k × k) (2Mk²);
     - ``solve``: GᵀG (2Mk²) + Cholesky (k³/3) + ``cholesky_inverse`` ((2/3)k³) + G @ (k × k)
       (2Mk²) — the optimizer applies the explicit inverse with one GEMM (faster than two
-      triangular solves on CPU; :func:`damped_solve` counts the triangular-solve kernel);
+      triangular solves on CPU, see ``optimizers.spectral._solve``);
     - ``polar``: ``ns_steps`` cubic Newton–Schulz steps (4Mk² each) + P = QᵀG (2Mk²) + eigh(P)
       + (V·w) @ Vᵀ (2k³) + G @ (k × k) (2Mk²).
     """
@@ -174,39 +138,21 @@ def transform(route: str, m: int, n: int, ns_steps: int = 0) -> float:
     raise ValueError(f"unknown spectral_transform route {route!r}")
 
 
-def method_flops(
-    method: str,
-    m: int,
-    n: int,
-    *,
-    batch: int = 1,
-    top_k: int = LOWRANK_Q,
-    niter: int = LOWRANK_NITER,
-    ns_steps: int | None = None,
-) -> float:
+def method_flops(method: str, m: int, n: int, *, batch: int = 1, ns_steps: int | None = None) -> float:
     """FLOPs of one call of a ``bench.profile.kernels`` method on a batch of m × n matrices.
 
-    ``ns_steps``: Newton–Schulz steps (``ns5``: default 5; ``transform:polar``: the number the
-    call ran, required).
+    ``ns_steps``: Newton–Schulz steps (``ns5``: default :data:`NS_STEPS`; ``polar``: the number
+    the call ran, required).
     """
+    M, k = tall(m, n)
     if method == "matmul":
-        M, k = tall(m, n)
         one = matmul(M, k, k)  # the ceiling product: (M × k) @ (k × k), the Gram-size product
-    elif method == "svd" or method.startswith("svd:"):
-        one = svd(m, n)
-    elif method == "svd_lowrank":
-        one = svd_lowrank(m, n, top_k, niter)
-    elif method == "gram_eigh":
-        one = gram_eigh(m, n)
-    elif method == "damped_solve":
-        one = damped_solve(m, n)
     elif method == "ns5":
         one = newton_schulz5(m, n, NS_STEPS if ns_steps is None else ns_steps)
-    elif method.startswith("transform:"):
-        route = method.split(":", 1)[1]
-        if route == "polar" and ns_steps is None:
-            raise ValueError("transform:polar needs ns_steps (the iterations the call ran)")
-        one = transform(route, m, n, ns_steps or 0)
+    elif method in ROUTES:
+        if method == "polar" and ns_steps is None:
+            raise ValueError("polar needs ns_steps (the iterations the call ran)")
+        one = transform(method, m, n, ns_steps or 0)
     else:
         raise ValueError(f"unknown method {method!r}")
     return float(batch) * one

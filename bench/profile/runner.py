@@ -1,11 +1,13 @@
-"""``run_kernel_profile``: one measurement job (one node, one device) written to the profile table.
+"""``run_profile_job``: one measurement job (one node, one device) written to the profile table.
 
-The job expands the config into kernel tasks — (shape, dtype, method) with equal shapes of
-different models measured once — and times them in a fixed order: shapes by increasing size,
-and for each shape and dtype all its methods together, interleaved round by round
-(:func:`bench.profile.kernels.measure_interleaved`). On a shared machine this matters: a ratio
-between two methods of one shape is measured in the same seconds, and a burst of foreign load
-hits both alike.
+The job measures what needs one process: the optimizers' per-matrix routes (``profiles``) and,
+when configured, one whole step of every optimizer (``optimizer_step``,
+:mod:`bench.profile.optimizer_step`). It expands the ``profiles`` into kernel tasks — (shape,
+dtype, method) with equal shapes of different models measured once — and times them in a fixed
+order: shapes by increasing size, and for each shape and dtype all its methods together,
+interleaved round by round (:func:`bench.profile.kernels.measure_interleaved`). On a shared
+machine this matters: a ratio between two methods of one shape is measured in the same
+seconds, and a burst of foreign load hits both alike.
 
 Guards that keep a job inside its budget (each skip is a row with ``status = skipped`` and the
 reason, never a silent gap):
@@ -22,7 +24,8 @@ measured. Besides the ``op = kernel`` rows it writes ``op = shape`` rows: every 
 model's shapes with their counts and each method's FLOPs, which is what lets the cost model
 (``analysis``, which reads Parquet only) predict whole-model costs, Llama-405B included.
 
-Command line (no Ray; used on a lent GPU by scripts/gpu_kernels.sh)::
+Command line (no Ray; used on a lent GPU by scripts/gpu_kernels.sh; ``specbench profile`` runs
+the same job on every Ray node, plus the sections that need a process group)::
 
     python -m bench.profile.runner --config configs/profile/kernels_gpu.yaml --out $OUT/profile.parquet
 """
@@ -45,6 +48,7 @@ from typing import Any
 from bench.profile import flops as F
 from bench.profile import shapes as S
 from bench.profile.config import ProfileConfig, ProfileEntry
+from bench.profile.flops import METHODS_VERSION
 
 Log = Callable[[str], None]
 
@@ -86,8 +90,6 @@ def plan_tasks(cfg: ProfileConfig) -> list[KernelTask]:
             rep, labels = by_key.setdefault(shape.key, (shape, []))
             labels.append(f"{set_name}/{shape.name}")
         methods = entry.method_list()
-        # The matmul ceiling first for each shape: the other rows of the shape reuse it.
-        methods = (["matmul"] if "matmul" in methods else []) + [m for m in methods if m != "matmul"]
         limit = entry.max_call_seconds or cfg.max_call_seconds
         for key in sorted(by_key, key=lambda k: (k[0] * k[1] ** 2, k)):
             shape, labels = by_key[key]
@@ -137,8 +139,8 @@ def default_job_id(name: str, node_id: str | None = None, host: str | None = Non
 def catalog_rows(cfg: ProfileConfig, methods: list[str], ns_steps: dict[str, int]) -> list[dict[str, Any]]:
     """``op = shape`` rows: each catalogued model's shapes, counts and FLOPs per method.
 
-    ``transform:polar``'s count depends on how many Newton–Schulz steps it ran: the median
-    measured in this job is used (``ns_steps`` by dtype; 0 rows when it was not measured).
+    ``polar``'s count depends on how many Newton–Schulz steps it ran: the median measured in
+    this job is used (``ns_steps`` by dtype; no rows when it was not measured).
     """
     rows = []
     for model in cfg.catalog_models:
@@ -146,7 +148,7 @@ def catalog_rows(cfg: ProfileConfig, methods: list[str], ns_steps: dict[str, int
         for s in sset.shapes:
             for method in methods:
                 steps = None
-                if method == "transform:polar":
+                if method == "polar":
                     if not ns_steps:
                         continue
                     steps = int(round(sorted(ns_steps.values())[len(ns_steps) // 2]))
@@ -155,10 +157,9 @@ def catalog_rows(cfg: ProfileConfig, methods: list[str], ns_steps: dict[str, int
                 rows.append({
                     "op": "shape", "phase": "catalog", "status": "catalog", "model": model, "shape_set": model,
                     "shape_name": s.name, "layer_type": s.layer_type, "shape": f"{s.m}x{s.n}", "shape_m": s.m,
-                    "shape_n": s.n, "k": s.k, "count": s.count, "method": method, "batch": 1, "ns_steps": steps,
-                    "flops": F.method_flops(method, s.m, s.n, top_k=cfg.top_k, niter=cfg.niter, ns_steps=steps),
-                    "top_k": cfg.top_k if method == "svd_lowrank" else None,
-                    "niter": cfg.niter if method == "svd_lowrank" else None, "source": sset.source,
+                    "shape_n": s.n, "k": s.k, "count": s.count, "method": method, "methods_version": METHODS_VERSION,
+                    "batch": 1, "ns_steps": steps, "flops": F.method_flops(method, s.m, s.n, ns_steps=steps),
+                    "source": sset.source,
                 })
     return rows
 
@@ -173,7 +174,7 @@ def _predict_seconds(history: dict[tuple[str, str], tuple[float, float]], task: 
     return s_last * f_new / f_last if f_last > 0 else 0.0
 
 
-def run_kernel_profile(
+def run_profile_job(
     config: ProfileConfig,
     *,
     job_id: str | None = None,
@@ -182,10 +183,12 @@ def run_kernel_profile(
     write: bool = True,
     log: Log | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure every kernel of ``config`` on this process's device and write the profile table.
+    """Measure every kernel of ``config`` on this process's device, then the optimizer steps
+    (when configured), and write the profile table.
 
-    Returns the rows (kernel rows, then catalogue rows). ``out_path`` overrides the default
-    ``<storage>/<name>/trials/<job_id>/profile.parquet``; ``write=False`` writes nothing.
+    Returns the rows (kernel rows, catalogue rows, optimizer-step rows). ``out_path`` overrides
+    the default ``<storage>/<name>/trials/<job_id>/profile.parquet``; ``write=False`` writes
+    nothing.
     """
     import torch
 
@@ -222,7 +225,7 @@ def run_kernel_profile(
         run: list[KernelTask] = []
         group_rows: dict[int, dict[str, Any]] = {}
         for task in group:
-            ns_guess = ns_seen.get(task.dtype, 20) if task.method == "transform:polar" else None
+            ns_guess = ns_seen.get(task.dtype, 20) if task.method == "polar" else None
             predicted = _predict_seconds(history, task, ns_guess or F.NS_STEPS)
             reason = None
             if deadline is not None and time.perf_counter() > deadline:
@@ -233,7 +236,8 @@ def run_kernel_profile(
                 run.append(task)
             else:
                 group_rows[id(task)] = {
-                    "op": "kernel", "method": task.method, "dtype": task.dtype, "shape": f"{s.m}x{s.n}",
+                    "op": "kernel", "method": task.method, "methods_version": METHODS_VERSION,
+                    "dtype": task.dtype, "shape": f"{s.m}x{s.n}",
                     "shape_m": s.m, "shape_n": s.n, "k": s.k, "batch": batch, "status": "skipped",
                     "error": reason, "seconds": math.nan, "predicted_seconds": predicted}
         if run:
@@ -241,7 +245,7 @@ def run_kernel_profile(
                             seed=cfg.seed)
             measured = measure_interleaved(
                 [t.method for t in run], (s.m, s.n), dtype, device, repeats=cfg.repeats, warmup=cfg.warmup,
-                batch=batch, top_k=cfg.top_k, niter=cfg.niter, damping=cfg.damping, matrix=cfg.matrix,
+                batch=batch, damping=cfg.damping, matrix=cfg.matrix,
                 seed=cfg.seed, ceiling_cache=ceiling, max_seconds=cfg.max_kernel_seconds,
                 min_seconds=cfg.min_kernel_seconds, X=X, deadline=deadline,
             )
@@ -250,7 +254,7 @@ def run_kernel_profile(
                 group_rows[id(task)] = row
                 if row["status"] == "ok":
                     history[(task.method, task.dtype)] = (row["flops"], row["seconds"])
-                    if task.method == "transform:polar" and row.get("ns_steps"):
+                    if task.method == "polar" and row.get("ns_steps"):
                         ns_seen[task.dtype] = int(row["ns_steps"])
         for task in group:
             row = {**base, "shape_set": task.labels[0].split("/", 1)[0], "labels": ";".join(task.labels),
@@ -263,7 +267,12 @@ def run_kernel_profile(
             # A flush carries the catalogue too: a job killed later still leaves a usable table.
             write_rows("profile", rows + _catalog(cfg, tasks, rows, common), path)
             last_flush = time.perf_counter()
-    rows += _catalog(cfg, tasks, rows, common)
+    if tasks:
+        rows += _catalog(cfg, tasks, rows, common)
+    if cfg.optimizer_step is not None:
+        if write:
+            write_rows("profile", rows, path)  # the kernels are safe before the steps start
+        rows += _optimizer_steps(cfg, device, common, log)
     if write:
         write_rows("profile", rows, path)
         if log:
@@ -271,11 +280,32 @@ def run_kernel_profile(
     return rows
 
 
+def _optimizer_steps(cfg: ProfileConfig, device, common: dict[str, Any], log: Log | None) -> list[dict[str, Any]]:
+    """The ``optimizer_step`` section: every model in turn, with the section's thread count."""
+    import torch
+
+    from bench.profile.optimizer_step import measure_optimizer_steps
+
+    section = cfg.optimizer_step
+    threads = torch.get_num_threads()
+    torch.set_num_threads(section.threads)
+    try:
+        rows = []
+        for model in section.models:
+            if log:
+                log(f"optimizer steps on {model} ({len(section.optimizers)} optimizers, interleaved)")
+            rows += [{**common, "threads": section.threads, **r}
+                     for r in measure_optimizer_steps(model, section, device, cfg.seed, log)]
+        return rows
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _catalog(cfg: ProfileConfig, tasks: list[KernelTask], rows: list[dict[str, Any]],
              common: dict[str, Any]) -> list[dict[str, Any]]:
     """Catalogue rows for the job's methods, polar counted with the median NS steps measured."""
     methods = list(dict.fromkeys(t.method for t in tasks))
-    polar = sorted(r["ns_steps"] for r in rows if r.get("method") == "transform:polar" and r.get("ns_steps"))
+    polar = sorted(r["ns_steps"] for r in rows if r.get("method") == "polar" and r.get("ns_steps"))
     steps = {"all": int(polar[len(polar) // 2])} if polar else {}
     return [{**common, **r} for r in catalog_rows(cfg, methods, steps)]
 
@@ -334,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    run_kernel_profile(cfg, job_id=args.job_id, out_path=out_file, log=None if args.quiet else log)
+    run_profile_job(cfg, job_id=args.job_id, out_path=out_file, log=None if args.quiet else log)
     return 0
 
 

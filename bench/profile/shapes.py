@@ -9,6 +9,10 @@ role and a shape are grouped with a ``count``, so that whole-model costs are
 
     cost(model) = Σ_shapes count · cost(m, n).
 
+This is the one catalogue of model shapes: the kernel profile, the optimizer-step and
+spectral-step measurements (through :func:`build_model`) and the cost model's whole-model
+predictions (through the profile table's ``op = shape`` rows) all take their models from here.
+
 Where the shapes come from:
 
 - ResNet-18/50 and ViT-Tiny/Base: ``timm.create_model(name, pretrained=False)`` instantiated on
@@ -180,33 +184,47 @@ def shapes_of_model(model, name: str, source: str) -> ShapeSet:
     return ShapeSet(name, shapes, source)
 
 
-def derive_timm(name: str) -> ShapeSet:
-    """Instantiate a timm model on the meta device and list its spectral matrices."""
-    import timm
+#: Sets whose model this module can build (:func:`build_model`); the Llama sets are typed only.
+INSTANTIABLE: tuple[str, ...] = (*TIMM_MODELS, *GPT2_MODELS)
+
+
+def build_model(name: str, device: str = "meta", blocks: int | None = None, dim: int | None = None):
+    """The ``torch.nn.Module`` of a catalogue model, randomly initialised on ``device``.
+
+    timm models come from ``timm.create_model(pretrained=False)``; GPT-2 from a transformers
+    ``GPT2Config`` (``GPT2LMHeadModel``), or, with ``blocks``, only that many ``GPT2Block``
+    modules in a ``Sequential`` (the matrices whose optimizer work dominates a step, without
+    the embeddings and head), optionally of width ``dim`` (one attention head then: heads change
+    no parameter shape). The derivation of the shape sets (meta device) and the optimizer-step
+    and spectral-step measurements (real device) build the same modules.
+    """
     import torch
 
-    with torch.device("meta"):
-        model = timm.create_model(TIMM_MODELS[name], pretrained=False)
-    return shapes_of_model(model, name, "timm")
+    if name in TIMM_MODELS:
+        import timm
 
-
-def derive_gpt2(name: str) -> ShapeSet:
-    """Instantiate a GPT-2 LM from a transformers config on the meta device."""
-    import torch
+        with torch.device(device):
+            return timm.create_model(TIMM_MODELS[name], pretrained=False)
+    if name not in GPT2_MODELS:
+        raise KeyError(f"{name!r} cannot be instantiated; known: {', '.join(INSTANTIABLE)}")
     from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(GPT2Config(**GPT2_MODELS[name]))
-    return shapes_of_model(model, name, "transformers")
+    args = dict(GPT2_MODELS[name])
+    if dim is not None:
+        args.update(n_embd=dim, n_head=1)
+    config = GPT2Config(**args)
+    with torch.device(device):
+        if blocks is None:
+            return GPT2LMHeadModel(config)
+        return torch.nn.Sequential(*(GPT2Block(config, layer_idx=i) for i in range(blocks)))
 
 
 def derive(name: str) -> ShapeSet:
     """A fresh derivation of a timm or GPT-2 set (raises ImportError without the library)."""
-    if name in TIMM_MODELS:
-        return derive_timm(name)
-    if name in GPT2_MODELS:
-        return derive_gpt2(name)
-    raise KeyError(f"{name!r} is not a derived shape set")
+    if name not in INSTANTIABLE:
+        raise KeyError(f"{name!r} is not a derived shape set")
+    return shapes_of_model(build_model(name), name, "timm" if name in TIMM_MODELS else "transformers")
 
 
 def frozen(name: str) -> ShapeSet:

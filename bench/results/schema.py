@@ -112,20 +112,21 @@ STEPS = pa.schema(
 )
 
 #: One row per measurement of the estimation-cost profiler (``bench.profile``) and of the
-#: curvature probe's phases. ``op`` says which: ``kernel`` (one spectral kernel on one shape,
+#: curvature probe's phases. ``op`` says which: ``kernel`` (one optimizer route on one shape,
 #: ``bench.profile.kernels.measure_kernel``), ``shape`` (catalogue: a model's shapes with counts
-#: and per-method FLOPs, for whole-model predictions), ``collective`` (a communication op,
-#: ``bytes`` moved) or ``curvature_probe`` (a probe phase, ``bench.probes``). Other columns
-#: (``labels``, ``predicted_seconds``, ``batch_size``…) are added dynamically.
+#: and per-method FLOPs, for whole-model predictions), ``optimizer_step`` (one whole step of an
+#: optimizer), ``collective`` (the owner sharding's broadcasts, ``bytes`` moved),
+#: ``spectral_step``, ``probe_overhead`` or ``curvature_probe`` (a probe phase, ``bench.probes``).
+#: Other columns (``labels``, ``predicted_seconds``, ``bucket_bytes``…) are added dynamically.
 PROFILE = pa.schema(
     [
         ("schema_version", pa.int32()),
         ("sweep_name", pa.string()),
         ("trial_id", pa.string()),  # the measurement job id (one per node) or the training trial
         ("step", pa.int64()),  # training step of a probe row; null for profiler rows
-        ("op", pa.string()),  # kernel | shape | collective | curvature_probe
+        ("op", pa.string()),  # kernel | shape | optimizer_step | collective | spectral_step | probe_overhead | curvature_probe
         ("phase", pa.string()),
-        ("method", pa.string()),  # svd, svd:gesvdj, gram_eigh, damped_solve, ns5, transform:gram…
+        ("method", pa.string()),  # the optimizers' routes: svd, gram, solve, polar (Spectral Newton), ns5 (Muon)
         ("status", pa.string()),  # ok | error | unsupported | skipped | catalog
         ("error", pa.string()),
         ("model", pa.string()),  # op=shape: the model the catalogue row belongs to
