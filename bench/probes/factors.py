@@ -30,8 +30,20 @@ per sample), R rows in all; with spatial subsampling R' ≤ R of them are kept.
 - Consistency check: Σ_r x_r y_r · (R/R') / N = u_kᵀ G v_k = σ_k exactly when nothing is
   subsampled; a mismatch means the hooks saw something other than what the weight multiplied.
 
-Rows are formed as soon as the forward hook fires (A is reduced to AᵀA and to its K projections
-y and then dropped), so im2col patches never outlive their layer call.
+Two stages, one per pass over the rows (issue 14, point 2: no m × m or n × n factor unless the
+side is at most ``sketch_size`` wide; memory O((m + n)·ℓ) per layer):
+
+- ``sketch`` (first pass, directions not yet known): the Frequent Directions sketches of the δ
+  and A rows (`bench.probes.sketch`) and, per view, S = Σ_r ‖δ_r‖·‖a_r‖, the size of the summed
+  per-row terms that sets the gradient's rank cutoff (`bench.probes.spectrum`); in ``online`` mode
+  also G·N = Σ_r δ_r a_rᵀ, the weight gradient from the rows themselves;
+- ``project`` (second pass, u_k and v_k known): the projections x_r, y_r and their sums
+  (u_kᵀC_δu_k = Σ x²·(R/R′)/N and v_kᵀC_Av_k = Σ y²/R′ exactly, no factor needed), the
+  concentration sums, and the Rayleigh–Ritz Grams of the sketched sides.
+
+A call's input and output are kept by the forward hook until its output gradient is known (after
+the backward pass), then turned into rows and dropped; im2col patches never outlive the call.
+The ``online`` mode keeps them for a whole training step and replays them through both stages.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ from torch import nn
 
 from bench.probes.layers import ProbedLayer
 from bench.probes.phase_timer import PhaseTimer
+from bench.probes.sketch import F64, GramSketch
 
 
 def _conv2d_geometry(module: nn.modules.conv._ConvNd) -> tuple[tuple[int, int], ...]:
@@ -101,24 +114,31 @@ class ViewSums:
     """Accumulated sums of one probed layer (a fused-QKV view or a whole module), float64."""
 
     layer: ProbedLayer
-    u: torch.Tensor  # m × K output-side singular vectors (probe dtype)
-    v: torch.Tensor  # n × K input-side singular vectors (probe dtype)
-    sdd: torch.Tensor  # Σ δδᵀ over kept rows (m × m)
-    x2: torch.Tensor  # Σ_r x_r² per k
-    y2: torch.Tensor  # Σ_r y_r² per k
-    x2y2: torch.Tensor  # Σ_r x_r² y_r² per k
-    xy: torch.Tensor  # Σ_r x_r y_r per k
+    delta: GramSketch  # the δ side (m = the view's rows)
+    norms: torch.Tensor  # [S·N·R′/R]: Σ_r ‖δ_r‖‖a_r‖ over kept rows (first pass)
+    u: torch.Tensor | None = None  # m × K output-side singular vectors (probe dtype), second pass
+    x2: torch.Tensor | None = None  # Σ_r x_r² per k
+    y2: torch.Tensor | None = None  # Σ_r y_r² per k
+    x2y2: torch.Tensor | None = None  # Σ_r x_r² y_r² per k
+    xy: torch.Tensor | None = None  # Σ_r x_r y_r per k
 
-    def tensors(self) -> list[torch.Tensor]:
-        return [self.sdd, self.x2, self.y2, self.x2y2, self.xy]
+    def set_directions(self, u: torch.Tensor) -> None:
+        k = u.shape[1]
+        self.u = u
+        self.x2, self.y2, self.x2y2, self.xy = (torch.zeros(k, dtype=F64, device=u.device) for _ in range(4))
+
+    def sums(self) -> list[torch.Tensor]:
+        """The second pass's per-direction sums (summed over ranks)."""
+        return [self.x2, self.y2, self.x2y2, self.xy]  # type: ignore[list-item]
 
 
 @dataclass
 class ModuleFactors:
     """Hooks and sums of one module whose layers need Kronecker quantities.
 
-    Register :meth:`forward_hook` on the module for the curvature pass; after the backward of
-    each micro-batch call :meth:`consume_output_grads` with ∂S/∂out of every captured output.
+    Register :meth:`forward_hook` on the module; after the backward of each micro-batch call
+    :meth:`consume` with ∂S/∂out of every captured output (``scale`` converts a gradient of some
+    other loss into δ = ∂S/∂out). ``stage`` says what consuming does (module docstring).
     """
 
     module: nn.Module
@@ -127,58 +147,106 @@ class ModuleFactors:
     views: list[ViewSums]
     subsample: int
     timer: PhaseTimer
-    saa: torch.Tensor = field(init=False)  # Σ a aᵀ over kept rows (n × n)
-    counts: torch.Tensor = field(init=False)  # [rows R, kept rows R']
+    sketch: GramSketch  # the A side (n)
+    stage: str = "sketch"  # sketch | project
+    rows_gradient: torch.Tensor | None = None  # Σ_r δ_r a_rᵀ over all rows (m_total × n), online mode
+    counts: torch.Tensor = field(init=False)  # [rows R, kept rows R'] (second pass)
+    first_counts: torch.Tensor = field(init=False)  # [rows R, kept rows R'] (first pass)
+    inputs: list[torch.Tensor] = field(default_factory=list)  # this micro-batch's inputs
     outputs: list[torch.Tensor] = field(default_factory=list)  # this micro-batch's outputs
-    _y: list[torch.Tensor] = field(default_factory=list)  # A·V of each call (kept rows × ΣK)
+    _v_all: torch.Tensor | None = None  # n × ΣK input-side singular vectors of all views
 
     def __post_init__(self) -> None:
-        n = self.views[0].v.shape[0]
-        dev = self.views[0].sdd.device
-        self.saa = torch.zeros(n, n, dtype=torch.float64, device=dev)
-        self.counts = torch.zeros(2, dtype=torch.float64, device=dev)
-        self._v_all = torch.cat([view.v for view in self.views], dim=1)  # n × ΣK
+        self.counts = torch.zeros(2, dtype=F64, device=self.sketch.device)
+        self.first_counts = torch.zeros(2, dtype=F64, device=self.sketch.device)
 
-    def tensors(self) -> list[torch.Tensor]:
-        """Everything that is summed over micro-batches (and all-reduced over ranks)."""
-        return [self.saa, self.counts] + [t for view in self.views for t in view.tensors()]
+    @classmethod
+    def create(cls, module: nn.Module, module_name: str, layers: list[ProbedLayer], subsample: int,
+               timer: PhaseTimer, sketch_size: int, device: torch.device) -> ModuleFactors:
+        """Empty sums for the Kronecker-capable ``layers`` of one module (all share its input)."""
+        views = [ViewSums(layer, GramSketch(layer.shape[0], sketch_size, device),
+                          torch.zeros(1, dtype=F64, device=device)) for layer in layers]
+        return cls(module, module_name, layers[0].kind, views, subsample, timer,
+                   GramSketch(layers[0].shape[1], sketch_size, device))
+
+    def set_directions(self, directions: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """(u, v) of every view, in view order, for the second pass."""
+        for view, (u, _) in zip(self.views, directions, strict=True):
+            view.set_directions(u)
+        self._v_all = torch.cat([v for _, v in directions], dim=1)
+        self.stage = "project"
+
+    def sketch_tensors(self) -> list[torch.Tensor]:
+        """First-pass sums that add over ranks (the sketches themselves are merged, not added)."""
+        return ([self.first_counts] + [view.norms for view in self.views]
+                + ([self.rows_gradient] if self.rows_gradient is not None else []))
+
+    def project_tensors(self) -> list[torch.Tensor]:
+        """Second-pass sums (added over ranks)."""
+        return ([self.counts, self.sketch.gram_or_zeros()]
+                + [t for view in self.views for t in (*view.sums(), view.delta.gram_or_zeros())])
 
     def forward_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        with self.timer.measure(self.module_name, "factor_accumulation"):
-            x = args[0].detach()
-            if self.kind == "conv":
-                a = conv_input_rows(module, x, self.subsample)
-                kept = int(a.shape[0])
-            else:
-                a = x.reshape(-1, x.shape[-1])
-                kept = int(a.shape[0])
-            rows = positions_per_sample(self.kind, out) * int(out.shape[0])
-            self.saa += (a.T @ a).to(torch.float64)
-            self._y.append(a @ self._v_all)
-            self.counts += torch.tensor([rows, kept], dtype=torch.float64, device=self.counts.device)
-            self.outputs.append(out)
+        self.inputs.append(args[0].detach())
+        self.outputs.append(out)
         # The rest of the network gets a copy: an in-place op downstream (ReLU(inplace=True),
         # `out += identity`) then cannot change the tensor whose gradient defines δ.
         return out.clone()
 
-    def consume_output_grads(self, grads: list[torch.Tensor | None]) -> None:
-        """Accumulate C_δ and the concentration sums from ∂S/∂out of this micro-batch's calls."""
+    def input_rows(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        """A: one row per sample and (kept) position."""
+        if self.kind == "conv":
+            return conv_input_rows(self.module, x, stride)
+        return x.reshape(-1, x.shape[-1])
+
+    def output_rows(self, g: torch.Tensor, stride: int) -> torch.Tensor:
+        """δ of all of the module's outputs: one row per sample and (kept) position."""
+        return conv_output_rows(g, stride) if self.kind == "conv" else g.reshape(-1, g.shape[-1])
+
+    def consume(self, grads: list[torch.Tensor | None], scale: float = 1.0) -> None:
+        """Turn this micro-batch's calls into rows (δ = ``scale`` · grad) and accumulate them."""
         with self.timer.measure(self.module_name, "factor_accumulation"):
-            for out, g, y_all in zip(self.outputs, grads, self._y, strict=True):
+            for x, out, g in zip(self.inputs, self.outputs, grads, strict=True):
                 g = torch.zeros_like(out) if g is None else g.detach()
-                d_all = conv_output_rows(g, self.subsample) if self.kind == "conv" else g.reshape(-1, g.shape[-1])
-                col = 0
-                for view in self.views:
-                    start, stop = view.layer.rows
-                    d = d_all[:, start:stop]
-                    k = view.u.shape[1]
-                    y = y_all[:, col : col + k].to(torch.float64)
-                    col += k
-                    x = (d @ view.u).to(torch.float64)
-                    view.sdd += (d.T @ d).to(torch.float64)
-                    view.x2 += (x * x).sum(0)
-                    view.y2 += (y * y).sum(0)
-                    view.x2y2 += (x * x * y * y).sum(0)
-                    view.xy += (x * y).sum(0)
+                self.add(x, g if scale == 1.0 else g * scale, positions_per_sample(self.kind, out) * int(out.shape[0]))
+            self.inputs.clear()
             self.outputs.clear()
-            self._y.clear()
+
+    def add(self, x: torch.Tensor, g: torch.Tensor, rows: int) -> None:
+        """Accumulate one call: input ``x``, δ-scaled output gradient ``g``, ``rows`` = R of the call."""
+        a = self.input_rows(x, self.subsample)
+        d_all = self.output_rows(g, self.subsample)
+        if self.stage == "sketch":
+            self._sketch(a, d_all, rows)
+            if self.rows_gradient is not None:
+                full_a, full_d = (a, d_all) if self.subsample == 1 else (self.input_rows(x, 1), self.output_rows(g, 1))
+                self.rows_gradient += (full_d.T @ full_a).to(F64)
+        else:
+            self._project(a, d_all, rows)
+
+    def _sketch(self, a: torch.Tensor, d_all: torch.Tensor, rows: int) -> None:
+        self.first_counts += torch.tensor([rows, a.shape[0]], dtype=F64, device=self.counts.device)
+        self.sketch.update(a)
+        a_norm = torch.linalg.vector_norm(a.to(F64), dim=1)
+        for view in self.views:
+            d = d_all[:, view.layer.rows[0] : view.layer.rows[1]]
+            view.delta.update(d)
+            view.norms += (torch.linalg.vector_norm(d.to(F64), dim=1) * a_norm).sum()
+
+    def _project(self, a: torch.Tensor, d_all: torch.Tensor, rows: int) -> None:
+        assert self._v_all is not None
+        self.sketch.project(a)
+        y_all = a @ self._v_all
+        self.counts += torch.tensor([rows, a.shape[0]], dtype=F64, device=self.counts.device)
+        col = 0
+        for view in self.views:
+            d = d_all[:, view.layer.rows[0] : view.layer.rows[1]]
+            view.delta.project(d)
+            k = view.u.shape[1]  # type: ignore[union-attr]
+            y = y_all[:, col : col + k].to(F64)
+            col += k
+            x = (d @ view.u).to(F64)
+            view.x2 += (x * x).sum(0)
+            view.y2 += (y * y).sum(0)
+            view.x2y2 += (x * x * y * y).sum(0)
+            view.xy += (x * y).sum(0)

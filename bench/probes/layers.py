@@ -22,8 +22,8 @@ with ``partial=True``):
   rows of W, and the Kronecker model C_δ ⊗ C_A of §1 does not describe its Fisher block (the
   depthwise block is diagonal across channels). The exact quantities are still well defined on
   the C × kh·kw matrix view (rank ≤ kh·kw, so K ≤ 9 for 3×3 kernels).
-- layers with m or n above ``max_factor_dim`` (an m × m factor of an LM head over a 50k
-  vocabulary would need 10 GB).
+- layers with m or n above ``max_factor_dim`` (no limit by default: a wide factor side is
+  sketched, `bench.probes.sketch`, never formed).
 
 Not probed (listed in ``unsupported`` with the reason, never skipped silently): embeddings, norm
 layers, ``other`` modules, module-less ≥2-D parameters (``pos_embed``, ``cls_token``…),
@@ -152,7 +152,7 @@ def _module_problem(mod: nn.Module) -> str | None:
 
 
 def _layers_of_module(
-    path: str, mod: nn.Module, tag: str, max_factor_dim: int
+    path: str, mod: nn.Module, tag: str, max_factor_dim: int | None
 ) -> tuple[list[ProbedLayer], list[UnsupportedLayer]]:
     """The probed layer(s) of one weight-bearing module of a probed type (plus partial notes)."""
     weight = mod.weight
@@ -182,10 +182,11 @@ def _layers_of_module(
     else:
         layers = [ProbedLayer(label, path, pname, tag, kind, (0, m_total), (m_total, n), kron, note)]
     partial: list[UnsupportedLayer] = []
-    big = [f"{s}={d}" for s, d in (("m", layers[0].shape[0]), ("n", n)) if d > max_factor_dim]
+    big = [f"{s}={d}" for s, d in (("m", layers[0].shape[0]), ("n", n))
+           if max_factor_dim is not None and d > max_factor_dim]
     if kron and big:
-        note = (f"{', '.join(big)} exceeds max_factor_dim={max_factor_dim}: the Kronecker factor "
-                "would not fit; σ_k and h_k are exact, Kronecker columns are NaN")
+        note = (f"{', '.join(big)} exceeds max_factor_dim={max_factor_dim}; σ_k and h_k are exact, "
+                "Kronecker columns are NaN")
         layers = [replace(layer, kronecker=False, note=note) for layer in layers]
     for layer in layers:
         if not layer.kronecker:
@@ -193,7 +194,7 @@ def _layers_of_module(
     return layers, partial
 
 
-def select_layers(model: nn.Module, max_factor_dim: int = 8192) -> LayerSelection:
+def select_layers(model: nn.Module, max_factor_dim: int | None = None) -> LayerSelection:
     """Every probeable layer of ``model`` (registration order) and every unprobeable one.
 
     Forward order, depth, name patterns and ``max_layers`` are applied later by

@@ -66,6 +66,43 @@ class ProbeBatch:
         part = shard_range(self.size, world, rank)
         return self.indices[part.start : part.stop]
 
+    def subset(self, count: int | None) -> tuple[ProbeBatch, ProbeBatch]:
+        """``count`` samples evenly spaced through the batch (positions ⌊j·B/count⌋), and the
+        rest; ``(self, empty)`` when ``count`` is None or ≥ B. The choice depends only on B and
+        ``count``, not on the number of ranks."""
+        if count is None or count >= self.size:
+            return self, ProbeBatch(self.dataset, (), self.seed)
+        chosen = {(j * self.size) // count for j in range(count)}
+        picked = tuple(self.indices[p] for p in sorted(chosen))
+        rest = tuple(i for p, i in enumerate(self.indices) if p not in chosen)
+        return ProbeBatch(self.dataset, picked, self.seed), ProbeBatch(self.dataset, rest, self.seed)
+
+    def blocks(self, size: int) -> list[tuple[int, ...]]:
+        """The batch cut into consecutive blocks of ``size`` samples (the last may be shorter):
+        the resampling units of the bootstrap, the same for any number of ranks."""
+        if size < 1:
+            raise ValueError(f"block size must be >= 1, got {size}")
+        return [self.indices[i : i + size] for i in range(0, self.size, size)]
+
+    def my_blocks(
+        self, size: int, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+        rank: int | None = None, world: int | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yield ``(block id, inputs, targets)`` of this rank's blocks: block b goes to rank
+        b mod world (round robin, so ranks get equal shares of a batch of many blocks)."""
+        if rank is None or world is None:
+            rank, world = rank_and_world()
+        for b, idx in enumerate(self.blocks(size)):
+            if b % world == rank:
+                yield (b, *self._load(idx, device, dtype))
+
+    def _load(self, idx: tuple[int, ...], device: torch.device | str, dtype: torch.dtype | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = fetch(self.dataset, list(idx))
+        if dtype is not None and x.is_floating_point():
+            x = x.to(dtype)
+        return x.to(device), y.to(device)
+
     def micro_batches(
         self,
         micro_batch_size: int,
@@ -83,7 +120,4 @@ class ProbeBatch:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         mine = self.shard(rank, world)
         for start in range(0, len(mine), micro_batch_size):
-            x, y = fetch(self.dataset, list(mine[start : start + micro_batch_size]))
-            if dtype is not None and x.is_floating_point():
-                x = x.to(dtype)
-            yield x.to(device), y.to(device)
+            yield self._load(mine[start : start + micro_batch_size], device, dtype)

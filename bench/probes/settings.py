@@ -11,11 +11,43 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+ProbeMode = Literal["full", "kronecker", "online"]
+#: The probe's modes (issue 14): what each measures is in docs/science/quantities.md.
+PROBE_MODES: tuple[str, ...] = ("full", "kronecker", "online")
+
 
 class ProbeSettings(BaseModel):
     """What the curvature probe measures and how (see `bench.probes.runner.run_probe`)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    mode: ProbeMode = Field(
+        "full", description="full: σ_k, exact h_k (Hessian-vector products) and the Kronecker "
+        "quantities on the probe batch; kronecker: σ_k and the Kronecker quantities (ρ, Φ, λ, Λ, "
+        "h_kron, concentration) on the probe batch, no HVP (two forward/backward passes); online: "
+        "the Kronecker quantities from the training step's own forward and backward at each "
+        "scheduled probe step (hooks, no extra batch; `specbench probe` uses one pass over the "
+        "probe batch instead)"
+    )
+    alpha_source: Literal["auto", "exact", "kronecker"] = Field(
+        "auto", description="the fit Spectral Newton's `measured` alpha policy takes: exact (slope "
+        "of log h on log σ, needs mode full), kronecker (α_kron: slope of log h_kron = log Λ + "
+        "log Φ on log σ, Theorem 1 without the χ term), auto (exact in mode full, else kronecker)"
+    )
+    sketch_size: int = Field(
+        128, ge=1, description="ℓ: a Kronecker factor side wider than this is never formed; its "
+        "top eigenvalues come from an ℓ-row Frequent Directions sketch refined by Rayleigh-Ritz "
+        "(memory O(ℓ·(m + n)) per layer; exact while the rows span < ℓ dimensions, otherwise "
+        "low by at most the recorded lambda_*_bound). Sides up to ℓ wide use the exact factor"
+    )
+    h_samples: int | None = Field(
+        None, ge=1, description="measure h_k on this many samples of the probe batch (evenly "
+        "spaced in it); σ_k and the Kronecker quantities still use the whole batch. None: all"
+    )
+    bootstrap: int = Field(
+        200, ge=0, description="percentile-bootstrap resamples of the HVP pass's micro-batches "
+        "for the 95 % interval of each layer's α (alpha_lo, alpha_hi); 0: no interval"
+    )
 
     batch_size: int = Field(
         2048, ge=1, description="samples in the fixed probe batch (PAPER.md §1: 2048-4096); "
@@ -61,10 +93,9 @@ class ProbeSettings(BaseModel):
         "linearly with this (measured on an H200: 60 directions of a d=256 transformer's fused QKV "
         "at once peaked at 32 GiB, the loop at 2.3 GiB)"
     )
-    max_factor_dim: int = Field(
-        8192, ge=1, description="layers whose m or n exceeds this get σ and h only: an m×m or n×n "
-        "Kronecker factor would not fit (e.g. an LM head over a 50k vocabulary); reported as "
-        "partially probed"
+    max_factor_dim: int | None = Field(
+        None, ge=1, description="layers whose m or n exceeds this get σ and h only (reported as "
+        "partially probed); None: no limit (wide sides are sketched, see sketch_size)"
     )
 
     @model_validator(mode="after")
@@ -75,6 +106,23 @@ class ProbeSettings(BaseModel):
                 f"micro_batch_size ({self.micro_batch_size}) exceeds batch_size ({self.batch_size})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProbeSettings:
+        if self.alpha_source == "exact" and self.mode != "full":
+            raise ValueError(f"alpha_source 'exact' needs the exact h_k of mode 'full' (mode is {self.mode!r}); "
+                             "use alpha_source 'kronecker' or 'auto'")
+        if self.sketch_size < self.top_k:
+            raise ValueError(f"sketch_size ({self.sketch_size}) must be at least top_k ({self.top_k}): the "
+                             "sketch yields at most sketch_size eigenvalues per factor")
+        return self
+
+    @property
+    def resolved_alpha_source(self) -> str:
+        """``exact`` or ``kronecker``: the fit the ``measured`` α policy takes."""
+        if self.alpha_source == "auto":
+            return "exact" if self.mode == "full" else "kronecker"
+        return self.alpha_source
 
     @property
     def torch_dtype(self) -> torch.dtype:
