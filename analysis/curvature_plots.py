@@ -20,7 +20,7 @@ from analysis.plots import figure, save
 #: differ most).
 MAX_PANELS = 30
 #: Reference exponents drawn on α plots: Gauss–Newton-like curvature (2) and the flattened,
-#: LayerNorm-dominated regime the paper reports for language models (1) (PAPER.md §3–4).
+#: LayerNorm-dominated regime the paper reports for language models (1) (docs/science/fits.md#theorem-1-decomposition).
 REFERENCE_ALPHAS = (1.0, 2.0)
 
 

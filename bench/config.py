@@ -102,7 +102,7 @@ class TrainingConfig(_Strict):
 
 
 class ProbeSchedule(_Strict):
-    """When the curvature probe (bench/probes, PAPER.md §1) runs inside a trial, and how.
+    """When the curvature probe (bench/probes, docs/science/quantities.md) runs inside a trial, and how.
 
     The probe is a collective (every rank takes part); its time is recorded separately
     (``probe_time_s`` in ``steps``, per-phase rows in ``profile``) and never counted as step time.

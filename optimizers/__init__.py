@@ -1,4 +1,4 @@
-"""Optimizers for specbench: Spectral Newton (PAPER.md §5), AdamW, the matrix baselines Muon,
+"""Optimizers for specbench: Spectral Newton (docs/science/spectral_newton.md), AdamW, the matrix baselines Muon,
 Shampoo and SOAP, parameter grouping by layer type, owner-rank sharding at ZeRO-0.
 
 Public API (docs/ARCHITECTURE.md): :func:`build`, :func:`available`, :func:`settings_model`,

@@ -83,7 +83,7 @@ def test_one_step_equals_p_minus_lr_T_grad(net: TinyNet, method: str) -> None:
 
 def test_conv_update_uses_out_by_in_kh_kw(net: TinyNet) -> None:
     # σ/(σ^α+d) is not invariant to how a 4-D kernel is flattened: out × (in·kh·kw) differs from
-    # e.g. (out·in) × (kh·kw), so this pins the paper's convention (PAPER.md §1).
+    # e.g. (out·in) × (kh·kw), so this pins the paper's convention (docs/science/quantities.md).
     opt = SpectralNewton.from_model(net, lr=1.0, momentum=0.0, alpha=1.5, method="gram")
     _grads(net)
     g = net.conv.weight.grad.detach().clone()
@@ -305,7 +305,7 @@ class LeastSquares(nn.Module):
     """min_W ‖X W − Y‖² / N: convex; W is a plain 2-D parameter (layer type 'other' → spectral).
 
     The target is scaled like a network layer (entries ~0.1), so gradient singular values are
-    ~0.01–0.1 as in training: T's behaviour depends on the scale of G relative to d (PAPER.md §5;
+    ~0.01–0.1 as in training: T's behaviour depends on the scale of G relative to d (docs/science/spectral_newton.md;
     with σ ≫ √d, α = 2 gives T ≈ 1/σ and tiny steps, which is the model, not a bug).
     """
 
