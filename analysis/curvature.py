@@ -56,8 +56,11 @@ DECOMPOSITION_COLUMNS = {
 #: Counts describing what a layer's fits rest on: directions with an HVP (K), σ_k recorded (the
 #: γ window) and probe samples B (the curvature table's ``samples``; NaN when unknown).
 COUNT_COLUMNS = ("n_directions", "n_sigma", "sample_count")
+#: Per-layer columns of the probe copied to the layer record (null when the curvature rows lack
+#: them): the probe's mode, and its bootstrap interval of α.
+PROBE_COLUMNS = ("probe_mode", "alpha_lo", "alpha_hi")
 #: Columns of the ``layer_fits`` table after the identifying ones.
-LAYER_FITS_COLUMNS = (*FIT_KEYS, *EXTRA_KEYS, *DECOMPOSITION_COLUMNS, *COUNT_COLUMNS)
+LAYER_FITS_COLUMNS = (*FIT_KEYS, *EXTRA_KEYS, *DECOMPOSITION_COLUMNS, *COUNT_COLUMNS, *PROBE_COLUMNS)
 #: Run attributes joined onto fits for grouping and claim filters.
 RUN_INFO = ("model", "dataset", "optimizer_label", "task", "status")
 #: Default grouping of the summaries: the paper reports per model (and dataset).
@@ -76,6 +79,14 @@ def _column(group: pd.DataFrame, name: str) -> np.ndarray | None:
     return None if np.isnan(values).all() else values
 
 
+def _first_value(group: pd.DataFrame, name: str) -> Any:
+    """The first non-null value of a per-layer column, None when absent or all null."""
+    if name not in group.columns:
+        return None
+    values = group[name].dropna()
+    return values.iloc[0] if len(values) else None
+
+
 def _decomposition(group: pd.DataFrame, h: np.ndarray, window: int) -> dict[str, Any]:
     sigma = _column(group, "sigma")
     h_kron = _column(group, "h_kron")
@@ -90,7 +101,9 @@ def _decomposition(group: pd.DataFrame, h: np.ndarray, window: int) -> dict[str,
         missing = dict.fromkeys(DECOMPOSITION_COLUMNS.values(), np.nan)
         missing.update(n_points=0, reason="no Kronecker factors recorded")
         return missing
-    return decomposition_fit(sigma, h, h_kron, *parts, window=window)  # type: ignore[arg-type]
+    # Probe modes without HVPs record no h at all: the decomposition is then the Kronecker side only.
+    exact = h if np.isfinite(h).any() else None
+    return decomposition_fit(sigma, exact, h_kron, *parts, window=window)  # type: ignore[arg-type]
 
 
 def layer_fits_from_curvature(
@@ -149,6 +162,7 @@ def layer_fits_from_curvature(
             n_sigma=int(np.isfinite(sigma).sum()),
             sample_count=float(np.nanmax(samples)) if samples is not None else np.nan,
         )
+        record.update({c: _first_value(group, c) for c in PROBE_COLUMNS})
         rows.append(record)
     return pd.DataFrame(rows, columns=[*id_cols, *LAYER_FITS_COLUMNS])
 

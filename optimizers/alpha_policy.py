@@ -7,7 +7,9 @@ as h_k ∝ σ_k^α. Three policies choose α per parameter:
 - ``by_layer_type``: a table keyed by layer type, seeded from the paper's published medians
   (convs ≈ 2; mini GPT-2: QKV 1.43, attention out 1.17, MLP-up 0.84, MLP-down 1.15; docs/science/spectral_newton.md#the-by-layer-type-table);
 - ``measured``: per-parameter values set by the training loop from the suite's own curvature probe
-  (``SpectralNewton.set_measured_alpha``), falling back to the table for unmeasured parameters.
+  (``SpectralNewton.set_measured_alpha``; the probe's exact α or its Kronecker estimate α_kron,
+  per ``probes.settings.alpha_source``), falling back to the table for unmeasured parameters; a
+  fit that is not finite and > 0 is skipped (:func:`alpha_problem`) and the previous α kept.
 
 Pure functions of the settings (the policy, α and the table's overrides are Spectral Newton
 settings, validated by :class:`optimizers.settings.SpectralNewtonSettings`).
@@ -41,12 +43,12 @@ DEFAULT_ALPHA_TABLE: dict[str, float] = {
 gave MLP α ≈ 2); gate projections have no published value and reuse MLP-up's."""
 
 
-def check_alpha(value: float, what: str) -> float:
-    """α must be a finite positive number."""
+def alpha_problem(value: float) -> str | None:
+    """Why ``value`` cannot be T's exponent α (it must be finite and > 0), or None."""
     value = float(value)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what}: alpha must be a finite number > 0 (got {value})")
-    return value
+        return f"alpha must be a finite number > 0 (got {value:.4g})"
+    return None
 
 
 def table_alpha(table: Mapping[str, float], layer_type: str, alpha: float) -> float:

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from .alpha_policy import check_alpha, resolve_alpha
+from .alpha_policy import alpha_problem, resolve_alpha
 from .matrix_base import MatrixOptimizer, OwnedMatrix
 from .settings import SpectralNewtonSettings
 from .spectral import compute_dtype, spectral_norm_estimate, spectral_transform_with_stats
@@ -76,18 +76,32 @@ class SpectralNewton(MatrixOptimizer):
 
     # --- α ------------------------------------------------------------------------------------------
 
-    def set_measured_alpha(self, alphas: Mapping[str, float]) -> None:
+    @property
+    def measures_alpha(self) -> bool:
+        """Whether some matrix group uses the ``measured`` α policy (and so takes probe α)."""
+        return any(g["alpha_policy"] == "measured" for g in self.matrix_groups())
+
+    def set_measured_alpha(self, alphas: Mapping[str, float]) -> dict[str, str]:
         """Set per-parameter α (by parameter name) for the ``measured`` policy.
 
-        Names must be parameters of this optimizer; values must be finite and > 0. Values for
-        AdamW parameters are stored but unused. Unmeasured parameters keep the table's α.
+        Names must be parameters of this optimizer (anything else is a programming error and
+        raises). A value that is not finite and > 0 cannot be T's exponent: it is skipped — the
+        parameter keeps its previous α — and returned with the reason (``{name: reason}``), so
+        that one layer's bad fit never ends a trial. Values for AdamW parameters are stored but
+        unused. Unmeasured parameters keep the table's α.
         """
         known = {n for g in self.param_groups for n in g["param_names"]}
         unknown = [n for n in alphas if n not in known]
         if unknown:
             raise ValueError(f"set_measured_alpha: {unknown[0]!r} is not a parameter of this optimizer")
+        skipped: dict[str, str] = {}
         for name, value in alphas.items():
-            self.measured_alpha[name] = check_alpha(value, f"measured alpha for {name!r}")
+            reason = alpha_problem(value)
+            if reason is None:
+                self.measured_alpha[name] = float(value)
+            else:
+                skipped[name] = f"{reason}; keeps alpha {self.alpha_for(name):.4g}"
+        return skipped
 
     def _alpha(self, group: Mapping[str, Any], name: str, layer_type: str) -> float:
         return resolve_alpha(

@@ -156,8 +156,16 @@ def test_alpha_policies(gpt2: nn.Module) -> None:
     assert measured.alpha_for("transformer.h.1.mlp.c_fc.weight") == 0.84  # table fallback
     with pytest.raises(ValueError, match="not a parameter"):
         measured.set_measured_alpha({"nope.weight": 1.0})
-    with pytest.raises(ValueError, match="> 0"):
-        measured.set_measured_alpha({"transformer.h.0.mlp.c_fc.weight": -1.0})
+    # A fit that is not finite and > 0 is skipped with its reason; the previous α stays.
+    skipped = measured.set_measured_alpha({"transformer.h.0.mlp.c_fc.weight": -1.0,
+                                           "transformer.h.0.mlp.c_proj.weight": float("nan"),
+                                           "transformer.h.0.attn.c_proj.weight": 0.7})
+    assert set(skipped) == {"transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight"}
+    assert "> 0" in skipped["transformer.h.0.mlp.c_fc.weight"]
+    assert measured.alpha_for("transformer.h.0.mlp.c_fc.weight") == 1.9
+    assert measured.alpha_for("transformer.h.0.mlp.c_proj.weight") == 1.15  # still the table's
+    assert measured.alpha_for("transformer.h.0.attn.c_proj.weight") == 0.7
+    assert measured.measures_alpha and not SpectralNewton.from_model(gpt2).measures_alpha
     state = measured.state_dict()
     fresh = SpectralNewton.from_model(gpt2, alpha_policy="measured")
     fresh.load_state_dict(state)

@@ -1,6 +1,7 @@
-"""Curvature probes inside a real 2-worker DeepSpeed trial: scheduled probes write the
-curvature and profile tables, their time is kept out of the step time, the measured-α policy
-receives α per layer, and the layer_fits table follows from the curvature rows."""
+"""Curvature probes inside real 2-worker DeepSpeed trials: scheduled probes (modes full and
+online) write the curvature and profile tables, their time is kept out of the step time, the
+measured-α policy holds the probe's fit (exact or Kronecker) per layer, and the layer_fits table
+follows from the curvature rows."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import tiny_sweep
 
-from analysis.fits import fit_layer
-from bench.probes.measured_alpha import alpha_by_parameter, layer_alpha
+from analysis.fits import decomposition_fit, fit_layer
+from bench.probes.measured_alpha import alpha_by_parameter, layer_alpha, layer_alpha_kron
 from launchers.derived_tables import write_layer_fits
 from launchers.local import run_local
 from launchers.sweep import expand, parse_config
@@ -20,32 +22,78 @@ from launchers.sweep import expand, parse_config
 pytestmark = pytest.mark.integration
 
 
-def test_probed_trial_writes_curvature_profile_and_layer_fits(tmp_path):
+def _trial_dir(tmp_path, spec):
+    return tmp_path / spec.sweep_name / "trials" / spec.trial_id
+
+
+def _checkpoint_alpha(tdir) -> dict[str, float]:
+    """The optimizer's own measured α, from its state in the trial's final DeepSpeed checkpoint
+    (ZeRO 0 keeps the client optimizer's state dict in the model-states file)."""
+    (states,) = (tdir / "checkpoint").glob("step*/mp_rank_00_model_states.pt")
+    return torch.load(states, map_location="cpu", weights_only=False)["optimizer"]["measured_alpha"]
+
+
+def test_probed_trials_hand_their_alpha_to_spectral_newton(tmp_path):
+    """Two real 2-worker DeepSpeed trials of Spectral Newton with the measured α policy: mode full
+    (α from the exact h) and mode online (α_kron from the training steps' own statistics). After
+    the last probe, each parameter's α in the optimizer is the analysis fit of that probe
+    (layer_fits' alpha, resp. alpha_kron; the median over a fused weight's views)."""
+    sn = {"name": "spectral_newton", "settings": {"lr": 0.05, "alpha_policy": "measured"}}
     doc = tiny_sweep(
-        optimizers=[{"name": "spectral_newton", "settings": {"lr": 0.05, "alpha_policy": "measured"}}],
+        optimizers=[{**sn, "label": "exact"},
+                    {**sn, "label": "kron", "probes": {"every": 3, "settings": {
+                        "mode": "online", "batch_size": 128, "micro_batch_size": 64, "top_k": 8}}}],
         probes={"at_steps": [2, 4], "at_end": True,
                 "settings": {"batch_size": 128, "micro_batch_size": 64, "top_k": 8}},
     )
-    doc["training"].update(steps=6, log_every=2, eval_every=3)
-    (spec,) = expand(parse_config(doc))
-    assert run_local(spec, tmp_path)
-    tdir = tmp_path / spec.sweep_name / "trials" / spec.trial_id
-    curv = pd.read_parquet(tdir / "curvature.parquet")
-    assert sorted(curv["step"].unique()) == [2, 4, 6]
+    doc["training"].update(steps=6, log_every=2, eval_every=3, checkpoint_every=6, keep_checkpoint=True)
+    specs = expand(parse_config(doc))
+    for spec in specs:
+        assert run_local(spec, tmp_path)
+    exact, online = (_trial_dir(tmp_path, s) for s in specs)
+
+    curv = pd.read_parquet(exact / "curvature.parquet")
+    assert sorted(curv["step"].unique()) == [2, 4, 6] and set(curv["probe_mode"]) == {"full"}
     assert set(curv["layer_type"]) >= {"conv_stem", "conv", "head"}
-    np.testing.assert_allclose(curv["h_kron"], curv["phi"] * curv["lam"], rtol=1e-10)
-    prof = pd.read_parquet(tdir / "profile.parquet")
+    prof = pd.read_parquet(exact / "profile.parquet")
     assert {"hvp", "grad_svd", "eigh", "factor_accumulation"} <= set(prof["phase"])
-    steps = pd.read_parquet(tdir / "steps.parquet").set_index("step")
+    steps = pd.read_parquet(exact / "steps.parquet").set_index("step")
     assert (steps.loc[[2, 4, 6], "probe_time_s"] > 0).all()
     # Probe time is not step time: the probe takes far longer than a step of this tiny CNN.
     assert steps.loc[2, "probe_time_s"] > steps.loc[2, "step_time_s"]
-    assert json.loads(pd.read_parquet(tdir / "runs.parquet")["probe_unsupported_json"][0]) == []
+    runs = pd.read_parquet(exact / "runs.parquet").iloc[0]
+    assert json.loads(runs["probe_unsupported_json"]) == []
+    assert (runs["probe_mode"], runs["alpha_source"]) == ("full", "exact")
 
-    (fits_path,) = write_layer_fits(tdir)
-    fits = pd.read_parquet(fits_path)
-    assert len(fits) == curv.groupby(["step", "layer"]).ngroups
-    assert fits["alpha"].notna().all()
+    online_curv = pd.read_parquet(online / "curvature.parquet")
+    assert sorted(online_curv["step"].unique()) == [3, 6] and set(online_curv["probe_mode"]) == {"online"}
+    assert online_curv["h"].isna().all() and (online_curv.loc[online_curv.k == 1, "h_kron"] > 0).all()
+    # The statistics are those of the training step: its micro-batches on both ranks (16 · 2).
+    assert (online_curv["samples"] == 32).all()
+    online_runs = pd.read_parquet(online / "runs.parquet").iloc[0]
+    assert (online_runs["probe_mode"], online_runs["alpha_source"]) == ("online", "kronecker")
+
+    for tdir, column, source in ((exact, "alpha", "exact"), (online, "alpha_kron", "kronecker")):
+        (fits_path,) = write_layer_fits(tdir)
+        fits = pd.read_parquet(fits_path)
+        last = fits[fits["step"] == fits["step"].max()]
+        expected = last.groupby("module")[column].median().dropna()
+        held = _checkpoint_alpha(tdir)
+        assert len(expected) >= 3
+        assert held == pytest.approx({f"{m}.weight": a for m, a in expected.items()}, rel=1e-9)
+        log = pd.DataFrame(json.loads(pd.read_parquet(tdir / "runs.parquet")["measured_alpha_json"][0]))
+        assert set(log["source"]) == {source} and len(log["step"].unique()) >= 2  # set at every probe
+
+    # The in-trial probe of 2 ranks equals the 1-process probe of the final checkpoint.
+    from bench.probes.standalone import probe_checkpoint
+
+    last = curv[curv.step == 6].reset_index(drop=True)
+    probe_checkpoint(specs[0], tmp_path, exact / "checkpoint")
+    again = pd.read_parquet(exact / "curvature.parquet")
+    again = again[again.step == 6].reset_index(drop=True)
+    assert list(again.layer) == list(last.layer)
+    for col in ("sigma", "h", "h_kron", "lambda_delta"):
+        np.testing.assert_allclose(again[col], last[col], rtol=2e-3, atol=1e-9, err_msg=col)
 
 
 def test_measured_alpha_agrees_with_the_analysis_fit():
@@ -55,9 +103,21 @@ def test_measured_alpha_agrees_with_the_analysis_fit():
     h[3] = -1.0  # non-positive curvature is dropped by both
     assert layer_alpha(list(sigma), list(h)) == pytest.approx(fit_layer(sigma, h)["alpha"], rel=1e-12)
     assert layer_alpha([1.0, 0.5, 0.2], [1.0, 0.3, 0.1]) is None  # < 5 points: no fit
+    # α_kron: the decomposition's slope of log h_kron, on its common points (h > 0 where h exists).
+    lam = sigma ** 1.2 * np.exp(rng.normal(0, 0.05, 20))
+    phi = sigma ** 0.4 * np.exp(rng.normal(0, 0.05, 20))
+    phi[7] = np.nan  # an unusable Φ_k drops the point from both
+    ones = np.ones(20)
+    for exact in (h, np.full(20, np.nan)):
+        want = decomposition_fit(sigma, exact if np.isfinite(exact).any() else None, lam * phi, lam, ones, phi, ones)
+        got = layer_alpha_kron(list(sigma), list(lam * phi), list(lam), list(phi), list(exact))
+        assert got == pytest.approx(want["alpha_kron"], rel=1e-12)
     rows = [{"layer": f"blk.qkv.{v}", "module": "blk.qkv", "sigma": s, "h": x * f}
             for v, f in (("q", 1.0), ("k", 2.0), ("v", 3.0)) for s, x in zip(sigma, h, strict=True)]
-    assert alpha_by_parameter(rows) == {"blk.qkv.weight": pytest.approx(layer_alpha(list(sigma), list(h)))}
+    rows += [{"layer": "out", "module": "out", "sigma": s, "h": 1 / s} for s in sigma]  # α = −1: not usable
+    alphas, skipped = alpha_by_parameter(rows)
+    assert alphas == {"blk.qkv.weight": pytest.approx(layer_alpha(list(sigma), list(h)))}
+    assert list(skipped) == ["out.weight"] and "> 0" in skipped["out.weight"]
 
 
 def test_standalone_probe_of_a_checkpoint(write_yaml, tmp_path):

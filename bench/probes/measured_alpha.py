@@ -1,11 +1,11 @@
-"""α per parameter from a probe, for Spectral Newton's ``measured`` α policy (PAPER.md §5).
+"""α per parameter from a probe, for Spectral Newton's ``measured`` α policy (docs/science/spectral_newton.md).
 
 Two fits, chosen by ``probes.settings.alpha_source`` (`bench.probes.settings.ProbeSettings`):
 
-- ``exact``: α, the OLS slope of log h_k on log σ_k over the positive h_k of a layer (PAPER.md
-  §2, the convention of ``analysis.fits.fit_layer``);
+- ``exact``: α, the OLS slope of log h_k on log σ_k over the positive h_k of a layer
+  (docs/science/fits.md#curvature-exponent-alpha, the convention of ``analysis.fits.fit_layer``);
 - ``kronecker``: α_kron, the slope of log h^kron_k on log σ_k, i.e. the slope of log Λ_k plus
-  that of log Φ_k (Theorem 1 without the χ term, PAPER.md §3), over the common points of
+  that of log Φ_k (Theorem 1 without the χ term, docs/science/fits.md#theorem-1-decomposition), over the common points of
   ``analysis.fits.decomposition_fit``: σ, h^kron, Λ, Φ and — when the layer has exact h — h all
   positive, so that the value is the ``alpha_kron`` column of ``layer_fits``.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-MIN_POINTS = 5  # PAPER.md §2 decision: fewer positive points → no fit
+MIN_POINTS = 5  # docs/science/fits.md#missing-fits: fewer positive points → no fit
 SOURCES = ("exact", "kronecker")
 
 

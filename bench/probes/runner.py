@@ -26,12 +26,19 @@ from torch.utils.data import Dataset
 
 from bench.batching import fetch
 from bench.probes.curvature import SHARED, LossFn, measure_curvature, probe_tensors
-from bench.probes.layers import UnsupportedLayer, filter_layers, order_by_forward, select_layers
+from bench.probes.layers import (
+    LayerSelection,
+    UnsupportedLayer,
+    filter_layers,
+    order_by_forward,
+    select_layers,
+)
+from bench.probes.online import measure_online
 from bench.probes.phase_timer import PhaseTimer
 from bench.probes.probe_batch import ProbeBatch
 from bench.probes.settings import ProbeSettings
 
-__all__ = ["ProbeResult", "ProbeSettings", "eval_mode", "exact_float32", "run_probe"]
+__all__ = ["ProbeResult", "ProbeSettings", "eval_mode", "exact_float32", "probe_selection", "run_probe"]
 
 
 @dataclass
@@ -120,15 +127,25 @@ def run_probe(
         dataset, settings.batch_size, settings.seed)
     timer = PhaseTimer(device)
     with eval_mode(model), exact_float32():
-        selection = select_layers(model, settings.max_factor_dim)
-        with timer.measure(SHARED, "order"):
-            # Forward order (depth) from one sample, the same on every rank: cheap and collective-free.
-            x0, _ = fetch(batch.dataset, [batch.indices[0]])
-            if x0.is_floating_point():
-                x0 = x0.to(settings.torch_dtype)
-            tensors = probe_tensors(model, set(), settings.torch_dtype)
-            selection = order_by_forward(
-                model, selection, lambda: functional_call(model, tensors, (x0.to(device),), strict=False))
-        selection = filter_layers(selection, settings.layers, settings.max_layers)
-        out = measure_curvature(model, loss_fn, batch, selection, settings, device, timer, started)
+        selection = probe_selection(model, batch, settings, device, timer)
+        if settings.mode == "online":
+            out = measure_online(model, loss_fn, batch, selection, settings, device, timer)
+        else:
+            out = measure_curvature(model, loss_fn, batch, selection, settings, device, timer, started)
     return ProbeResult(out.curvature_rows, out.profile_rows, selection.unsupported + out.unsupported)
+
+
+def probe_selection(model: nn.Module, batch: ProbeBatch, settings: ProbeSettings, device: torch.device,
+                    timer: PhaseTimer | None = None) -> LayerSelection:
+    """The probed layers of ``model``: selected, in forward order (from one sample of ``batch``,
+    the same on every rank: cheap and collective-free), then narrowed by the settings."""
+    selection = select_layers(model, settings.max_factor_dim)
+    timer = timer or PhaseTimer(device)
+    with timer.measure(SHARED, "order"):
+        x0, _ = fetch(batch.dataset, [batch.indices[0]])
+        if x0.is_floating_point():
+            x0 = x0.to(settings.torch_dtype)
+        tensors = probe_tensors(model, set(), settings.torch_dtype)
+        selection = order_by_forward(
+            model, selection, lambda: functional_call(model, tensors, (x0.to(device),), strict=False))
+    return filter_layers(selection, settings.layers, settings.max_layers)

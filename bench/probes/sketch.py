@@ -2,7 +2,7 @@
 
 A Kronecker factor is a Gram matrix of rows, M = Σ_r r_r r_rᵀ (C_δ = M_δ·(R/R′)/N over the rows
 δ_r, C_A = M_A / R′ over the rows a_r; `bench.probes.factors`). The probe needs only its K
-largest eigenvalues (the rank-matched λ_k of PAPER.md §1; the Rayleigh quotients u_kᵀCu_k are
+largest eigenvalues (the rank-matched λ_k of docs/science/quantities.md#kronecker-factors; the Rayleigh quotients u_kᵀCu_k are
 means of projections and need no factor at all). Forming M costs d² memory — 3.3 GB for a
 28672-wide factor in fp32 — so a side wider than the sketch size ℓ is summarised by
 

@@ -1,4 +1,4 @@
-"""The gradient's leading singular triplets and how many of them are real (PAPER.md §1).
+"""The gradient's leading singular triplets and how many of them are real (docs/science/quantities.md#gradient-singular-values).
 
 G = ∇_W L of one layer (its m × n view, float64) has the SVD G = U Σ Vᵀ; the probe keeps σ_k, u_k,
 v_k for k ≤ K = min(top_k, numerical rank) (h_k and the Kronecker quantities) and σ_k up to

@@ -20,13 +20,19 @@ History:
 - 2: the same columns, now guaranteed: every declared column is in every file (null where a
   value was not measured), every :data:`REQUIRED` column is present and non-null, and
   ``layer_fits`` is declared here (:data:`LAYER_FITS`) and carries the version like the others.
+- 3: the probe's modes (issue 14). ``runs``: ``probe_mode``, ``alpha_source``,
+  ``measured_alpha_json``; ``curvature``: ``probe_mode``, ``h_samples``, ``alpha_lo``,
+  ``alpha_hi``, ``term_scale``, ``lambda_delta_bound``, ``lambda_A_bound``; ``layer_fits``:
+  ``probe_mode``, ``alpha_lo``, ``alpha_hi``; ``profile``: ``probe_mode``. Every probe before
+  version 3 was mode ``full``, which the upgrade writes into the curvature and layer_fits rows
+  and the ``curvature_probe`` profile rows.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 METADATA_KEY = b"specbench.schema_version"
 
 #: One row per trial. ``config.*`` columns (the flattened resolved trial config) are added
@@ -74,6 +80,9 @@ RUNS = pa.schema(
         ("peak_flops_source", pa.string()),  # config | datasheet:<GPU> | measured-matmul
         ("resumed_from_step", pa.int64()),
         ("probe_unsupported_json", pa.string()),  # layers the curvature probe could not (fully) measure
+        ("probe_mode", pa.string()),  # full | kronecker | online; '' without probes
+        ("alpha_source", pa.string()),  # exact | kronecker: the fit a measured-α optimizer takes; '' without probes
+        ("measured_alpha_json", pa.string()),  # per probe and parameter: α set, or skipped with the reason
         ("num_parameters", pa.int64()),
         ("started_at", pa.string()),
         ("finished_at", pa.string()),
@@ -169,6 +178,7 @@ PROFILE = pa.schema(
         ("niter", pa.int32()),
         ("torch_version", pa.string()),
         ("started_at", pa.string()),
+        ("probe_mode", pa.string()),  # op=curvature_probe / probe_overhead: full | kronecker | online
     ]
 )
 
@@ -191,6 +201,16 @@ CURVATURE = pa.schema(
             for name in (
                 "sigma", "h", "h_kron", "rho_delta", "rho_A", "phi", "lambda_delta", "lambda_A", "lam",
                 "chi", "concentration", "samples", "loss_terms", "positions", "grad_check",
+            )
+        ],
+        ("probe_mode", pa.string()),  # full | kronecker | online
+        *[
+            (name, pa.float64())
+            for name in (
+                "h_samples",  # samples behind h (the probe batch or its h_samples sub-sample); NaN without h
+                "alpha_lo", "alpha_hi",  # 95 % bootstrap interval of the layer's α (per layer)
+                "term_scale",  # S = Σ_r ‖δ_r‖‖a_r‖ / N, the scale of the rank cutoff (per layer)
+                "lambda_delta_bound", "lambda_A_bound",  # 0 ≤ λ_k − lambda_k ≤ bound (sketched factors)
             )
         ],
     ]
@@ -229,6 +249,9 @@ LAYER_FITS = pa.schema(
         ("n_directions", pa.int64()),
         ("n_sigma", pa.int64()),
         ("sample_count", pa.float64()),
+        ("probe_mode", pa.string()),  # the mode of the curvature rows the fits come from
+        ("alpha_lo", pa.float64()),  # the probe's 95 % bootstrap interval of α
+        ("alpha_hi", pa.float64()),
     ]
 )
 

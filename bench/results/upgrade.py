@@ -9,7 +9,9 @@ PATH is a Parquet file or a directory (searched for ``<table>.parquet`` files of
 tables). A file whose name is not a table's needs ``--table``.
 
 Version 1 → 2 (see :mod:`bench.results.schema` for the history): the columns are the same, so
-the upgrade adds nothing it has to guess. A file is rewritten only when it holds every column of
+the upgrade adds nothing it has to guess. Version 2 → 3 adds the probe-mode columns; every probe
+before version 3 was mode ``full``, which is written as their ``probe_mode`` (a fact of the old
+version, not a guess); the other new columns are null. A file is rewritten only when it holds every column of
 :data:`~bench.results.schema.REQUIRED` non-null; declared columns it lacks are written as null
 ("not measured", which is what their absence meant); the version is stamped. A required column
 missing from an old file can only come from what the user knows about the run, stated with
@@ -33,7 +35,7 @@ from bench.results.schema import METADATA_KEY, REQUIRED, SCHEMA_VERSION, TABLES
 from bench.results.writer import to_table, write_atomic
 
 #: Versions this module upgrades from.
-UPGRADABLE = (1,)
+UPGRADABLE = (1, 2)
 
 
 class UpgradeError(ValueError):
@@ -69,6 +71,20 @@ def _filled(table: pa.Table, name: str, fill: Mapping[str, str]) -> pa.Table:
     return table
 
 
+def _full_mode(table: pa.Table, name: str) -> pa.Table:
+    """Before version 3 the probe had one mode, ``full``: its curvature and layer_fits rows and
+    its ``curvature_probe`` profile rows get that ``probe_mode``."""
+    if name not in ("curvature", "layer_fits", "profile") or "probe_mode" in table.column_names:
+        return table
+    if name == "profile":
+        probe = pc.fill_null(pc.equal(table["op"], "curvature_probe"), False) if "op" in table.column_names else None
+        values = pa.array([("full" if p else None) for p in (probe.to_pylist() if probe is not None else
+                                                              [False] * table.num_rows)], type=pa.string())
+    else:
+        values = pa.array(["full"] * table.num_rows, type=pa.string())
+    return table.append_column("probe_mode", values)
+
+
 def upgrade_table(table: pa.Table, name: str, fill: Mapping[str, str] | None = None) -> pa.Table:
     """``table`` (one file's contents, table ``name``) at :data:`SCHEMA_VERSION`.
 
@@ -89,6 +105,8 @@ def upgrade_table(table: pa.Table, name: str, fill: Mapping[str, str] | None = N
         raise UpgradeError(f"schema version {version} cannot be upgraded to {SCHEMA_VERSION} "
                            f"(upgradable: {', '.join(map(str, UPGRADABLE))})")
     table = _filled(table, name, fill or {})
+    if version < 3:
+        table = _full_mode(table, name)
     missing = [c for c in REQUIRED[name] if c not in table.column_names]
     nulls = [c for c in REQUIRED[name] if c in table.column_names and table[c].null_count]
     if missing or nulls:

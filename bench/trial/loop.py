@@ -15,6 +15,7 @@ from typing import Any
 from bench import checkpoint
 from bench.config import TrialSpec
 from bench.distributed import all_reduce_sum
+from bench.probes.online import OnlineCapture
 from bench.results import remote, writer
 from bench.timing import timed
 from bench.trial.rows import TableLog, steps_row, write_run_row
@@ -74,7 +75,9 @@ def train(trial: Trial, state: TrialState, reporter: Reporter | None) -> None:
     interval = Interval()
     trial.engine.train()
     for step in range(trial.start_step + 1, last + 1):
-        record_step(trial, state, interval, step, train_step(trial, step))
+        # Mode online reads the probe's statistics off this step's own passes (bench.trial.probing).
+        capture = trial.prober.arm(trial.engine, step, last) if trial.prober is not None else None
+        record_step(trial, state, interval, step, train_step(trial, step, capture))
         if trial.prober is not None and trial.spec.probes.due(step, last):
             # A collective outside the step timer: probe time is never billed as step time.
             interval.probe_seconds += trial.prober.probe(trial.engine, trial.optimizer, step)
@@ -99,10 +102,11 @@ class StepResult:
     seconds: dict[str, float]
 
 
-def train_step(trial: Trial, step: int) -> StepResult:
+def train_step(trial: Trial, step: int, capture: OnlineCapture | None = None) -> StepResult:
     """Optimizer step ``step`` (1-based): ``grad_accum`` micro-batches of forward and backward
     (DeepSpeed all-reduces the gradients at the accumulation boundary), then ``engine.step()``
-    (clipping, the client optimizer, the lr schedule), then the loss summed over ranks."""
+    (clipping, the client optimizer, the lr schedule), then the loss summed over ranks. An online
+    probe ``capture`` is shown each micro-batch's loss before its backward."""
     engine, device, accum = trial.engine, trial.device, trial.spec.training.grad_accum
     phases: dict[str, float] = {}
     loss_sum = 0.0
@@ -111,6 +115,8 @@ def train_step(trial: Trial, step: int) -> StepResult:
             x, y = trial.micro_batch(step, micro)
             with timed(device, phases, "fwd_bwd"):
                 loss = trial.workload.loss(engine(x), y)
+                if capture is not None:
+                    capture.watch(loss, y)
                 engine.backward(loss)
             loss_sum += float(loss.detach())
         with timed(device, phases, "opt"):

@@ -94,6 +94,8 @@ def setup(spec: TrialSpec, out_dir: Path, device: torch.device, rank: int, world
     checkpoint.pull(out_dir)  # results and checkpoint of an earlier attempt, possibly on another node
     checkpoint.write_pid(out_dir, rank)
     prober = Prober(spec, workload, device, out_dir, rank == 0) if spec.probes.enabled else None
+    if prober is not None:
+        state.measured_alpha = prober.alpha_log  # the same list: every probe's α is in the runs row
     trial = Trial(
         spec=spec, out_dir=out_dir, rank=rank, world=world, device=device, workload=workload, engine=engine,
         optimizer=optimizer, sampler=_sampler(spec, workload, rank, world),

@@ -52,6 +52,7 @@ class TrialState:
     step_times: list[float] = field(default_factory=list)
     resumed_from: int = 0
     probe_unsupported: list[dict[str, Any]] = field(default_factory=list)
+    measured_alpha: list[dict[str, Any]] = field(default_factory=list)  # the Prober's alpha_log
     # Facts found during set-up.
     workload: Workload | None = None
     num_parameters: int = 0
