@@ -140,7 +140,7 @@ def test_profile_rows():
     phases = prof[prof.layer == "fc1"].set_index("phase")
     assert list(phases.index) == ["grad_svd", "hvp", "factor_accumulation", "eigh", "total"]
     assert math.isclose(phases.seconds["total"], phases.seconds.drop("total").sum())
-    assert phases.method["hvp"] in {"batched", "loop", "batched->loop"}
+    assert phases.method["hvp"] in {"fwd_rev", "batched", "loop", "fwd_rev->loop", "batched->loop"}
     assert (prof.seconds >= 0).all() and set(prof[prof.layer == "*"].phase) >= {"grad_pass", "hvp_graph", "total"}
     assert (prof.memory_kind == "cpu_peak_rss_growth").all() and (prof.ranks == 1).all()
     assert (prof.op == "curvature_probe").all() and (prof.device == "cpu").all()

@@ -167,13 +167,17 @@ def test_h_matches_dense_hessian_cnn(layer):
     check_h_against_dense(model, data, result, layer, (0, m), CE)
 
 
-def test_batched_and_loop_hvp_agree():
+def test_hvp_methods_agree():
+    """Forward over reverse (auto's default) and both reverse-over-reverse methods give the same
+    h_k; the dense-Hessian tests above check the default against the oracle."""
     model, data, result = probed("cnn")
-    a = pd.DataFrame(result.curvature_rows)  # auto: batched, falling back per layer
+    a = pd.DataFrame(result.curvature_rows)  # auto: fwd_rev, falling back per layer
     b = pd.DataFrame(run_probe(model, CE, data, settings(hvp_method="loop"), "cpu").curvature_rows)
     c = pd.DataFrame(run_probe(model, CE, data, settings(hvp_method="batched", hvp_batch=2), "cpu").curvature_rows)
-    np.testing.assert_allclose(a.h, b.h, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(c.h, b.h, rtol=1e-12, atol=1e-15)
+    d = pd.DataFrame(run_probe(model, CE, data, settings(hvp_method="fwd_rev", hvp_batch=3), "cpu").curvature_rows)
+    for other in (a, c, d):
+        np.testing.assert_allclose(other.h, b.h, rtol=1e-12, atol=1e-15)
+    assert {r["method"] for r in result.profile_rows if r["phase"] == "hvp"} == {"fwd_rev"}
 
 
 def test_model_is_left_untouched():

@@ -43,7 +43,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -145,6 +147,17 @@ class ProbeContext:
     def hooks(self) -> list[Any]:
         """Register the factors' forward hooks (remove the returned handles when done)."""
         return [self.modules[mod].register_forward_hook(f.forward_hook) for mod, f in self.factors.items()]
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The factors' hooks ignore the forward passes run inside (the HVPs' own)."""
+        for f in self.factors.values():
+            f.enabled = False
+        try:
+            yield
+        finally:
+            for f in self.factors.values():
+                f.enabled = True
 
 
 def probe_tensors(model: nn.Module, probed: set[str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -419,23 +432,23 @@ def _curvature_pass(passes: _Passes, spectra: dict[str, list[Spectrum]], counts:
     handles = ctx.hooks()
     try:
         for b, x, y in h_part.my_blocks(settings.micro_batch_size, ctx.device, settings.torch_dtype):
+            graph = _BlockGraph(passes, x, y, list(spectra))
             with timer.measure(SHARED, "hvp_graph"):
-                s = passes.summed_loss(x, y)
-                weights = [passes.weight(m) for m in spectra]
-                outs = passes.outputs()
-                grads = torch.autograd.grad(s, weights + outs, create_graph=True, allow_unused=True)
-            for mod, wgrad in zip(spectra, grads[: len(weights)], strict=True):
-                if wgrad is not None:
-                    with timer.measure(mod, "hvp"):
-                        weight = passes.weight(mod)
-                        q = methods[mod].run(wgrad, weight, _directions(spectra[mod], ctx.modules[mod], weight))
-                        offset = 0
-                        for spec in spectra[mod]:
-                            spec.h_blocks[b] += q[offset : offset + spec.k]  # type: ignore[index]
-                            offset += spec.k
-            passes.consume([g.detach() if g is not None else None for g in grads[len(weights) :]])
+                # One forward and one backward for the hooks; with create_graph only when some
+                # layer differentiates it (reverse over reverse), the weights' gradients with it.
+                graph.build(any(methods[m].needs_graph for m in spectra))
+            for mod in spectra:
+                with timer.measure(mod, "hvp"), ctx.paused():
+                    weight = passes.weight(mod)
+                    q = methods[mod].run(_directions(spectra[mod], ctx.modules[mod], weight),
+                                         partial(graph.gradient, mod), graph.loss_of(mod), weight)
+                offset = 0
+                for spec in spectra[mod]:
+                    spec.h_blocks[b] += q[offset : offset + spec.k]  # type: ignore[index]
+                    offset += spec.k
+            passes.consume(graph.output_grads)
             block_terms[b] += loss_terms(y)
-            del s, grads, outs
+            del graph
         _project(passes, rest)
     finally:
         for h in handles:
@@ -449,6 +462,51 @@ def _curvature_pass(passes: _Passes, spectra: dict[str, list[Spectrum]], counts:
     for spec in (s for specs in spectra.values() for s in specs):
         spec.block_terms = block_terms
     return methods
+
+
+class _BlockGraph:
+    """One block of the HVP pass: its forward and backward (the hooks' output gradients), the
+    ``create_graph`` weight gradients the reverse-over-reverse methods differentiate (built at
+    once, or on demand after a fallback), and S as a function of one layer's weight (forward
+    over reverse)."""
+
+    def __init__(self, passes: _Passes, x: torch.Tensor, y: torch.Tensor, mods: list[str]) -> None:
+        self.passes, self.x, self.y, self.mods = passes, x, y, mods
+        self.output_grads: list[torch.Tensor | None] = []
+        self.grads: dict[str, torch.Tensor | None] | None = None
+
+    def build(self, create_graph: bool) -> None:
+        p = self.passes
+        s = p.summed_loss(self.x, self.y)
+        outs = p.outputs()
+        weights = [p.weight(m) for m in self.mods] if create_graph else []
+        grads = torch.autograd.grad(s, weights + outs, create_graph=create_graph, allow_unused=True)
+        if create_graph:
+            self.grads = dict(zip(self.mods, grads[: len(weights)], strict=True))
+        self.output_grads = [g.detach() if g is not None else None for g in grads[len(weights) :]]
+
+    def gradient(self, mod: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(∇_W S with create_graph, W) of one module (the hooks are paused meanwhile)."""
+        if self.grads is None:
+            p = self.passes
+            s = p.summed_loss(self.x, self.y)
+            grads = torch.autograd.grad(s, [p.weight(m) for m in self.mods], create_graph=True, allow_unused=True)
+            self.grads = dict(zip(self.mods, grads, strict=True))
+        grad = self.grads[mod]
+        weight = self.passes.weight(mod)
+        return (grad if grad is not None else torch.zeros_like(weight)), weight
+
+    def loss_of(self, mod: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """S of this block as a function of ``mod``'s weight, every other tensor a constant."""
+        p = self.passes
+        name = p.pnames[mod]
+        fixed = {k: v.detach() for k, v in p.tensors.items()}
+
+        def loss(w: torch.Tensor) -> torch.Tensor:
+            out = functional_call(p.model, {**fixed, name: w}, (self.x,), strict=False, tie_weights=True)
+            return loss_terms(self.y) * p.loss_fn(out, self.y)
+
+        return loss
 
 
 def _project(passes: _Passes, batch: ProbeBatch) -> None:

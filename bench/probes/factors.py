@@ -155,6 +155,7 @@ class ModuleFactors:
     inputs: list[torch.Tensor] = field(default_factory=list)  # this micro-batch's inputs
     outputs: list[torch.Tensor] = field(default_factory=list)  # this micro-batch's outputs
     _v_all: torch.Tensor | None = None  # n × ΣK input-side singular vectors of all views
+    enabled: bool = True  # the forward hook records calls only while enabled
 
     def __post_init__(self) -> None:
         self.counts = torch.zeros(2, dtype=F64, device=self.sketch.device)
@@ -186,7 +187,9 @@ class ModuleFactors:
         return ([self.counts, self.sketch.gram_or_zeros()]
                 + [t for view in self.views for t in (*view.sums(), view.delta.gram_or_zeros())])
 
-    def forward_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    def forward_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        if not self.enabled:  # another pass (the HVPs' own forwards): not a row of this micro-batch
+            return None
         self.inputs.append(args[0].detach())
         self.outputs.append(out)
         # The rest of the network gets a copy: an in-place op downstream (ReLU(inplace=True),

@@ -83,13 +83,14 @@ class ProbeSettings(BaseModel):
         "(fused q/k/v views count as one layer); None: all"
     )
     seed: int = Field(0, description="seed of the probe batch's sample choice")
-    hvp_method: Literal["auto", "batched", "loop"] = Field(
-        "auto", description="how the K Hessian-vector products of a layer are computed: one "
-        "double backward with K-batched directions (batched), one per direction (loop), or "
-        "batched with a per-layer fallback to the loop when batching fails (auto)"
+    hvp_method: Literal["auto", "fwd_rev", "batched", "loop"] = Field(
+        "auto", description="how the K Hessian-vector products of a layer are computed: forward-"
+        "over-reverse AD with the K directions vmapped (fwd_rev), one double backward with K-batched "
+        "directions (batched), one double backward per direction (loop), or fwd_rev with a per-layer "
+        "fallback to the loop when it fails (auto); all exact"
     )
     hvp_batch: int = Field(
-        20, ge=1, description="most directions per batched double backward; its memory grows "
+        20, ge=1, description="most directions per vmapped call (fwd_rev, batched); its memory grows "
         "linearly with this (measured on an H200: 60 directions of a d=256 transformer's fused QKV "
         "at once peaked at 32 GiB, the loop at 2.3 GiB)"
     )
