@@ -164,11 +164,14 @@ class Workload:
         return cross_entropy(output, target)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                   y: torch.Tensor) -> torch.Tensor:
+                   y: torch.Tensor, watch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
         """One plain optimizer step on a batch — forward, loss, backward, ``optimizer.step()`` —
         for scripts and profilers that train a model outside the trial loop (one process, no
-        DeepSpeed). Returns the loss (attached to its graph; detach to keep it)."""
+        DeepSpeed). ``watch(loss, y)`` is called before the backward (an online probe's capture,
+        `bench.probes.online`). Returns the loss (attached to its graph; detach to keep it)."""
         loss = self.loss(model(x), y)
+        if watch is not None:
+            watch(loss, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -97,7 +97,8 @@ def _probe_overhead_job(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     try:
         rows = measure_probe_overhead(
             widths=po.widths, probe_batches=po.probe_batches, top_ks=po.top_ks,
-            default=(po.default_width, po.default_probe_batch, po.default_top_k), n_layer=po.n_layer,
+            default=(po.default_width, po.default_probe_batch, po.default_top_k), modes=po.modes,
+            hvp_methods=po.hvp_methods, repeats=po.repeats, n_layer=po.n_layer,
             n_head=po.n_head, seq_len=po.seq_len, train_batch=po.train_batch, interval=po.interval,
             warmup=po.warmup, steps=po.steps, max_bytes=po.max_bytes, seed=cfg.seed,
             sweep_name=cfg.name, job_id=job_id, log=log, done=done,

@@ -198,15 +198,22 @@ def test_scaling_measurements_through_real_ray(tmp_path, monkeypatch):
     assert step.loc[(2, "sharded"), "bucket_bytes"] == sync["bucket_bytes"]  # the same plan the step ran
     assert 0 < step.loc[(2, "sharded"), "comm_seconds_min"] <= step.loc[(2, "sharded"), "comm_seconds"]
 
-    probe = df[df["op"] == "probe_overhead"].set_index("phase")
-    assert set(probe.index) == {"default", "width", "probe_batch", "top_k"}
-    for _, row in probe.iterrows():
+    every = df[df["op"] == "probe_overhead"]
+    assert set(every["probe_mode"].fillna("full")) == {"full", "kronecker", "online"}  # the kept row: no mode
+    for _, row in every.iterrows():
         assert math.isclose(row["probe_to_step"], row["seconds"] / row["step_seconds"])
         assert math.isclose(row["overhead_at_interval"], row["seconds"] / (100 * row["step_seconds"]))
         assert math.isclose(row["interval_for_1pct"], 5 * row["interval_for_5pct"])
         phases = row[["hvp_seconds", "grad_svd_seconds", "factors_seconds", "eigh_seconds"]]
         assert (phases >= 0).all() and phases.sum() <= row["seconds"]
         assert row["count"] == 7  # q, k, v, attn out, MLP up, MLP down of one block, and the head
+    kron, online = (every[every["probe_mode"] == m].set_index("phase") for m in ("kronecker", "online"))
+    assert set(kron.index) == {"default", "width", "probe_batch", "top_k"} and (kron["hvp_seconds"] == 0).all()
+    assert set(online.index) == {"default", "width", "top_k"}  # its batch is the training batch
+    assert (online["probe_batch"] == raw["probe_overhead"]["train_batch"]).all()
+    assert ((online["finish_seconds"] > 0) & (online["seconds"] >= online["finish_seconds"])).all()
+    probe = every[every["probe_mode"].fillna("full") == "full"].set_index("phase")
+    assert set(probe.index) == {"default", "width", "probe_batch", "top_k"}
     assert probe.loc["width", "shape_m"] == 16 and probe.loc["top_k", "k"] == 2
     assert probe.loc["top_k", "seconds"] == 1234.5  # kept from the interrupted run, not re-measured
     assert probe.loc["default", "seconds"] != 1234.5

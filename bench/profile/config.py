@@ -182,6 +182,13 @@ class ProbeOverheadConfig(_Strict):
                                      description="probe batch sizes, varied at the default width and K")
     top_ks: list[int] = Field(default_factory=lambda: [5, 10, 20], min_length=1,
                               description="directions K per layer, varied at the default width and batch")
+    modes: list[Literal["full", "kronecker", "online"]] = Field(
+        default_factory=lambda: ["full"], min_length=1, description="probe modes to measure at every point "
+        "(online: the probe batch is the training batch, so not along the probe-batch axis)")
+    hvp_methods: list[Literal["auto", "fwd_rev", "batched", "loop"]] = Field(
+        default_factory=lambda: ["auto"], min_length=1, description="mode full: exact HVP methods, the first at "
+        "every point, all of them at the default point")
+    repeats: int = Field(3, gt=0, description="probes per measurement of the modes other than full (median)")
     default_width: int = Field(64, gt=0, description="width of the default point (the built-in transformer's)")
     default_probe_batch: int = Field(2048, gt=0, description="probe batch of the default point (the probe's default)")
     default_top_k: int = Field(20, gt=0, description="K of the default point (the probe's default)")
