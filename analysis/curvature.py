@@ -252,8 +252,9 @@ def alpha_by_type(
 
     For each group of ``by`` columns and ``layer_type``: ``n`` (layers × trials with a finite
     value), ``median``, ``mean``, ``std`` (``ddof=1``: sample std, as elsewhere in the suite;
-    the paper's summary files use the population std, ``ddof=0``), ``min``, ``max`` and
-    ``min_r2`` (smallest ``r2_<column>``, the worst fit behind the numbers).
+    the paper's summary files use the population std, ``ddof=0``), ``min``, ``max``,
+    ``min_r2`` (smallest ``r2_<column>``, the worst fit behind the numbers) and ``probe_mode``
+    (the probe modes behind the numbers, comma-separated; empty for fits without the column).
 
     Args:
         fits: a ``layer_fits`` table. runs: the ``runs`` table for model/dataset (optional when
@@ -262,11 +263,12 @@ def alpha_by_type(
         column: the exponent to summarise (``alpha``, ``gamma``, ``s``, ``beta``, ...).
         step: which probed step per trial (:func:`select_step`).
     """
-    cols = [*by, "layer_type", "n", "median", "mean", "std", "min", "max", "min_r2"]
+    cols = [*by, "layer_type", "n", "median", "mean", "std", "min", "max", "min_r2", "probe_mode"]
     if fits.empty:
         return pd.DataFrame(columns=cols)
     data = select_step(attach_run_info(fits, runs), step)
-    data = data.assign(_v=pd.to_numeric(data[column], errors="coerce"))
+    data = data.assign(_v=pd.to_numeric(data[column], errors="coerce"),
+                       _mode=data["probe_mode"].fillna("") if "probe_mode" in data.columns else "")
     r2_col = f"r2_{column}"
     data["_r2"] = pd.to_numeric(data[r2_col], errors="coerce") if r2_col in data.columns else np.nan
     data = data[np.isfinite(data["_v"])]
@@ -283,9 +285,49 @@ def alpha_by_type(
         min=("_v", "min"),
         max=("_v", "max"),
         min_r2=("_r2", "min"),
+        probe_mode=("_mode", lambda v: ",".join(sorted(set(v) - {""}))),
     ).reset_index()
     table = table.assign(_o=_type_order(table["layer_type"]))
     return table.sort_values([*by, "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)[cols]
+
+
+#: Columns of :func:`kron_accuracy`'s per-layer table.
+ACCURACY_COLUMNS = ("alpha", "alpha_kron", "difference", "alpha_lo", "alpha_hi", "chi_slope", "n_decomp")
+
+
+def kron_accuracy(fits: pd.DataFrame, runs: pd.DataFrame | None = None, by: Sequence[str] = BY_WORKLOAD,
+                  step: str | int = "latest") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How far the Kronecker estimate α_kron is from the exact α (issue 14), on fits that have
+    both (mode full): per layer ``difference`` = α_kron − α (α: ``fit_layer``'s, the value the
+    ``exact`` source gives the optimizer; α_kron: the decomposition's, the ``kronecker`` source's),
+    and per group of ``by`` and layer type its distribution: ``n``, ``median``, ``median_abs``,
+    ``q25``, ``q75``, ``min``, ``max``, and ``within_interval`` (layers whose α_kron falls inside
+    the probe's bootstrap interval of α, out of those that have one). Returns (per layer, by type)."""
+    per_cols = [*by, TRIAL_PATH, "trial_id", "step", "layer", "layer_type", *ACCURACY_COLUMNS]
+    type_cols = [*by, "layer_type", "n", "median", "median_abs", "q25", "q75", "min", "max", "within_interval"]
+    if fits.empty:
+        return pd.DataFrame(columns=per_cols), pd.DataFrame(columns=type_cols)
+    data = select_step(attach_run_info(fits, runs), step).copy()
+    for c in ACCURACY_COLUMNS:
+        if c != "difference":
+            data[c] = pd.to_numeric(data[c], errors="coerce") if c in data.columns else np.nan
+    data["difference"] = data["alpha_kron"] - data["alpha"]
+    data = data[np.isfinite(data["difference"])]
+    per_layer = data[[c for c in per_cols if c in data.columns]].reset_index(drop=True)
+    rows = []
+    for key, g in data.groupby([*by, "layer_type"], sort=False, dropna=False):
+        d = g["difference"]
+        has = g[np.isfinite(g["alpha_lo"]) & np.isfinite(g["alpha_hi"])]
+        inside = int(((has["alpha_kron"] >= has["alpha_lo"]) & (has["alpha_kron"] <= has["alpha_hi"])).sum())
+        rows.append({**dict(zip([*by, "layer_type"], key, strict=True)), "n": len(d), "median": d.median(),
+                     "median_abs": d.abs().median(), "q25": d.quantile(0.25), "q75": d.quantile(0.75),
+                     "min": d.min(), "max": d.max(),
+                     "within_interval": f"{inside}/{len(has)}" if len(has) else "–"})
+    table = pd.DataFrame(rows, columns=type_cols)
+    if not table.empty:
+        table = table.assign(_o=_type_order(table["layer_type"]))
+        table = table.sort_values([*by, "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    return per_layer, table
 
 
 def transfer_error_summary(

@@ -43,7 +43,7 @@ def test_exact_when_rows_span_fewer_than_l_dimensions():
     rows = _rows(200, 60, rank=11, seed=0)
     sk = _two_pass(rows, size=12)
     assert not sk.exact and sk.basis.shape == (60, 12) and sk.gram.shape == (12, 12)  # no 60 × 60 factor
-    assert sk.bound < 1e-20 * float(_exact(rows)[0])
+    assert sk.bound < 1e-12 * float(_exact(rows)[0])  # round-off only
     np.testing.assert_allclose(sk.eigenvalues().numpy()[:11], _exact(rows)[:11], rtol=1e-10)
 
 

@@ -35,7 +35,7 @@ class ProbeSettings(BaseModel):
         "log Φ on log σ, Theorem 1 without the χ term), auto (exact in mode full, else kronecker)"
     )
     sketch_size: int = Field(
-        128, ge=1, description="ℓ: a Kronecker factor side wider than this is never formed; its "
+        256, ge=1, description="ℓ: a Kronecker factor side wider than this is never formed; its "
         "top eigenvalues come from an ℓ-row Frequent Directions sketch refined by Rayleigh-Ritz "
         "(memory O(ℓ·(m + n)) per layer; exact while the rows span < ℓ dimensions, otherwise "
         "low by at most the recorded lambda_*_bound). Sides up to ℓ wide use the exact factor"

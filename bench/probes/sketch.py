@@ -7,8 +7,8 @@ means of projections and need no factor at all). Forming M costs d² memory — 
 28672-wide factor in fp32 — so a side wider than the sketch size ℓ is summarised by
 
 1. **Frequent Directions** (Liberty 2013; Ghashami, Liberty, Phillips & Woodruff 2016) in the
-   first pass: an ℓ × d matrix B, updated row block by row block. When B overflows, its SVD
-   B = U Σ Vᵀ is shrunk to B ← diag(√(σ_i² − σ_ℓ₊₁²)₊) Vᵀ (ℓ rows). Guarantees, with
+   first pass: an ℓ × d matrix B, updated row block by row block. When B overflows, the SVD
+   of B stacked on the new rows, U Σ Vᵀ, is shrunk to B ← diag(√(σ_i² − σ_ℓ₊₁²)₊) Vᵀ (ℓ rows). Guarantees, with
    Δ = Σ_t σ²_{ℓ+1,t} the total shrinkage of all updates:
 
        0 ≼ M − BᵀB,   ‖M − BᵀB‖₂ ≤ Δ ≤ min_{j ≤ ℓ} ‖R − R_j‖²_F / (ℓ + 1 − j)
@@ -40,20 +40,37 @@ F64 = torch.float64
 
 def frequent_directions(sketch: torch.Tensor, rows: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
     """Frequent Directions update: the sketch of ``[sketch; rows]`` with at most ``size`` rows,
-    and the shrinkage σ²_{size+1} of this update (0 when nothing had to be dropped).
+    and the total shrinkage σ²_{size+1} of this update's compressions (0 when nothing had to be
+    dropped).
 
-    Rows are consumed ``size`` at a time, so every SVD is of at most 2·size rows.
+    Each compression diagonalises the smaller Gram matrix of the stacked k = ℓ + c rows S (k × d),
+    whose eigenvalues are σ_i² and whose eigenvectors give the rows σ_i v_iᵀ (= u_iᵀS): rows of
+    width d ≤ 8ℓ come in chunks of c = 8ℓ and use SᵀS (d × d), wider ones in chunks of c = ℓ and
+    use SSᵀ (2ℓ × 2ℓ). Memory O(ℓ·d) either way; time per row O(d²) for narrow rows, as forming
+    the factor would cost, and O(ℓ·d) for wide ones.
     """
     shrink = 0.0
-    for start in range(0, rows.shape[0], size):
-        stacked = torch.cat([sketch, rows[start : start + size].to(F64)])
+    dim = rows.shape[1]
+    chunk = 8 * size if dim <= 8 * size else size
+    for start in range(0, rows.shape[0], chunk):
+        stacked = torch.cat([sketch, rows[start : start + chunk].to(F64)])
         if stacked.shape[0] <= size:
             sketch = stacked
             continue
-        _, s, vh = torch.linalg.svd(stacked, full_matrices=False)
-        cut = float(s[size]) ** 2 if s.numel() > size else 0.0
-        kept = torch.sqrt(torch.clamp(s[:size] ** 2 - cut, min=0.0))
-        sketch = kept[:, None] * vh[:size]
+        if dim <= stacked.shape[0]:
+            lam, vec = torch.linalg.eigh(stacked.T @ stacked)  # d × d: right singular vectors
+            lam = lam.flip(0).clamp_min(0.0)
+            cut = float(lam[size]) if dim > size else 0.0
+            sketch = torch.sqrt(torch.clamp(lam[:size] - cut, min=0.0))[:, None] * vec.flip(1)[:, :size].T
+        else:
+            lam, vec = torch.linalg.eigh(stacked @ stacked.T)  # k × k: left singular vectors
+            lam = lam.flip(0).clamp_min(0.0)
+            cut = float(lam[size])
+            top = lam[:size]
+            # Row i is u_iᵀS = σ_i v_iᵀ, shrunk to √(σ_i² − cut) v_iᵀ (zero where σ_i ≤ cut).
+            scale = torch.where(top > cut, torch.sqrt(torch.clamp(1.0 - cut / torch.where(top > 0, top, 1.0), min=0.0)),
+                                torch.zeros_like(top))
+            sketch = scale[:, None] * (vec.flip(1)[:, :size].T @ stacked)
         shrink += cut
     return sketch, shrink
 
@@ -67,7 +84,7 @@ class GramSketch:
         size: ℓ, the sketch size; ``exact`` when d ≤ ℓ (Q = I, nothing sketched).
         rows: the Frequent Directions sketch B (≤ ℓ × d); empty when exact.
         shrinkage: Δ accumulated by this sketch's own updates (and merges).
-        basis: Q (d × ℓ′), set by :meth:`freeze` after the first pass.
+        basis: Q (d × ℓ), set by :meth:`freeze` after the first pass.
         gram: Mᵠ = Σ (Qᵀr)(Qᵀr)ᵀ, accumulated in the second pass.
     """
 
@@ -103,14 +120,16 @@ class GramSketch:
         self.shrinkage = shrinkage + shrink
 
     def freeze(self) -> torch.Tensor:
-        """Q: an orthonormal basis of the sketch's row space, completed to ℓ columns (d × ℓ);
-        the identity when exact. Extra columns are harmless: interlacing bounds any basis."""
+        """Q (d × ℓ): orthonormal columns spanning the sketch's rows, zero columns where the sketch
+        has fewer than ℓ independent rows; the identity when exact. From the ℓ × ℓ Gram BBᵀ = WΛWᵀ:
+        Q = BᵀWΛ^(-1/2) over the eigenvalues above round-off, so no d × d matrix and no SVD of B.
+        Zero columns are harmless: they add zero rows to QᵀCQ, and interlacing bounds the rest."""
         if self.basis is None:
-            # The ℓ right singular vectors of the (zero-padded) sketch: the first rank(B) span
-            # B's rows, the rest are orthonormal completions (LAPACK returns an orthonormal V
-            # also for zero singular values), so Q never needs a d × d matrix.
-            _, _, vh = torch.linalg.svd(self.padded_rows(), full_matrices=False)
-            self.basis = vh.T.contiguous()
+            rows = self.padded_rows()
+            lam, w = torch.linalg.eigh(rows @ rows.T)
+            keep = lam > lam.max().clamp_min(0.0) * self.size * torch.finfo(F64).eps
+            scale = torch.where(keep, torch.rsqrt(torch.where(keep, lam, torch.ones_like(lam))), torch.zeros_like(lam))
+            self.basis = (rows.T @ w) * scale
         return self.basis
 
     def set_basis(self, basis: torch.Tensor) -> None:
