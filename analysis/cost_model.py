@@ -208,6 +208,7 @@ def fit_device_costs(
         "models": model_catalog(sel if "op" in sel.columns and (sel["op"] == "shape").any() else df),
         "probe": probe_overhead(sel),
         "probe_model": fit_probe_constant(df if probe is None else probe),
+        "probe_models": fit_probe_constants(df if probe is None else probe),
     }
 
 
@@ -301,27 +302,52 @@ PROBE_TOP_K = 20
 PROBE_BATCH = 2048
 
 
-def fit_probe_constant(df: pd.DataFrame) -> dict[str, Any] | None:
-    """κ of the probe's cost model, from ``op = probe_overhead`` rows (one probe and the training
-    step timed in the same job, bench/profile/probe_overhead.py):
+#: The probe modes (bench/probes/settings.py) and the unit each one's cost scales with, relative
+#: to a training step: full — K·L·B_probe/B_train (one exact HVP per direction, layer and probe
+#: sample); kronecker — B_probe/B_train (two forward/backward passes over the probe batch, the
+#: rows' sketches and projections); online — 1 (the work on one training step's own rows).
+PROBE_UNITS: dict[str, str] = {
+    "full": "K · L · B_probe / B_train", "kronecker": "B_probe / B_train", "online": "1",
+}
 
-        probe seconds / training-step seconds ≈ κ · K · L · B_probe / B_train
 
-    Every one of the K directions of each of the L probed layers costs one exact Hessian-vector
-    product, a double backward over the probe batch (≈ 3 forward-backward passes per sample), so
-    κ is the cost of one HVP per sample in training-step-per-sample units (≈ 3 by that count,
-    less where fixed per-step costs inflate a small training step). Returns the median κ, its
-    range, the number of points and the leave-one-out median relative error of predicted probe
-    time; None without probe-overhead rows.
+def _probe_units(rows: pd.DataFrame, mode: str) -> pd.Series:
+    per_batch = rows["batch"].astype(float) / rows["train_batch"].astype(float)
+    if mode == "full":
+        return rows["k"].astype(float) * rows["count"].astype(float) * per_batch
+    if mode == "kronecker":
+        return per_batch
+    return pd.Series(1.0, index=rows.index)
+
+
+def fit_probe_constant(df: pd.DataFrame, mode: str = "full") -> dict[str, Any] | None:
+    """κ of one probe mode's cost model, from ``op = probe_overhead`` rows of that mode (one probe
+    and the training step timed in the same job, bench/profile/probe_overhead.py; rows without a
+    mode are ``full``; mode full uses the rows of its default HVP method):
+
+        probe seconds / training-step seconds ≈ κ · units,   units = :data:`PROBE_UNITS`[mode]
+
+    In mode full every one of the K directions of each of the L probed layers costs one exact
+    Hessian-vector product over the probe batch, so κ is the cost of one HVP per sample in
+    training-step-per-sample units; in mode kronecker κ is the probe's passes over the batch in
+    training steps per training batch; in mode online κ is a number of training steps. Returns
+    the median κ, its range, the number of points and the leave-one-out median relative error of
+    predicted probe time (each point predicted from the median of the others); None without rows
+    of the mode.
     """
     needed = ["seconds", "step_seconds", "k", "count", "batch", "train_batch"]
     if df.empty or "op" not in df.columns or any(c not in df.columns for c in needed):
         return None
     rows = df[(df["op"] == "probe_overhead") & (df.get("status", "ok") == "ok")].dropna(subset=needed)
+    modes = rows["probe_mode"].fillna("full") if "probe_mode" in rows.columns else pd.Series("full", index=rows.index)
+    rows = rows[modes == mode]
+    if mode == "full" and "hvp_method" in rows.columns:
+        rows = rows[rows["hvp_method"].fillna("auto").isin(["", "auto"])]
     if rows.empty:
         return None
-    units = rows["k"].astype(float) * rows["count"].astype(float) * rows["batch"].astype(float) / rows["train_batch"].astype(float)
-    kappa = (rows["seconds"].astype(float) / rows["step_seconds"].astype(float) / units).to_numpy()
+    if mode == "online" and "probe_batch" in rows.columns:
+        rows = rows.assign(batch=rows["probe_batch"])
+    kappa = (rows["seconds"].astype(float) / rows["step_seconds"].astype(float) / _probe_units(rows, mode)).to_numpy()
     errors = []
     for i in range(len(kappa)):
         others = np.delete(kappa, i)
@@ -331,23 +357,33 @@ def fit_probe_constant(df: pd.DataFrame) -> dict[str, Any] | None:
         "kappa": float(np.median(kappa)), "kappa_min": float(kappa.min()), "kappa_max": float(kappa.max()),
         "points": int(len(kappa)),
         "loo_median_rel_err": float(np.median(errors)) if errors else None,
-        "model": "probe_s / step_s ≈ κ · K · L · B_probe / B_train",
+        "model": f"probe_s / step_s ≈ κ · {PROBE_UNITS[mode]}", "mode": mode,
     }
+
+
+def fit_probe_constants(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """:func:`fit_probe_constant` of every mode that has rows."""
+    return {m: fit for m in PROBE_UNITS if (fit := fit_probe_constant(df, m)) is not None}
 
 
 def predict_probe_cost(
     costs: Mapping[str, Any], layers: int, top_k: int = PROBE_TOP_K, probe_batch: int = PROBE_BATCH,
-    train_batch: int = 1024, interval: int = 100,
+    train_batch: int = 1024, interval: int = 100, mode: str = "full",
 ) -> dict[str, Any] | None:
-    """One probe's cost in training steps for a model with ``layers`` probed matrices, from the
-    device cost constants' κ (:func:`fit_probe_constant`); None when they have none."""
-    fit = costs.get("probe_model")
+    """One probe's cost in training steps in ``mode`` for a model with ``layers`` probed
+    matrices, from the device cost constants' κ of that mode (:func:`fit_probe_constant`); None
+    when they have none."""
+    fits = costs.get("probe_models") or ({"full": costs["probe_model"]} if costs.get("probe_model") else {})
+    fit = fits.get(mode)
     if not fit or not fit.get("kappa"):
         return None
-    steps = float(fit["kappa"]) * top_k * layers * probe_batch / train_batch
+    units = {"full": top_k * layers * probe_batch / train_batch, "kronecker": probe_batch / train_batch,
+             "online": 1.0}[mode]
+    steps = float(fit["kappa"]) * units
     return {
-        "kappa": float(fit["kappa"]), "kappa_range": (fit.get("kappa_min"), fit.get("kappa_max")),
-        "kappa_points": fit.get("points"), "layers": layers, "top_k": top_k, "probe_batch": probe_batch,
+        "mode": mode, "kappa": float(fit["kappa"]), "kappa_range": (fit.get("kappa_min"), fit.get("kappa_max")),
+        "kappa_points": fit.get("points"), "loo_median_rel_err": fit.get("loo_median_rel_err"),
+        "units": PROBE_UNITS[mode], "layers": layers, "top_k": top_k, "probe_batch": probe_batch,
         "train_batch": train_batch, "interval": interval, "probe_in_steps": steps,
         "overhead_at_interval": steps / interval, "interval_for_5pct": steps / 0.05, "interval_for_1pct": steps / 0.01,
     }

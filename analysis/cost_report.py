@@ -40,6 +40,8 @@ from analysis.cost_model import (
 from analysis.step_cost import Planner, predict_step_cost
 
 DEFAULT_MODELS: tuple[str, ...] = ("llama-7b", "llama-70b", "llama-405b")
+#: The models the probe modes are priced at (issue 14).
+PROBE_MODELS: tuple[str, ...] = ("gpt2-small", "llama-7b", "llama-70b")
 DEFAULT_RANKS: tuple[int, ...] = (8, 64, 512, 1024)
 #: (numerator, denominator) pairs of the ratio table: how much cheaper than the full SVD each
 #: route is, and each route's cost relative to Muon's Newton–Schulz.
@@ -226,27 +228,34 @@ def format_cost_table(table: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def format_probe_table(costs: Mapping[str, Any], models: Sequence[str] = DEFAULT_MODELS,
+def format_probe_table(costs: Mapping[str, Any], models: Sequence[str] = PROBE_MODELS,
                        train_batch: int = 1024, interval: int = 100) -> str:
-    """Markdown: one curvature probe (defaults K = 20, batch 2048) of each model, in training steps
-    of a ``train_batch``-sample step, from κ; the measured points behind κ."""
-    fit = costs.get("probe_model")
-    if not fit:
+    """Markdown: one curvature probe of each model in each probe mode with a fitted constant
+    (mode full: K = 20, batch 2048; kronecker: batch 2048; online: the training step's own), in
+    training steps of a ``train_batch``-sample step, from that mode's κ; the points behind κ and
+    its leave-one-out error."""
+    fits = costs.get("probe_models") or ({"full": costs["probe_model"]} if costs.get("probe_model") else {})
+    if not fits:
         return "(no probe constant: fit with --probe-results pointing at probe-overhead results)"
-    lines = [f"κ = {fit['kappa']:.2f} (median of {fit['points']} measured points, range {fit['kappa_min']:.2f}–"
-             f"{fit['kappa_max']:.2f}; leave-one-out median error {fit['loo_median_rel_err']:.0%}), "
-             f"in {fit['model']}. Probed layers L = the model's matrices; training batch "
-             f"{train_batch} samples.", "",
-             f"| model | L | one probe (training steps) | overhead at interval {interval} | interval for 5 % | interval for 1 % |",
-             "|---|---|---|---|---|---|"]
+    lines = []
+    for mode, fit in fits.items():
+        loo = fit.get("loo_median_rel_err")
+        lines += [f"Mode **{mode}**: κ = {fit['kappa']:.3g} (median of {fit['points']} measured points, range "
+                  f"{fit['kappa_min']:.3g}–{fit['kappa_max']:.3g}; leave-one-out median error "
+                  f"{'–' if loo is None else f'{loo:.0%}'}), in {fit['model']}.", ""]
+    lines += [f"Probed layers L = the model's matrices; training batch {train_batch} samples.", "",
+              f"| model | L | mode | one probe (training steps) | overhead at interval {interval} | interval for 5 % | "
+              "interval for 1 % |", "|---|---|---|---|---|---|---|"]
     for model in models:
         shapes = costs.get("models", {}).get(model)
         if not shapes:
             continue
         layers = sum(int(s["count"]) for s in shapes)
-        pred = predict_probe_cost(costs, layers, PROBE_TOP_K, PROBE_BATCH, train_batch, interval)
-        lines.append(f"| {model} | {layers} | {pred['probe_in_steps']:,.0f} | {pred['overhead_at_interval']:.0%} | "
-                     f"{pred['interval_for_5pct']:,.0f} | {pred['interval_for_1pct']:,.0f} |")
+        for mode in fits:
+            pred = predict_probe_cost(costs, layers, PROBE_TOP_K, PROBE_BATCH, train_batch, interval, mode)
+            lines.append(f"| {model} | {layers} | {mode} | {pred['probe_in_steps']:,.3g} | "
+                         f"{pred['overhead_at_interval']:.2%} | {pred['interval_for_5pct']:,.0f} | "
+                         f"{pred['interval_for_1pct']:,.0f} |")
     return "\n".join(lines)
 
 
@@ -355,7 +364,7 @@ def build_cost_report(
     parts += ["## Communication: the owner sharding's bucketed broadcasts", "", format_comm(costs), "",
               "## What one step costs at scale (sharded: the optimizer's LPT owners, compute + bucketed sync)", "",
               format_cost_table(cost_table(costs, planner)), "",
-              "## What one curvature probe costs at scale (K = 20 directions, probe batch 2048)", "",
+              "## What one curvature probe costs at scale, per probe mode (K = 20 directions, probe batch 2048)", "",
               format_probe_table(costs), ""]
     text = "\n".join(parts)
     report_path = out / "cost_report.md"
@@ -388,17 +397,22 @@ def format_breakdown(pred: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_probe_breakdown(probe: Mapping[str, Any] | None) -> str:
+def format_probe_breakdown(probe: Mapping[str, Any] | None, mode: str = "full") -> str:
     """The probe lines of the ``cost`` breakdown (or why there are none)."""
     if probe is None:
-        return "  curvature probe          no probe constant in these device cost constants (see README: cost model)"
+        return (f"  curvature probe          no constant for probe mode {mode} in these device cost constants "
+                "(see README: cost model)")
     lo, hi = probe["kappa_range"]
+    loo = probe.get("loo_median_rel_err")
+    what = {"full": f"K = {probe['top_k']} on L = {probe['layers']} layers, batch {probe['probe_batch']}",
+            "kronecker": f"batch {probe['probe_batch']}",
+            "online": "the training step's own rows"}[probe["mode"]]
     return "\n".join([
-        f"  curvature probe          K = {probe['top_k']} on L = {probe['layers']} layers, batch {probe['probe_batch']} "
-        f"vs a {probe['train_batch']}-sample training step: κ·K·L·B_probe/B_train = "
-        f"{probe['probe_in_steps']:,.0f} training steps per probe (κ = {probe['kappa']:.2f}, measured "
-        f"{lo:.2f}–{hi:.2f} on {probe['kappa_points']} points)",
-        f"  probe overhead           {probe['overhead_at_interval']:.0%} at an interval of {probe['interval']} steps; "
+        f"  curvature probe ({probe['mode']}) {what} vs a {probe['train_batch']}-sample training step: "
+        f"κ·{probe['units']} = {probe['probe_in_steps']:,.4g} training steps per probe (κ = {probe['kappa']:.3g}, "
+        f"measured {lo:.3g}–{hi:.3g} on {probe['kappa_points']} points, leave-one-out median error "
+        f"{'–' if loo is None else f'{loo:.0%}'})",
+        f"  probe overhead           {probe['overhead_at_interval']:.2%} at an interval of {probe['interval']} steps; "
         f"5 % at {probe['interval_for_5pct']:,.0f}, 1 % at {probe['interval_for_1pct']:,.0f} steps",
     ])
 
@@ -415,6 +429,7 @@ def cost_cli(
     probe_batch: int = PROBE_BATCH,
     train_batch: int = 1024,
     probe_interval: int = 100,
+    probe_mode: str = "full",
 ) -> int:
     """Print the breakdown for ``specbench cost --model M --ranks N --device NAME [--method]``
     (the optimizer step, then one curvature probe in training steps); returns the exit status
@@ -427,7 +442,8 @@ def cost_cli(
     except (CostModelError, ValueError) as exc:
         print(f"specbench: error: {exc}", file=sys.stderr)
         return 2
-    probe = predict_probe_cost(costs, pred["matrices"], probe_top_k, probe_batch, train_batch, probe_interval)
+    probe = predict_probe_cost(costs, pred["matrices"], probe_top_k, probe_batch, train_batch, probe_interval,
+                               probe_mode)
     print(format_breakdown(pred))
-    print(format_probe_breakdown(probe))
+    print(format_probe_breakdown(probe, probe_mode))
     return 0

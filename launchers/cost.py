@@ -6,7 +6,7 @@ optimizers (it reads only Parquet). The scheduler exists once, in the optimizer
 it (:func:`bench.profile.collectives.plan_owner_sync`) and hands it to analysis as a
 :data:`analysis.step_cost.Planner`, for the ``cost`` command and for the report::
 
-    specbench cost --model llama-70b --ranks 1024 --device h200 [--method solve]
+    specbench cost --model llama-70b --ranks 1024 --device h200 [--method solve] [--probe-mode kronecker]
     python -m launchers.cost fit RESULTS --name NAME [--out DIR] [--comm-results DIR] [--probe-results DIR]
 """
 
@@ -57,7 +57,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
         return 2
     return cost_cli(args.model, args.ranks, args.device, planner(args.bucket_cap_mb, args.param_dtype), args.method,
                     args.dtype, not args.replicated, args.probe_k, args.probe_batch, args.train_batch,
-                    args.probe_interval)
+                    args.probe_interval, args.probe_mode)
 
 
 def add_cost_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,6 +78,8 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-batch", type=int, default=2048, help="probe batch in samples (default: the probe's 2048)")
     p.add_argument("--train-batch", type=int, default=1024, help="global training batch in samples (default 1024)")
     p.add_argument("--probe-interval", type=int, default=100, help="training steps between probes (default 100)")
+    p.add_argument("--probe-mode", choices=("full", "kronecker", "online"), default="full",
+                   help="curvature probe mode to price (default full: exact HVPs)")
 
 
 def main(argv: list[str] | None = None) -> int:

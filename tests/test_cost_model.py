@@ -281,4 +281,29 @@ def test_probe_constant_is_recovered_and_predicts_probe_cost_at_scale(tmp_path, 
     assert "curvature probe" in out and "160 training steps per probe" in out
     assert CR.cost_cli("toy", 2, path, planner(), probe_batch=0) == 2
     no_probe = CM.save_device_costs(CM.fit_device_costs(synthetic(), "test"), tmp_path / "q.json")
-    assert CR.cost_cli("toy", 2, no_probe, planner()) == 0 and "no probe constant" in capsys.readouterr().out
+    assert CR.cost_cli("toy", 2, no_probe, planner()) == 0 and "no constant for probe mode full" in capsys.readouterr().out
+
+
+def test_each_probe_mode_has_its_own_constant_with_leave_one_out_error(tmp_path, capsys):
+    """kronecker: probe/step = κ·B_probe/B_train; online: probe/step = κ (one step's own rows)."""
+    full = _probe_rows(2.5)  # no probe_mode column: rows from before the modes, i.e. mode full
+    kron = [{"op": "probe_overhead", "status": "ok", "probe_mode": "kronecker", "k": 20, "count": 13, "batch": b,
+             "train_batch": 32, "step_seconds": 0.04, "seconds": 3.0 * b / 32 * 0.04} for b in (32, 128, 256)]
+    noisy = [1.0, 1.5, 2.0]  # κ_i of three online points: the median predicts each with a known error
+    online = [{"op": "probe_overhead", "status": "ok", "probe_mode": "online", "k": 20, "count": 13, "batch": 2048,
+               "probe_batch": 32, "train_batch": 32, "step_seconds": 0.05, "seconds": k * 0.05} for k in noisy]
+    rows = pd.concat([full, pd.DataFrame(kron), pd.DataFrame(online)], ignore_index=True)
+    fits = CM.fit_probe_constants(rows)
+    assert set(fits) == {"full", "kronecker", "online"}
+    assert fits["full"]["kappa"] == pytest.approx(2.5) and fits["kronecker"]["kappa"] == pytest.approx(3.0)
+    assert fits["online"]["kappa"] == pytest.approx(1.5) and fits["online"]["points"] == 3
+    # Leave one out: 1.0 from median(1.5, 2) = 1.75 (75 %), 1.5 from 1.5 (0 %), 2.0 from 1.25 (37.5 %).
+    assert fits["online"]["loo_median_rel_err"] == pytest.approx(0.375)
+    costs = CM.fit_device_costs(synthetic(), "test", probe=rows)
+    kron_pred = CM.predict_probe_cost(costs, 560, probe_batch=2048, train_batch=1024, mode="kronecker")
+    assert kron_pred["probe_in_steps"] == pytest.approx(6.0)  # independent of K and L
+    assert CM.predict_probe_cost(costs, 560, mode="online")["probe_in_steps"] == pytest.approx(1.5)
+    path = CM.save_device_costs(costs, tmp_path / "m.json")
+    assert CR.cost_cli("toy", 2, path, planner(), probe_mode="online") == 0
+    assert "curvature probe (online)" in capsys.readouterr().out
+    assert "| online |" in CR.format_probe_table(CM.load_device_costs(path), models=["toy"])
