@@ -53,16 +53,20 @@ def frequent_directions(sketch: torch.Tensor, rows: torch.Tensor, size: int) -> 
     dim = rows.shape[1]
     chunk = 8 * size if dim <= 8 * size else size
     for start in range(0, rows.shape[0], chunk):
-        stacked = torch.cat([sketch, rows[start : start + chunk].to(F64)])
-        if stacked.shape[0] <= size:
-            sketch = stacked
+        block = rows[start : start + chunk]
+        if sketch.shape[0] + block.shape[0] <= size:
+            sketch = torch.cat([sketch, block.to(F64)])
             continue
-        if dim <= stacked.shape[0]:
-            lam, vec = torch.linalg.eigh(stacked.T @ stacked)  # d × d: right singular vectors
+        if dim <= sketch.shape[0] + block.shape[0]:
+            # d × d: right singular vectors. The new rows' Gram in their own dtype (the probe's),
+            # accumulated in float64, as the exact factors are.
+            gram = sketch.T @ sketch + (block.T @ block).to(F64)
+            lam, vec = torch.linalg.eigh(gram)
             lam = lam.flip(0).clamp_min(0.0)
             cut = float(lam[size]) if dim > size else 0.0
             sketch = torch.sqrt(torch.clamp(lam[:size] - cut, min=0.0))[:, None] * vec.flip(1)[:, :size].T
         else:
+            stacked = torch.cat([sketch, block.to(F64)])
             lam, vec = torch.linalg.eigh(stacked @ stacked.T)  # k × k: left singular vectors
             lam = lam.flip(0).clamp_min(0.0)
             cut = float(lam[size])
