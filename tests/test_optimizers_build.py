@@ -166,6 +166,11 @@ def test_alpha_policies(gpt2: nn.Module) -> None:
     assert measured.alpha_for("transformer.h.0.mlp.c_proj.weight") == 1.15  # still the table's
     assert measured.alpha_for("transformer.h.0.attn.c_proj.weight") == 0.7
     assert measured.measures_alpha and not SpectralNewton.from_model(gpt2).measures_alpha
+    # Only the measured policy takes a probe's α: under the others a set value is never used.
+    for policy, want in (("by_layer_type", 0.84), ("fixed", 1.0)):
+        other = SpectralNewton.from_model(gpt2, alpha_policy=policy, alpha=1.0)
+        other.set_measured_alpha({"transformer.h.0.mlp.c_fc.weight": 1.9})
+        assert other.alpha_for("transformer.h.0.mlp.c_fc.weight") == want
     state = measured.state_dict()
     fresh = SpectralNewton.from_model(gpt2, alpha_policy="measured")
     fresh.load_state_dict(state)
