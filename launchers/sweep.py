@@ -31,23 +31,15 @@ from bench.config import (
     semantic_problems,
     validate_strict,
 )
-from bench.problems import pydantic_problems
+from bench.problems import ConfigProblems, pydantic_problems
 from bench.seeds import derive_seed, trial_seed
 from launchers.overrides import apply_overrides
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigProblems):
     """A user mistake in a sweep file: ``problems`` lists every one of them."""
 
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        lines = [f"invalid sweep config {self.source}: {len(self.problems)} problem(s)"]
-        lines += [f"  - {p}" for p in self.problems]
-        return "\n".join(lines)
+    kind = "sweep config"
 
 
 def read_document(path: str | Path) -> tuple[Any, list[str]]:
