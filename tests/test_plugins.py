@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import socket
 import sys
 from datetime import timedelta
@@ -234,6 +235,14 @@ def test_what_a_factory_returns_is_checked_at_build_time() -> None:
     assert models.check_spec("test_plugins:lying_model_factory") is None  # its annotation says nn.Module
     with pytest.raises(TypeError, match="plug-in 'test_plugins:lying_model_factory' returned int, not a torch.nn.Module"):
         models.build_model("test_plugins:lying_model_factory", task, {})
+
+
+def test_a_module_path_plugin_gets_a_path_safe_trial_id(example_plugin: Path, write_yaml) -> None:
+    from launchers.gate import check_sweep
+
+    (trial,) = check_sweep(write_yaml(tiny_sweep(optimizers=[{"name": EXAMPLE_OPT}])), here=False).trials
+    assert trial.optimizer == EXAMPLE_OPT and trial.optimizer_entry == EXAMPLE_OPT
+    assert re.fullmatch(r"specbench_example_plugin\.optimizer_LayerwiseSpectralNewton-[0-9a-f]{8}", trial.trial_id)
 
 
 # --- refusals: exit 2, every problem named, before anything starts ---------------------------------

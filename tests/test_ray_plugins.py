@@ -1,7 +1,8 @@
 """The example plug-in package swept end to end against a built-in: `specbench sweep` on an embedded
 Ray, a 2-worker DeepSpeed job per trial over gloo, the plug-in optimizer (an entry-point name), its
 model (a module path) and its dataset (an entry-point name) beside AdamW, then `specbench report`.
-Run under the Ray lock (see the project's test notes)."""
+The sweep is the documented example file (examples/specbench-example-plugin/sweep.yaml), cut to
+one workload, two optimizers and a few steps. Run under the Ray lock (see the project's test notes)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,21 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO, tiny_sweep
 
 pytestmark = pytest.mark.integration
 
 
 def test_example_plugin_sweeps_beside_a_built_in_and_reports(example_plugin, write_yaml, tmp_path):
+    example = yaml.safe_load((REPO / "examples" / "specbench-example-plugin" / "sweep.yaml").read_text())
+    workload = example["workloads"][0]
+    assert workload["model"] == "specbench_example_plugin.models:mlp" and workload["dataset"] == "stripes"
+    entries = {e["name"]: e for e in example["optimizers"]}
     doc = tiny_sweep(
         name="plugins-e2e",
-        workloads=[{"model": "specbench_example_plugin.models:mlp", "model_args": {"hidden": 32},
-                    "dataset": "stripes", "dataset_args": {"size": 600}}],
-        optimizers=[{"name": "layerwise_spectral_newton", "settings": {"lr": 0.05}},
-                    {"name": "adamw", "settings": {"lr": 0.003}}],
+        workloads=[{**workload, "model_args": {"hidden": 32}, "dataset_args": {"size": 600}}],
+        optimizers=[entries["layerwise_spectral_newton"], entries["adamw"]],
     )
     doc["training"].update(steps=12, eval_every=6, log_every=3, report_every=6)
     storage = tmp_path / "results"
