@@ -160,15 +160,6 @@ def plugin_spec(plugin: Plugin) -> OptimizerSpec:
     return OptimizerSpec(ref, settings, builder, full)
 
 
-def _load(name: str) -> Plugin:
-    if is_reference(name):
-        return import_reference(name)
-    plugin = load_entry_point("optimizer", name)
-    if plugin is None:
-        raise ResolutionError(_unknown(name))
-    return plugin
-
-
 def resolve(name: str) -> OptimizerSpec:
     """The registry entry of ``name``: a built-in, else a plug-in — ``module.path:attr`` or an
     entry point of ``specbench.optimizers`` (:func:`plugin_spec`). Raises
@@ -177,10 +168,13 @@ def resolve(name: str) -> OptimizerSpec:
         return _REGISTRY[name]
     if name not in _PLUGINS:
         try:
-            _PLUGINS[name] = plugin_spec(_load(name))
+            plugin = import_reference(name) if is_reference(name) else load_entry_point("optimizer", name)
+            if plugin is not None:
+                _PLUGINS[name] = plugin_spec(plugin)
         except ResolutionError as exc:
-            message = str(exc)
-            raise ResolutionError(message if message.startswith("unknown") else f"optimizer {name!r}: {message}") from None
+            raise ResolutionError(f"optimizer {name!r}: {exc}") from None
+        if plugin is None:
+            raise ResolutionError(_unknown(name))
     return _PLUGINS[name]
 
 
