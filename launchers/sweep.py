@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,8 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                     trials.append(
                         TrialSpec(
                             sweep_name=cfg.name,
-                            trial_id=f"{entry.name}-{digest[:8]}",
+                            # A plug-in's module.path:Class would put a colon in a directory name.
+                            trial_id=f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', entry.name)}-{digest[:8]}",
                             trial_index=len(trials),
                             seed_index=seed_index,
                             seed=seed,
