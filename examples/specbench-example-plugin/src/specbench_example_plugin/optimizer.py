@@ -5,7 +5,7 @@ For a matrix W of fan-out m and fan-in n (conv kernels as out × (in·kh·kw)) w
 
     buf ← μ·buf + g                             momentum
     G   ← buf / ‖buf‖_F                         scale-free input (zero stays zero)
-    Δ   ← U diag(σ_k / (σ_k^α + d)) Vᵀ of G     Spectral Newton's transform (PAPER.md §5)
+    Δ   ← U diag(σ_k / (σ_k^α + d)) Vᵀ of G     Spectral Newton's transform (docs/science/spectral_newton.md)
     W   ← W·(1 − lr·λ) − lr·(m/n)^p · Δ         the per-layer learning rate lr·(m/n)^p
 
 The factor (m/n)^p with p = ½ is the spectral scaling of Yang, Simon and Bernstein (2023): a
