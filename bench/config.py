@@ -204,7 +204,9 @@ class OptimizerEntry(_Strict):
     """One optimizer of the comparison: fixed settings plus an optional grid over settings, or a
     search space sampled under the sweep's tuning budget."""
 
-    name: str = Field(..., description="registered optimizer name (adamw, spectral_newton, ...)")
+    name: str = Field(..., min_length=1, max_length=MAX_SPEC_CHARS,
+                      description="built-in optimizer (adamw, spectral_newton, ...), a plug-in's entry-point name, "
+                      "or module.path:Class (docs/plugins.md)")
     settings: dict[str, Any] = Field(default_factory=dict, description="settings (see `specbench config --show`)")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="setting -> list of values; the sweep takes the Cartesian product"
@@ -373,11 +375,11 @@ def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: lis
         else:
             problems.extend(f"{where}.dataset_args: {m}" for m in data.check_args(wl.dataset, wl.dataset_args))
 
-    known = set(optimizers.available())
     for i, entry in entries:
         where = f"optimizers[{i}]"
-        if entry.name not in known:
-            problems.append(f"{where}.name: unknown optimizer '{entry.name}'; available: {', '.join(sorted(known))}")
+        msg = optimizers.check_name(entry.name)  # a built-in or a plug-in that loads (optimizers.plugins)
+        if msg:
+            problems.append(f"{where}.name: {msg}")
             continue
         # Validate the fixed settings with every grid value (and every search-axis bound or value)
         # substituted, so a bad value is reported too.
