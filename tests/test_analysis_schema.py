@@ -120,6 +120,24 @@ def test_a_version_1_file_is_refused_then_upgraded(tmp_path):
     assert upgrade_file(path) is False  # already current: untouched
 
 
+def test_version_2_probes_were_mode_full(tmp_path):
+    """2 → 3 writes the one probe mode that existed, ``full``, into curvature rows and the
+    ``curvature_probe`` profile rows only; a column version 2 did not measure stays null."""
+    curv = tmp_path / "t" / "curvature.parquet"
+    prof = tmp_path / "t" / "profile.parquet"
+    curv.parent.mkdir()
+    for path, name, rows in ((curv, "curvature", curvature_rows("t0", layers=1, k=3)),
+                             (prof, "profile", [{"op": "curvature_probe", "seconds": 1.0},
+                                                {"op": "spectral_step", "seconds": 2.0}])):
+        table = to_table(name, rows)
+        pq.write_table(table.drop_columns([c for c in table.column_names if c in ("probe_mode", "alpha_lo")]), path)
+        _relabel(path, 2)
+        assert upgrade_file(path) is True
+    assert pq.read_table(curv)["probe_mode"].to_pylist() == ["full"] * 3
+    assert pq.read_table(curv)["alpha_lo"].null_count == 3
+    assert pq.read_table(prof)["probe_mode"].to_pylist() == ["full", None]
+
+
 def test_the_upgrade_refuses_to_guess(tmp_path, capsys):
     path = _v1_runs(tmp_path, drop=("optimizer_entry",))
     with pytest.raises(UpgradeError, match=r"runs\.parquet: the runs table lacks optimizer_entry.*--set"):

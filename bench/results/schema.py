@@ -25,7 +25,7 @@ History:
   ``alpha_hi``, ``term_scale``, ``lambda_delta_bound``, ``lambda_A_bound``; ``layer_fits``:
   ``probe_mode``, ``alpha_lo``, ``alpha_hi``; ``profile``: ``probe_mode``. Every probe before
   version 3 was mode ``full``, which the upgrade writes into the curvature and layer_fits rows
-  and the ``curvature_probe`` profile rows.
+  and the ``curvature_probe`` profile rows (``bench.results.upgrade._from_v2``).
 """
 
 from __future__ import annotations

@@ -8,10 +8,14 @@ atomically, when that can be done without inventing data::
 PATH is a Parquet file or a directory (searched for ``<table>.parquet`` files of the known
 tables). A file whose name is not a table's needs ``--table``.
 
-Version 1 → 2 (see :mod:`bench.results.schema` for the history): the columns are the same, so
-the upgrade adds nothing it has to guess. Version 2 → 3 adds the probe-mode columns; every probe
-before version 3 was mode ``full``, which is written as their ``probe_mode`` (a fact of the old
-version, not a guess); the other new columns are null. A file is rewritten only when it holds every column of
+One function per version step (:data:`STEPS`; see :mod:`bench.results.schema` for the history):
+
+- 1 → 2 (:func:`_from_v1`): the columns are the same, so the step adds nothing it has to guess.
+- 2 → 3 (:func:`_from_v2`): the probe-mode columns (issue 14); every probe before version 3 was
+  mode ``full``, which is written as their ``probe_mode`` (a fact of the old version, not a
+  guess); the other new columns are null.
+
+A file is rewritten only when it holds every column of
 :data:`~bench.results.schema.REQUIRED` non-null; declared columns it lacks are written as null
 ("not measured", which is what their absence meant); the version is stamped. A required column
 missing from an old file can only come from what the user knows about the run, stated with
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,9 +37,6 @@ import pyarrow.parquet as pq
 
 from bench.results.schema import METADATA_KEY, REQUIRED, SCHEMA_VERSION, TABLES
 from bench.results.writer import to_table, write_atomic
-
-#: Versions this module upgrades from.
-UPGRADABLE = (1, 2)
 
 
 class UpgradeError(ValueError):
@@ -71,9 +72,15 @@ def _filled(table: pa.Table, name: str, fill: Mapping[str, str]) -> pa.Table:
     return table
 
 
-def _full_mode(table: pa.Table, name: str) -> pa.Table:
-    """Before version 3 the probe had one mode, ``full``: its curvature and layer_fits rows and
-    its ``curvature_probe`` profile rows get that ``probe_mode``."""
+def _from_v1(table: pa.Table, name: str) -> pa.Table:
+    """1 → 2: the same columns (version 2 only guarantees them); nothing to add."""
+    return table
+
+
+def _from_v2(table: pa.Table, name: str) -> pa.Table:
+    """2 → 3: before version 3 the probe had one mode, ``full``: its curvature and layer_fits rows
+    and its ``curvature_probe`` profile rows get that ``probe_mode``. The other columns new in
+    version 3 are declared, so :func:`upgrade_table` writes them as null (not measured)."""
     if name not in ("curvature", "layer_fits", "profile") or "probe_mode" in table.column_names:
         return table
     if name == "profile":
@@ -83,6 +90,12 @@ def _full_mode(table: pa.Table, name: str) -> pa.Table:
     else:
         values = pa.array(["full"] * table.num_rows, type=pa.string())
     return table.append_column("probe_mode", values)
+
+
+#: Version v → v + 1, per v: what an upgrade from v applies, in order, up to :data:`SCHEMA_VERSION`.
+STEPS: dict[int, Callable[[pa.Table, str], pa.Table]] = {1: _from_v1, 2: _from_v2}
+#: Versions this module upgrades from.
+UPGRADABLE = tuple(sorted(STEPS))
 
 
 def upgrade_table(table: pa.Table, name: str, fill: Mapping[str, str] | None = None) -> pa.Table:
@@ -105,8 +118,8 @@ def upgrade_table(table: pa.Table, name: str, fill: Mapping[str, str] | None = N
         raise UpgradeError(f"schema version {version} cannot be upgraded to {SCHEMA_VERSION} "
                            f"(upgradable: {', '.join(map(str, UPGRADABLE))})")
     table = _filled(table, name, fill or {})
-    if version < 3:
-        table = _full_mode(table, name)
+    for step in range(version, SCHEMA_VERSION):
+        table = STEPS[step](table, name)
     missing = [c for c in REQUIRED[name] if c not in table.column_names]
     nulls = [c for c in REQUIRED[name] if c in table.column_names and table[c].null_count]
     if missing or nulls:
