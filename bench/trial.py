@@ -40,6 +40,7 @@ from bench.batching import GlobalBatchSampler, fetch, shard_range
 from bench.config import TrialSpec
 from bench.deepspeed_config import deepspeed_config, lr_lambda
 from bench.distributed import all_reduce_sum, rank_and_world
+from bench.errors import PermanentTrialError
 from bench.results import remote, writer
 from bench.seeds import data_seed, derive_seed, model_init_seed, rank_seed, seed_everything
 from bench.throughput import count_train_flops, device_peak, throughput_columns
@@ -114,6 +115,18 @@ def _input_dtype(engine, x: torch.Tensor) -> torch.dtype:
     return torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
 
 
+@contextlib.contextmanager
+def _set_up(what: str):
+    """Raise a failure of this set-up step as :class:`PermanentTrialError`: the same data, model,
+    settings and engine fail the same way on every attempt, so launchers must not retry it."""
+    try:
+        yield
+    except PermanentTrialError:
+        raise
+    except Exception as exc:
+        raise PermanentTrialError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
 def _report_interval(spec: TrialSpec) -> int:
     every = spec.training.report_every
     return every if every > 0 else max(1, spec.training.steps // 5)
@@ -147,11 +160,13 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
     try:
         # Data and model are built identically on every rank (same seeds); DeepSpeed also
         # broadcasts rank 0's weights, so the replicas start equal either way.
-        bundle = data_registry.load_dataset(spec.workload.dataset, spec.workload.dataset_args, data_seed(spec.seed))
+        with _set_up(f"dataset {spec.workload.dataset}"):
+            bundle = data_registry.load_dataset(spec.workload.dataset, spec.workload.dataset_args, data_seed(spec.seed))
         task = bundle.task
         state["task"] = task
         seed_everything(model_init_seed(spec.seed))
-        model = model_registry.build_model(spec.workload.model, task, spec.workload.model_args)
+        with _set_up(f"model {spec.workload.model}"):
+            model = model_registry.build_model(spec.workload.model, task, spec.workload.model_args)
         state["num_parameters"] = sum(p.numel() for p in model.parameters())
         # Counted before DeepSpeed takes the model (and before the rank seeds), on one sample, on
         # the trial's device (where DeepSpeed would move the model anyway): milliseconds on a
@@ -166,15 +181,17 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
 
         import optimizers
 
-        client_opt = optimizers.build(spec.optimizer, model, **spec.optimizer_settings)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(client_opt, lr_lambda(tcfg))
-        engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=client_opt,
-            lr_scheduler=scheduler,
-            config=deepspeed_config(tcfg, world),
-            dist_init_required=False,
-        )
+        with _set_up(f"optimizer {spec.optimizer}"):
+            client_opt = optimizers.build(spec.optimizer, model, **spec.optimizer_settings)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(client_opt, lr_lambda(tcfg))
+        with _set_up("DeepSpeed engine"):
+            engine, _, _, _ = deepspeed.initialize(
+                model=model,
+                optimizer=client_opt,
+                lr_scheduler=scheduler,
+                config=deepspeed_config(tcfg, world),
+                dist_init_required=False,
+            )
         if rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.pull(out_dir)  # results and checkpoint of an earlier attempt, possibly on another node
