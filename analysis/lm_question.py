@@ -83,21 +83,26 @@ def alpha_map(fits: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
     ``verdict`` compares the median α with Table 2 and with the other run (MLP only):
     ``Table 2`` / ``other run (≈2)`` when within :data:`ALPHA_TOLERANCE` of one of them,
-    ``neither`` otherwise; empty for types the paper did not report.
+    ``neither`` otherwise; empty for types the paper did not report. ``probe_mode``: the probe
+    mode the row's numbers come from (docs/science/quantities.md#probe-modes); modes are never
+    pooled, and α exists only in mode ``full``, so a cheap mode's layers have no row here.
     """
-    cols = ["model", "trained_with", "layer_type", "n", *[f"{c}_median" for c in MAP_COLUMNS],
+    cols = ["model", "trained_with", "layer_type", "probe_mode", "n", *[f"{c}_median" for c in MAP_COLUMNS],
             "alpha_q25", "alpha_q75", "paper_table2", "paper_other_run", "verdict"]  # fmt: skip
     if fits.empty:
         return pd.DataFrame(columns=cols)
     data = select_step(attach_run_info(fits, runs), "latest")
     data = data.assign(trained_with=_entry_of(data, runs))
     data = data[data["task"] == "lm"]
+    mode = data["probe_mode"].fillna("unknown") if "probe_mode" in data.columns else "unknown"
+    data = data.assign(_mode=mode)
     rows = []
-    for (model, entry, ltype), group in data.groupby(["model", "trained_with", "layer_type"], sort=True):
+    for (model, entry, ltype, probe_mode), group in data.groupby(["model", "trained_with", "layer_type", "_mode"],
+                                                                  sort=True):
         alpha = pd.to_numeric(group["alpha"], errors="coerce").dropna()
         if alpha.empty:
             continue
-        row = {"model": model, "trained_with": entry, "layer_type": ltype, "n": len(alpha)}
+        row = {"model": model, "trained_with": entry, "layer_type": ltype, "probe_mode": probe_mode, "n": len(alpha)}
         for c in MAP_COLUMNS:
             values = pd.to_numeric(group[c], errors="coerce").dropna() if c in group.columns else pd.Series([])
             row[f"{c}_median"] = float(values.median()) if len(values) else math.nan
@@ -110,7 +115,7 @@ def alpha_map(fits: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=cols)
     order = {t: i for i, t in enumerate(PAPER_TYPE)}
     table = table.assign(_o=table["layer_type"].map(lambda t: order.get(t, len(order))))
-    return table.sort_values(["model", "trained_with", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    return table.sort_values(["model", "trained_with", "_o", "probe_mode"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
 def _verdict(alpha: float, table2: float, other: float) -> str:
@@ -458,7 +463,7 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
         "## α map",
         "",
         "Medians over layers of each trial's last probe. `trained_with`: the optimizer entry of the "
-        "trial the probe ran in. Paper columns: docs/science/fits.md#published-numbers (Table 2, mini GPT-2) and its other run "
+        "trial the probe ran in; `probe_mode`: the probe mode behind the row's numbers. Paper columns: docs/science/fits.md#published-numbers (Table 2, mini GPT-2) and its other run "
         "(MLP ≈ 2); the paper's QKV value is compared with q, k and v alike.",
         "",
     ]

@@ -55,7 +55,14 @@ def results(tmp_path):
              "depth": i, "alpha": a + (0.5 if step == 50 else 0.0), "gamma": 0.5, "s": a * 0.5, "pr_h": 3.0,
              "beta": 1.0, "phi": a - 1.0}
             for step in (50, 200) for t, pair in ALPHAS.items() for i, a in enumerate(pair)]  # fmt: skip
-    write_table(tdir / "layer_fits.parquet", fits)
+    write_table(tdir / "layer_fits.parquet", [{**f, "probe_mode": "full"} for f in fits])
+    # A cheap-mode probe of the same model: no α, other Φ (never pooled with mode full).
+    kdir = root / "amap" / "trials" / "adamw-1"
+    write_table(kdir / "runs.parquet", [{**LM, "sweep_name": "amap", "trial_id": "adamw-1", "optimizer": "adamw",
+                                    "optimizer_label": "adamw", "optimizer_entry": "adamw", "status": "completed",
+                                    "seed_index": 1, "tuning_index": -1, "tokens_seen": 400_000}])  # fmt: skip
+    write_table(kdir / "layer_fits.parquet", [{**f, "trial_id": "adamw-1", "probe_mode": "kronecker", "alpha": None,
+                                               "phi": 100.0} for f in fits])  # fmt: skip
     # The optimizer sweep.
     n = 0
     for entry, settings in ENTRIES.items():
@@ -93,6 +100,7 @@ def test_alpha_map_compares_each_type_with_both_published_runs(results):
     assert table.loc["mlp_down", "verdict"] == "other run (≈2)"  # 2.05 vs 1.15 / 2.0
     assert table.loc["mlp_down", "phi_median"] == pytest.approx(1.05)
     assert set(table["trained_with"]) == {"adamw"}
+    assert set(table["probe_mode"]) == {"full"}  # the numbers' mode; the kronecker trial has no α
     depth = alpha_by_depth(load_layer_fits(results), runs).set_index("block")
     assert depth.loc[0, "attn_q"] == pytest.approx(1.40) and depth.loc[1, "mlp_down"] == pytest.approx(2.10)
 
@@ -138,7 +146,7 @@ def test_overlapping_intervals_are_not_called_a_difference(results):
 def test_report_files_are_written(results, tmp_path):
     report = build_lm_question(results, tmp_path / "out")
     md = report.markdown_path.read_text()
-    assert "## α map" in md and "## Optimizer comparison" in md and "Measured on 19 language-model trials" in md
+    assert "## α map" in md and "## Optimizer comparison" in md and "Measured on 20 language-model trials" in md
     assert "3.3M parameters" in md
     html = report.html_path.read_text()
     assert "<table>" in html and "<img" in html
