@@ -188,3 +188,23 @@ def test_model_is_left_untouched():
     assert model.training and all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_h_sub_sample_is_the_dense_hessian_of_those_samples():
+    """``h_samples`` = 8: σ_k, u_k, v_k from the whole probe batch, h_k the dense Hessian of the
+    mean loss over the 8 evenly spaced samples along those directions (issue 14, point 3)."""
+    from bench.probes import ProbeBatch
+
+    model, data = make_model("mlp"), make_data("mlp")
+    result = run_probe(model, CE, data, settings(h_samples=8), "cpu")
+    df = layer_frame(result, "fc1")
+    assert (df.h_samples == 8).all() and (df.samples == 24).all()
+    x, y = everything(data)
+    s, u, v = gradient_svd(model, "fc1", (0, 7), CE, x, y)
+    k = len(df)
+    np.testing.assert_allclose(df.sigma, s[:k].numpy(), rtol=1e-10)
+    picked = list(ProbeBatch.from_dataset(data, 24).subset(8)[0].indices)
+    oracle = dense_hessian_h(model, "fc1", (0, 7), CE, x[picked], y[picked], u[:, :k], v[:, :k])
+    np.testing.assert_allclose(df.h, oracle, rtol=1e-10, atol=1e-12 * np.abs(oracle).max())
+    whole = dense_hessian_h(model, "fc1", (0, 7), CE, x, y, u[:, :k], v[:, :k])
+    assert not np.allclose(df.h, whole, rtol=1e-3)  # the sub-sample is not the whole batch
