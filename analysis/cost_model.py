@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -420,19 +420,23 @@ def add_fit_arguments(p: Any) -> None:
     p.add_argument("--name", required=True, help="name of the device cost constants (e.g. cpu-2core)")
     p.add_argument("--device", help="device model name when the data holds several")
     p.add_argument("--comm-results", help="profile results with collective / spectral_step rows (broadcast constants)")
-    p.add_argument("--probe-results", help="profile results with probe_overhead rows (the probe constant κ)")
+    p.add_argument("--probe-results", nargs="+", help="profile results with probe_overhead rows (the probe "
+                   "constants κ per mode); several paths are read as one table")
 
 
 def fit_from_paths(
     results: str | os.PathLike[str], name: str, device: str | None = None,
-    comm_results: str | os.PathLike[str] | None = None, probe_results: str | os.PathLike[str] | None = None,
+    comm_results: str | os.PathLike[str] | None = None,
+    probe_results: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
 ) -> dict[str, Any]:
-    """:func:`fit_device_costs` on the profile tables under these paths (sources recorded)."""
-    paths = [p for p in (results, comm_results, probe_results) if p is not None]
+    """:func:`fit_device_costs` on the profile tables under these paths (sources recorded);
+    ``probe_results`` may be several paths (e.g. one probe-overhead run per mode)."""
+    probes = [probe_results] if isinstance(probe_results, (str, os.PathLike)) else list(probe_results or [])
+    paths = [p for p in (results, comm_results) if p is not None] + probes
     return fit_device_costs(
         load_profile_rows(results), name, device, sources=[str(p) for p in paths],
         comm=load_profile_rows(comm_results) if comm_results is not None else None,
-        probe=load_profile_rows(probe_results) if probe_results is not None else None,
+        probe=pd.concat([load_profile_rows(p) for p in probes], ignore_index=True) if probes else None,
     )
 
 

@@ -329,7 +329,7 @@ def build_cost_report(
     device: str | None = None,
     ratio_sets: Sequence[str] = ("gpt2-small", "resnet18"),
     comm_results: str | Path | None = None,
-    probe_results: str | Path | None = None,
+    probe_results: str | Path | Sequence[str | Path] | None = None,
 ) -> CostReport:
     """Fit, save the device cost constants, plot, and write ``cost_report.md`` into ``out_dir``."""
     df = load_profile_rows(results)
