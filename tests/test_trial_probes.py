@@ -135,8 +135,10 @@ def test_standalone_probe_of_a_checkpoint(write_yaml, tmp_path):
     assert (tdir / "checkpoint" / "latest").read_text().strip() == "step4"
 
     def probe(*extra):
-        return subprocess.run([sys.executable, "-m", "launchers.cli", "probe", str(cfg), "--storage", str(tmp_path),
-                               *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+        overrides = [e for e in extra if "=" in e and not e.startswith("-")]  # KEY=VALUE right after CONFIG
+        flags = [e for e in extra if e not in overrides]
+        return subprocess.run([sys.executable, "-m", "launchers.cli", "probe", str(cfg), *overrides, "--storage",
+                               str(tmp_path), *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
 
     ok = probe("--checkpoint", str(tdir / "checkpoint"))
     assert ok.returncode == 0, ok.stderr
@@ -154,6 +156,17 @@ def test_standalone_probe_of_a_checkpoint(write_yaml, tmp_path):
     assert (tdir / "layer_fits.parquet").is_file()
     bad = probe("--checkpoint", str(tmp_path / "nope"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    # The cheap modes from the command line: σ and the Kronecker columns, no h (issue 14).
+    for mode in ("kronecker", "online"):
+        cheap = probe("--checkpoint", str(tdir / "checkpoint"), f"probes.settings.mode={mode}")
+        assert cheap.returncode == 0, cheap.stderr
+        rows = pd.read_parquet(tdir / "curvature.parquet").query("step == 4")
+        assert set(rows["probe_mode"]) == {mode} and rows["h"].isna().all()
+        assert (rows.loc[rows.k == 1, "h_kron"] > 0).all()
+        np.testing.assert_allclose(rows.loc[rows.k == 1].set_index("layer")["sigma"], s4.loc[rows.loc[rows.k == 1, "layer"]],
+                                   rtol=1e-4)  # the same weights and probe batch: the same gradient
+    unknown = probe("probes.settings.mode=cheap")
+    assert unknown.returncode == 2 and "mode" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_paper_cpu_config_probes_the_builtin_transformer(tmp_path):
