@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 #: The schema version this reader reads (same value as ``bench.results.schema.SCHEMA_VERSION``).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Parquet key-value metadata key holding the schema version of a file.
 METADATA_KEY = b"specbench.schema_version"
 #: Per table, the columns a file must hold, non-null (``bench.results.schema.REQUIRED``).

@@ -20,13 +20,17 @@ History:
 - 2: the same columns, now guaranteed: every declared column is in every file (null where a
   value was not measured), every :data:`REQUIRED` column is present and non-null, and
   ``layer_fits`` is declared here (:data:`LAYER_FITS`) and carries the version like the others.
+- 3: ``steps.data_time_s`` (seconds per step the loop waited for input, inside ``step_time_s``)
+  and ``runs.data_cache_key`` (the token-cache entry a trial read its corpus from, ``""`` when it
+  tokenized in memory or its data is not a text corpus). A file upgraded from 2 holds nulls there
+  (not measured).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 METADATA_KEY = b"specbench.schema_version"
 
 #: One row per trial. ``config.*`` columns (the flattened resolved trial config) are added
@@ -75,6 +79,7 @@ RUNS = pa.schema(
         ("resumed_from_step", pa.int64()),
         ("probe_unsupported_json", pa.string()),  # layers the curvature probe could not (fully) measure
         ("num_parameters", pa.int64()),
+        ("data_cache_key", pa.string()),  # token-cache entry of the corpus (bench/data/cache.py); "" when none
         ("started_at", pa.string()),
         ("finished_at", pa.string()),
         ("config_hash", pa.string()),
@@ -103,6 +108,7 @@ STEPS = pa.schema(
         ("fwd_bwd_time_s", pa.float64()),
         ("optimizer_time_s", pa.float64()),
         ("comm_time_s", pa.float64()),
+        ("data_time_s", pa.float64()),  # waiting for input (inside step_time_s): what prefetching leaves
         ("probe_time_s", pa.float64()),
         ("samples_per_s", pa.float64()),  # global batch / mean step time of the interval
         ("tokens_per_s", pa.float64()),  # LM tasks; NaN otherwise

@@ -8,8 +8,9 @@ atomically, when that can be done without inventing data::
 PATH is a Parquet file or a directory (searched for ``<table>.parquet`` files of the known
 tables). A file whose name is not a table's needs ``--table``.
 
-Version 1 → 2 (see :mod:`bench.results.schema` for the history): the columns are the same, so
-the upgrade adds nothing it has to guess. A file is rewritten only when it holds every column of
+Version 1 → 2 and 2 → 3 (see :mod:`bench.results.schema` for the history): 1 → 2 keeps the
+columns, 2 → 3 adds two that an old file did not measure (``steps.data_time_s``,
+``runs.data_cache_key``), so the upgrade adds nothing it has to guess. A file is rewritten only when it holds every column of
 :data:`~bench.results.schema.REQUIRED` non-null; declared columns it lacks are written as null
 ("not measured", which is what their absence meant); the version is stamped. A required column
 missing from an old file can only come from what the user knows about the run, stated with
@@ -33,7 +34,7 @@ from bench.results.schema import METADATA_KEY, REQUIRED, SCHEMA_VERSION, TABLES
 from bench.results.writer import to_table, write_atomic
 
 #: Versions this module upgrades from.
-UPGRADABLE = (1,)
+UPGRADABLE = (1, 2)
 
 
 class UpgradeError(ValueError):
