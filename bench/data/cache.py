@@ -142,6 +142,8 @@ class TokenCache:
         self.workers = workers or os.cpu_count() or 1
         self.shard_bytes = shard_bytes
         self.log = log
+        self.full_check = False  # check full digests of an existing entry (``specbench data prepare``)
+        self.built: list[str] = []  # keys this object built, in order
 
     @classmethod
     def for_storage(cls, storage: str | os.PathLike[str], cache_dir: str | None = None, **kwargs: Any) -> TokenCache:
@@ -204,30 +206,30 @@ class TokenCache:
 
     # --- building -----------------------------------------------------------------------------
 
-    def ensure(self, fields: Mapping[str, Any], build: Callable[[Path], dict[str, Any]],
-               full_check: bool = False) -> tuple[CachedCorpus, bool]:
-        """The entry for ``fields``, built by ``build(directory)`` if no valid one exists; returns
-        it and whether this call built it. ``build`` writes the part files into ``directory`` and
+    def ensure(self, fields: Mapping[str, Any], build: Callable[[Path], dict[str, Any]]) -> CachedCorpus:
+        """The entry for ``fields``, built by ``build(directory)`` if no valid one exists (its key
+        is then appended to `built`). ``build`` writes the part files into ``directory`` and
         returns the manifest body (``splits``, ``dtype``, ``meta``…). See the module docstring
-        for the locking; ``full_check`` verifies full digests of an existing entry."""
-        key = cache_key(fields)
+        for the locking; with `full_check` an existing entry's full digests are verified."""
+        key, full_check = cache_key(fields), self.full_check
         try:
             found = self._open(key, fields, full_check)
             if found is not None:
-                return found, False
+                return found
         except CacheProblem:
             pass  # decided under the lock: another process may be replacing it right now
         with self._locked(key):
             try:
                 found = self._open(key, fields, full_check)
                 if found is not None:
-                    return found, False
+                    return found
             except CacheProblem as exc:
                 self.log(f"data cache entry {key} at {self.root / key} is {exc}: rebuilding it")
             if self._pull(key, fields):
-                return self._open(key, fields), False  # type: ignore[return-value]
+                return self._open(key, fields)  # type: ignore[return-value]
             self._build(key, fields, build)
-        return self._open(key, fields), True  # type: ignore[return-value]
+            self.built.append(key)
+        return self._open(key, fields)  # type: ignore[return-value]
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
@@ -330,7 +332,10 @@ class TokenCache:
     def remove(self, key: str | None = None) -> list[str]:
         """Delete one entry (or every entry), each under its lock so that no build is cut short;
         returns the keys removed. Processes that mapped an entry keep reading it until they close."""
-        keys = [key] if key is not None else [e["key"] for e in self.entries()]
+        present = [e["key"] for e in self.entries()]
+        if key is not None and key not in present:
+            raise ValueError(f"no entry {key!r} in the token cache {self.location} (see `specbench data list`)")
+        keys = [key] if key is not None else present
         removed = []
         for k in keys:
             with self._locked(k):

@@ -220,7 +220,7 @@ def tokenize_splits(splits: Mapping[str, TextRows | None], tokenizer: str, max_b
         return {"splits": out, "dtype": token_dtype(tok.vocab_size).str, "vocab_size": tok.vocab_size,
                 "eos_id": tok.eos_id, "meta": dict(meta or {})}
 
-    entry, _ = cache.ensure(fields, build)
+    entry = cache.ensure(fields, build)
     return Tokenized.from_entry(entry)
 
 

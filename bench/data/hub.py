@@ -262,11 +262,13 @@ def _as_split_dict(loaded: Any) -> dict[str, Any]:
     return dict(loaded)
 
 
-def load_local(path: str, args: dict[str, Any], seed: int, cache: TokenCache | None = None) -> DataBundle:
+def load_local(path: str, args: dict[str, Any], seed: int, cache: TokenCache | None = None,
+               text_only: bool = False) -> DataBundle | None:
     """A local ``.parquet/.arrow/.csv/.json/.jsonl`` file (one split: held-out splits are carved).
 
     With a token ``cache``, a text file already tokenized is mapped from the cache without being
-    read at all: its entry is found from the file's sha256 (remembered by path, size and mtime)."""
+    read at all: its entry is found from the file's sha256 (remembered by path, size and mtime).
+    ``text_only``: return None for an image table instead of preparing its images."""
     import datasets
 
     spec = path
@@ -284,13 +286,14 @@ def load_local(path: str, args: dict[str, Any], seed: int, cache: TokenCache | N
         if hit is not None:
             return _blocks_bundle(spec, Tokenized.from_entry(hit), opts, seed, digest, {**hit.manifest["meta"], **meta})
     loaded = datasets.load_dataset(builder, data_files=str(file), cache_dir=args.get("cache_dir"))
-    return _bundle(spec, _as_split_dict(loaded), args, seed, digest, meta, cache, source)
+    return _bundle(spec, _as_split_dict(loaded), args, seed, digest, meta, cache, source, text_only)
 
 
-def load(name: str, args: dict[str, Any], seed: int, cache: TokenCache | None = None) -> DataBundle:
+def load(name: str, args: dict[str, Any], seed: int, cache: TokenCache | None = None,
+         text_only: bool = False) -> DataBundle | None:
     """``hf:<name>``: a hub dataset id, a local dataset directory (data files, loaded like a hub
     repository), or a directory written by ``save_to_disk``. A text dataset is tokenized once
-    into ``cache`` when one is given."""
+    into ``cache`` when one is given; ``text_only`` as for `load_local`."""
     import datasets
 
     spec = f"hf:{name}"
@@ -318,7 +321,7 @@ def load(name: str, args: dict[str, Any], seed: int, cache: TokenCache | None = 
     }
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     meta = {"source": name, "config": args.get("config"), "revision": args.get("revision")}
-    return _bundle(spec, splits, args, seed, fingerprint, meta, cache, {"hub": ident})
+    return _bundle(spec, splits, args, seed, fingerprint, meta, cache, {"hub": ident}, text_only)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,12 +389,15 @@ def _bundle(
     meta: dict[str, Any],
     cache: TokenCache | None,
     source: dict[str, Any],
-) -> DataBundle:
+    text_only: bool = False,
+) -> DataBundle | None:
     opts = {**DEFAULTS, **args}
     train, val, test = (_cap(s, opts.get("max_examples")) for s in _pick_splits(spec, splits, args))
     image_column = _find_image_column(spec, train, args)
     meta = {**meta, "available_splits": list(splits)}
     if image_column is not None:
+        if text_only:
+            return None
         return _image_bundle(spec, train, val, test, image_column, opts, seed, fingerprint, meta)
     if opts["text_column"] in train.column_names:
         rows = {"train": train, "val": val, "test": test}

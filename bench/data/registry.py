@@ -111,6 +111,28 @@ def load_dataset(spec: str, args: dict[str, Any] | None = None, seed: int = 0,
     scheme, name = parsed  # type: ignore[misc]
     module = RESOLVER.module(scheme)
     extra = {"cache": cache} if getattr(module, "TOKENIZES", False) else {}
-    if scheme == "local":
-        return module.load_local(name, args, seed, **extra)
-    return module.load(name, args, seed, **extra)
+    return _load(module, scheme, name, args, seed, **extra)  # type: ignore[return-value]
+
+
+def _load(module: Any, scheme: str, name: str, args: dict[str, Any], seed: int, **kwargs: Any) -> DataBundle | None:
+    return (module.load_local if scheme == "local" else module.load)(name, args, seed, **kwargs)
+
+
+def prepare_tokens(spec: str, args: dict[str, Any] | None, cache: TokenCache) -> str | None:
+    """Build (or find) the token-cache entry of a text corpus, as a trial would, without preparing
+    anything else; returns its key, or None when ``spec`` is not a tokenized corpus (images,
+    plug-ins). Raises ValueError like `load_dataset`."""
+    args = dict(args or {})
+    problems = check_args(spec, args)
+    if problems:
+        raise ValueError("; ".join(problems))
+    parsed = RESOLVER.parse(spec)
+    if isinstance(parsed, PluginFactory):
+        return None
+    scheme, name = parsed  # type: ignore[misc]
+    module = RESOLVER.module(scheme)
+    if not getattr(module, "TOKENIZES", False):
+        return None
+    extra = {"text_only": True} if scheme != "builtin" else {}
+    bundle = _load(module, scheme, name, args, 0, cache=cache, **extra)
+    return None if bundle is None else bundle.cache_key
