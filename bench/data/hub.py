@@ -269,8 +269,6 @@ def load_local(path: str, args: dict[str, Any], seed: int, cache: TokenCache | N
     With a token ``cache``, a text file already tokenized is mapped from the cache without being
     read at all: its entry is found from the file's sha256 (remembered by path, size and mtime).
     ``text_only``: return None for an image table instead of preparing its images."""
-    import datasets
-
     spec = path
     problem = check_local(path) or "; ".join(validate_args(args))
     if problem:
@@ -285,6 +283,8 @@ def load_local(path: str, args: dict[str, Any], seed: int, cache: TokenCache | N
         hit = cache.lookup(_text_fields(source, opts))
         if hit is not None:
             return _blocks_bundle(spec, Tokenized.from_entry(hit), opts, seed, digest, {**hit.manifest["meta"], **meta})
+    import datasets  # only now: a cached corpus needs neither the library nor the file's rows
+
     loaded = datasets.load_dataset(builder, data_files=str(file), cache_dir=args.get("cache_dir"))
     return _bundle(spec, _as_split_dict(loaded), args, seed, digest, meta, cache, source, text_only)
 
