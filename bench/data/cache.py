@@ -167,7 +167,7 @@ class TokenCache:
     def lookup(self, fields: Mapping[str, Any]) -> CachedCorpus | None:
         """The valid local entry for ``fields``, or None (missing or unusable: `ensure` decides)."""
         try:
-            return self._open(cache_key(fields), fields)
+            return self._open(cache_key(fields), fields, self.full_check)
         except CacheProblem:
             return None
 
