@@ -48,8 +48,10 @@ class _Strict(BaseModel):
 
 
 class LrSchedule(_Strict):
-    """Learning-rate schedule, handed to DeepSpeed's scheduler (``WarmupCosineLR``/``WarmupLR``/
-    ``WarmupDecayLR``). The optimizer's configured ``lr`` is the peak value."""
+    """Learning-rate schedule: a multiplier of every parameter group's peak ``lr`` per optimizer
+    step (:func:`bench.deepspeed_config.lr_lambda`), applied by a ``torch.optim.lr_scheduler.LambdaLR``
+    that the DeepSpeed engine steps after each optimizer step. One function serves every
+    optimizer, the AdamW side-car groups included."""
 
     kind: Literal["constant", "cosine", "linear"] = Field(
         "cosine", description="shape after warm-up: constant, cosine decay or linear decay"
@@ -177,8 +179,11 @@ class ResourcesConfig(_Strict):
     max_retries: int = Field(
         2, ge=0, description="times a trial whose worker died is restarted (from its last checkpoint)"
     )
+    # One thread by default: workers share the node's cores, and oversubscribed intra-op threads
+    # slow a CPU DeepSpeed step several-fold (about 4x with torch's default count, measured on
+    # 2 cores with 2 workers).
     threads_per_worker: int = Field(
-        1, gt=0, description="OMP/torch intra-op threads per CPU worker (DeepSpeed on CPU is 4x slower without 1)"
+        1, gt=0, description="OMP/torch intra-op threads per CPU worker; keep workers × threads ≤ cores"
     )
     peak_tflops: float | None = Field(
         None, gt=0, description="per-device peak TFLOP/s that MFU is measured against (default: the "

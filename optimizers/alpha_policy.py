@@ -4,8 +4,8 @@ T(σ; α) = σ / (σ^α + d) assumes the curvature along the gradient's k-th sin
 as h_k ∝ σ_k^α. Three policies choose α per parameter:
 
 - ``fixed``: one α for every matrix (2.0 is the paper's tested optimizer);
-- ``by_layer_type``: a table keyed by layer type, seeded from the paper's published medians
-  (convs ≈ 2; mini GPT-2: QKV 1.43, attention out 1.17, MLP-up 0.84, MLP-down 1.15; docs/science/spectral_newton.md#the-by-layer-type-table);
+- ``by_layer_type``: a table keyed by layer type, seeded from the paper's published values
+  (convs ≈ 2, a median over layers; mini GPT-2, Table 2's per-type means of one run: QKV 1.43, attention out 1.17, MLP-up 0.84, MLP-down 1.15; docs/science/spectral_newton.md#the-by-layer-type-table);
 - ``measured``: per-parameter values set by the training loop from the suite's own curvature probe
   (``SpectralNewton.set_measured_alpha``), falling back to the table for unmeasured parameters.
 
