@@ -49,7 +49,7 @@ def input_section(runs: pd.DataFrame, steps: pd.DataFrame) -> InputSection | Non
     if shares.empty:
         return None
     key = TRIAL_PATH if TRIAL_PATH in runs.columns and TRIAL_PATH in steps.columns else "trial_id"
-    trials = runs.set_index(key)[[*WORKLOAD, "trial_id"]].join(shares.rename("input_share"), how="inner")
+    trials = runs.set_index(key, drop=False)[[*WORKLOAD, "trial_id"]].join(shares.rename("input_share"), how="inner")
     trials["input_bound"] = trials["input_share"] > INPUT_BOUND_SHARE
     table = trials.groupby(WORKLOAD, sort=True).agg(
         trials=("input_share", "size"), median_input_share=("input_share", "median"),
