@@ -48,3 +48,27 @@ def test_without_the_column_or_any_measured_row_there_is_no_section():
     runs, steps = _frames({"a": [0.01], "b": [0.02]})
     section = input_section(runs, steps)
     assert section is not None and section.bound == [] and "no trial input-bound" in section.text
+
+
+def test_a_schema_2_file_is_upgraded_with_the_input_columns_null_and_never_flagged(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from analysis_fixtures import run_row
+
+    from analysis.dataset import load_table
+    from bench.results.schema import METADATA_KEY
+    from bench.results.upgrade import upgrade_file
+    from bench.results.writer import to_table
+
+    trial = tmp_path / "s" / "trials" / "t0"
+    trial.mkdir(parents=True)
+    tables = {"runs": to_table("runs", [run_row(sweep_name="s", trial_id="t0")]).drop_columns(["data_cache_key"]),
+              "steps": to_table("steps", [{"trial_id": "t0", "step": 1, "step_time_s": 1.0}]).drop_columns(["data_time_s"])}
+    for name, table in tables.items():
+        table = table.set_column(table.column_names.index("schema_version"), "schema_version",
+                                 pa.array([2] * table.num_rows, pa.int32()))
+        pq.write_table(table.replace_schema_metadata({METADATA_KEY: b"2"}), trial / f"{name}.parquet")
+        assert upgrade_file(trial / f"{name}.parquet") is True
+    runs, steps = load_table(tmp_path / "s", "runs"), load_table(tmp_path / "s", "steps")
+    assert runs["data_cache_key"].isna().all() and steps["data_time_s"].isna().all()
+    assert input_section(runs, steps) is None

@@ -8,9 +8,13 @@ atomically, when that can be done without inventing data::
 PATH is a Parquet file or a directory (searched for ``<table>.parquet`` files of the known
 tables). A file whose name is not a table's needs ``--table``.
 
-Version 1 → 2 and 2 → 3 (see :mod:`bench.results.schema` for the history): 1 → 2 keeps the
-columns, 2 → 3 adds two that an old file did not measure (``steps.data_time_s``,
-``runs.data_cache_key``), so the upgrade adds nothing it has to guess. A file is rewritten only when it holds every column of
+Steps (history in :mod:`bench.results.schema`); none adds anything it has to guess:
+
+- 1 → 2 keeps the columns.
+- 2 → 3 (input pipeline, issue #19) adds ``steps.data_time_s`` and ``runs.data_cache_key``, which
+  an old file did not measure: they are written as null.
+
+A file is rewritten only when it holds every column of
 :data:`~bench.results.schema.REQUIRED` non-null; declared columns it lacks are written as null
 ("not measured", which is what their absence meant); the version is stamped. A required column
 missing from an old file can only come from what the user knows about the run, stated with
