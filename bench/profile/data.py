@@ -93,8 +93,9 @@ def _rank_main(rank: int, world: int, port: int, job: dict[str, Any], out_dir: s
 
         configure_cpu_threads(job["threads"])
         init_process_group(rank, world, port)
-        import optimizers
         import torch
+
+        import optimizers
 
         rss_start = _peak_rss()
         dist.barrier()  # every rank starts loading at once, as in a trial
@@ -202,9 +203,9 @@ def write_image_folder(root: Path, cfg: DataImagesConfig, seed: int) -> Path:
 
 
 def _image_rows(cfg: DataImagesConfig, seed: int, tmp: Path, log: Log | None) -> list[dict[str, Any]]:
-    import optimizers
     import torch
 
+    import optimizers
     from bench.batching import GlobalBatchSampler
     from bench.data import load_dataset
     from bench.data.loader import InputPipeline
