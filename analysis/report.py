@@ -19,6 +19,7 @@ import pandas as pd
 from analysis.comparison import ComparisonSection, comparison_section
 from analysis.curvature_report import CurvatureSection, curvature_section
 from analysis.dataset import INCOMPLETE, TRIAL_PATH, load_table, locate, trial_states
+from analysis.input_bound import InputSection, input_section
 from analysis.plots import entry_colors, plot_loss_curves, workload_prefix, workload_title
 from analysis.summary import WORKLOAD, format_table, optimizer_table
 from analysis.tables import MISSING, frame_grid
@@ -33,6 +34,8 @@ STEPS_COLUMNS = [
     "eval_metric",
     "samples_seen",
     "tokens_seen",
+    "step_time_s",
+    "data_time_s",
 ]
 #: Order in which trial states are listed (anything else follows alphabetically).
 STATE_ORDER = ["completed", "diverged", "failed", INCOMPLETE]
@@ -57,6 +60,8 @@ class Report:
             performance profiles), or None with fewer than two optimizers; its figures are in
             ``comparison.plot_paths`` (not in ``plot_paths``).
         colors: the one colour per optimizer entry used by every figure of the report.
+        input: the "Input pipeline" section (input share per workload, input-bound trials), or
+            None when no trial measured its wait for input.
     """
 
     results_path: Path
@@ -70,6 +75,7 @@ class Report:
     curvature: CurvatureSection | None = None
     comparison: ComparisonSection | None = None
     colors: dict[str, str] = field(default_factory=dict)
+    input: InputSection | None = None
 
 
 def _count_states(states: pd.DataFrame) -> dict[str, int]:
@@ -166,9 +172,10 @@ def render_markdown(
     counts: dict[str, int],
     curvature_lines: list[str] | None = None,
     comparison_lines: list[str] | None = None,
+    input_lines: list[str] | None = None,
 ) -> str:
-    """The text of ``report.md`` (``curvature_lines`` / ``comparison_lines``: the optional
-    Curvature and Comparisons sections). Paths are relative: the results directory to the
+    """The text of ``report.md`` (``curvature_lines`` / ``comparison_lines`` / ``input_lines``:
+    the optional Curvature, Comparisons and Input pipeline sections). Paths are relative: the results directory to the
     report's, trial directories to the results directory."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -195,6 +202,7 @@ def render_markdown(
         "",
         *_plot_section(plot_paths, out_dir, table),
         *(comparison_lines or []),
+        *(input_lines or []),
         *(curvature_lines or []),
         "## Failed and diverged trials",
         "",
@@ -263,11 +271,15 @@ def build_report(
     comparison = comparison_section(runs, steps, out, colors=colors)
     if comparison is not None:
         text += f"\n\n{comparison.text}"
+    pipeline = input_section(runs, steps)
+    if pipeline is not None:
+        text += f"\n\n{pipeline.text}"
 
     markdown = render_markdown(
         root, out, table, plot_paths, states, counts,
         curvature.markdown if curvature is not None else None,
         comparison.markdown if comparison is not None else None,
+        pipeline.markdown if pipeline is not None else None,
     )  # fmt: skip
     if curvature is not None:
         plot_paths = [*plot_paths, *curvature.plot_paths]
@@ -276,4 +288,5 @@ def build_report(
     return Report(
         results_path=root, out_dir=out, report_path=report_path, table=table, text=text, plot_paths=plot_paths,
         trial_states=states, state_counts=counts, curvature=curvature, comparison=comparison, colors=colors,
+        input=pipeline,
     )  # fmt: skip

@@ -62,12 +62,48 @@ class LrSchedule(_Strict):
     )
 
 
+class InputConfig(_Strict):
+    """How a trial's input reaches the loop (bench/data/cache.py, bench/data/loader.py). None of it
+    changes a batch: a cached corpus gives the same examples as one tokenized in memory, and
+    background loaders deliver the sampler's batches in its order."""
+
+    token_cache: bool = Field(
+        True, description="tokenize a text corpus once into memory-mapped token files shared by every trial "
+        "and rank (false: every worker tokenizes it in memory)"
+    )
+    cache_dir: str | None = Field(
+        None, max_length=MAX_SPEC_CHARS, description="token cache root: a path every node sees or "
+        "s3://…, gs://… (a relative path is under the storage); default <storage>/_data_cache"
+    )
+    tokenize_workers: int | None = Field(
+        None, gt=0, description="processes that tokenize a corpus shard by shard when its cache entry is "
+        "built (default: the CPUs of the machine building it)"
+    )
+    loader_workers: int | None = Field(
+        None, ge=0, description="background processes per rank that decode training samples ahead of the loop "
+        "(default: 2 for datasets decoded on access, i.e. images read from files; 0 otherwise)"
+    )
+    prefetch_batches: int = Field(
+        2, gt=0, description="micro-batches each background loader keeps ready (pinned memory on GPUs)"
+    )
+
+    @model_validator(mode="after")
+    def _cache_dir_is_supported(self) -> InputConfig:
+        from bench.results import remote
+
+        if self.cache_dir and remote.is_uri(self.cache_dir) and remote.scheme(self.cache_dir) not in remote.SCHEMES:
+            raise ValueError(f"cache_dir {shown(self.cache_dir)}: unsupported scheme; use a path or an object-store "
+                             f"URI ({', '.join(s + '://' for s in remote.SCHEMES)})")
+        return self
+
+
 class TrainingConfig(_Strict):
     """The training loop of one trial (bench/trial/) and its DeepSpeed configuration."""
 
     #: Keys that change how a trial is run or recorded but not what it computes; they are left
     #: out of the trial id so that, e.g., a different checkpoint interval still resumes a trial.
-    NON_IDENTITY: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "keep_checkpoint", "report_every"})
+    NON_IDENTITY: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "keep_checkpoint", "report_every",
+                                                        "input"})
 
     steps: int = Field(200, gt=0, description="optimizer steps per trial")
     micro_batch_size: int = Field(32, gt=0, description="samples per worker per forward pass")
@@ -101,6 +137,8 @@ class TrainingConfig(_Strict):
     keep_checkpoint: bool = Field(
         False, description="keep the last checkpoint after the trial finishes (default: delete it to save disk)"
     )
+    input: InputConfig = Field(default_factory=InputConfig, description="the input pipeline: token cache and "
+                               "background loaders (not part of the trial id: batches are the same either way)")
 
 
 class ProbeSchedule(_Strict):

@@ -40,6 +40,7 @@ from optimizers.distributed import rank_and_world
 
 if TYPE_CHECKING:
     from bench.config import WorkloadConfig
+    from bench.data.cache import TokenCache
 
 Split = Literal["train", "val", "test"]
 
@@ -116,13 +117,14 @@ class Workload:
             raise ValueError(f"unknown metric {self.task.metric_name!r}; known: {', '.join(sorted(METRICS))}")
 
     @classmethod
-    def load(cls, config: WorkloadConfig, seed: int) -> Workload:
+    def load(cls, config: WorkloadConfig, seed: int, cache: TokenCache | None = None) -> Workload:
         """Load ``config``'s dataset, its held-out splits drawn from the trial ``seed``'s data seed
-        (identical on every rank and in `specbench probe`)."""
+        (identical on every rank and in `specbench probe`); a text corpus goes through the token
+        ``cache`` when one is given (the same examples either way)."""
         from bench import data
         from bench.seeds import data_seed
 
-        bundle = data.load_dataset(config.dataset, config.dataset_args, data_seed(seed))
+        bundle = data.load_dataset(config.dataset, config.dataset_args, data_seed(seed), cache=cache)
         return cls(bundle, config.model, dict(config.model_args))
 
     def build_model(self, seed: int) -> nn.Module:
@@ -211,6 +213,12 @@ def model_batch(dataset: Dataset, indices: range | list[int], device: torch.devi
                 input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input, target)`` of ``dataset[indices]`` on ``device``; floating inputs (images) cast to
     ``input_dtype``, integer inputs (token ids) left as they are."""
-    x, y = fetch(dataset, list(indices))
-    x, y = x.to(device), y.to(device)
+    return to_device(*fetch(dataset, list(indices)), device, input_dtype)
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+              input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A collated batch on ``device`` (asynchronously from pinned memory); floating inputs cast to
+    ``input_dtype``."""
+    x, y = x.to(device, non_blocking=x.is_pinned()), y.to(device, non_blocking=y.is_pinned())
     return (x.to(input_dtype) if x.is_floating_point() else x), y

@@ -169,6 +169,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not pending:
         return _print_report(sweep_dir)
 
+    _prepare_data(cfg, pending)
     from launchers import ray_runner
 
     _start_ray(args.address, verbose=args.verbose)
@@ -204,6 +205,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(errors)} trial(s) failed: {', '.join(sorted(errors))}", file=sys.stderr)
         return 1
     return code
+
+
+def _prepare_data(cfg, pending: list) -> None:
+    """Tokenize every text corpus of the pending trials once, here, before any trial starts: the
+    trials then only map the cache (and trials on machines that share no lock never race)."""
+    from launchers.data import DataProblem, prepare_workloads, sweep_cache
+
+    cache = sweep_cache(cfg)
+    if cache is None:
+        return
+    try:
+        prepare_workloads([t.workload for t in pending], cache, lambda m: print(f"data: {m}", file=sys.stderr))
+    except DataProblem as exc:
+        raise UsageError(f"{exc} (nothing was started)") from None
 
 
 def _write_sweep_record(sweep_dir: Path, cfg, trials, fingerprint: str) -> None:
@@ -367,6 +382,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     print(format_results(results, allow_missing=args.allow_missing))
     return exit_status(results, allow_missing=args.allow_missing)
+
+
+# ----------------------------------------------------------------------------------------- data
+def cmd_data(args: argparse.Namespace) -> int:
+    from launchers.data import DataProblem
+    from launchers.data import cmd_data as run
+
+    workers = getattr(args, "workers", None)
+    flags = ["--workers must be at least 1"] if workers is not None and workers < 1 else []
+    try:
+        return run(args, lambda: _checked(args, resources=False, resume=False, extra=flags))
+    except DataProblem as exc:
+        raise UsageError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------ profile / cost
@@ -572,6 +600,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write lm_question.md/.html: the α map and optimizer comparison of language "
                    "models (results: a root holding configs/lm/ sweeps)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("data", help="the token cache: tokenize a sweep's text corpora once before it runs "
+                       "(prepare), show (list) or delete (clear) cache entries")
+    from launchers.data import add_data_arguments
+
+    add_data_arguments(p, _OVERRIDES_HELP)
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("profile", help="time the spectral kernels on every Ray node (writes the profile table)")
     p.add_argument("config", help="profile YAML (configs/profile/)")

@@ -152,7 +152,7 @@ def test_text_files_are_packed_like_builtin_text(tmp_path, suffix: str) -> None:
     # Packing: the whole corpus with one separator per document, cut into blocks of 25.
     total = sum(len(t.encode("utf-8")) + 1 for t in TEXTS)
     assert sum(bundle.sizes().values()) == total // 25
-    everything = torch.cat([b for ds in (bundle.train, bundle.val, bundle.test) for b in ds.blocks])
+    everything = torch.cat([ds.block(i) for ds in (bundle.train, bundle.val, bundle.test) for i in range(len(ds))])
     assert "naïve café" in ByteTokenizer().decode(everything.tolist())
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bench.data import ByteTokenizer, load_dataset
-from bench.data.packing import TokenBlocks, pack_documents, split_blocks
+from bench.data.corpus import with_separators
+from bench.data.packing import TokenBlocks, TokenStream, split_streams
 
 SMALL = {"max_bytes": 100_000, "seq_len": 32}
 
@@ -31,26 +32,37 @@ def test_byte_tokenizer_vocabulary_and_separator() -> None:
         tok.decode([300])
 
 
-def test_pack_documents_separates_and_cuts_blocks() -> None:
-    blocks = pack_documents([[1, 2, 3], [4, 5], [6]], eos_id=9, seq_len=3)
+def test_documents_are_separated_and_cut_into_blocks() -> None:
+    stream = TokenStream([with_separators([[1, 2, 3], [4, 5], [6]], eos_id=9, dtype=np.dtype("<u2"))])
     # stream 1 2 3 9 4 5 9 6 9 → two blocks of 4, the tail (9) dropped
-    assert blocks.tolist() == [[1, 2, 3, 9], [4, 5, 9, 6]]
-    assert pack_documents([], eos_id=9, seq_len=3).shape == (0, 4)
+    blocks = TokenBlocks(stream, seq_len=3)
+    assert [blocks.block(i).tolist() for i in range(len(blocks))] == [[1, 2, 3, 9], [4, 5, 9, 6]]
+    assert len(TokenBlocks(TokenStream([with_separators([], 9, np.dtype("<u2"))]), seq_len=3)) == 0
 
 
 def test_token_blocks_target_is_input_shifted_by_one() -> None:
-    ds = TokenBlocks(np.arange(20).reshape(2, 10))
+    ds = TokenBlocks(TokenStream([np.arange(20)]), seq_len=9)
     x, y = ds[1]
     assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (9,)
     assert x.tolist() == list(range(10, 19)) and y.tolist() == list(range(11, 20))
 
 
-def test_split_blocks_keeps_whole_blocks() -> None:
-    blocks = np.arange(100 * 5).reshape(100, 5)
-    train, val, test = split_blocks(blocks, 0.1, 0.2, seed=0)
+def test_a_stream_in_parts_reads_like_one_array() -> None:
+    whole = np.arange(1000, dtype=np.int64)
+    cuts = [0, 3, 4, 250, 251, 999, 1000]
+    parts = TokenStream([whole[a:b] for a, b in zip(cuts, cuts[1:], strict=False)])
+    for start, length in ((0, 10), (2, 3), (3, 1), (240, 20), (990, 10), (0, 1000)):
+        assert parts.read(start, length).tolist() == whole[start : start + length].tolist()
+    with pytest.raises(IndexError):
+        parts.read(995, 10)
+
+
+def test_split_streams_keeps_whole_blocks() -> None:
+    stream = TokenStream([np.arange(100 * 5)])
+    train, val, test = split_streams(stream, None, None, 4, 0.1, 0.2, seed=0)
     assert (len(train), len(val), len(test)) == (70, 10, 20)
-    rows = {tuple(ds.blocks[i].tolist()) for ds in (train, val, test) for i in range(len(ds))}
-    assert rows == {tuple(r) for r in blocks.tolist()}
+    rows = {tuple(ds.block(i).tolist()) for ds in (train, val, test) for i in range(len(ds))}
+    assert rows == {tuple(r) for r in np.arange(500).reshape(100, 5).tolist()}
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +98,9 @@ def test_builtin_text_is_deterministic(corpus) -> None:
     other_seed = load_dataset("builtin:text", SMALL, seed=1)
     assert corpus.fingerprint == again.fingerprint == other_seed.fingerprint
     assert len(corpus.fingerprint) == 64
-    assert torch.equal(corpus.val.blocks, again.val.blocks)
-    assert not torch.equal(corpus.val.blocks, other_seed.val.blocks)
+    assert np.array_equal(corpus.val.indices, again.val.indices) and corpus.val.stream.read(0, 99).tolist() == \
+        other_seed.val.stream.read(0, 99).tolist()  # one stream, held-out blocks by seed
+    assert not np.array_equal(corpus.val.indices, other_seed.val.indices)
 
 
 def test_fingerprint_follows_the_corpus(corpus) -> None:

@@ -6,10 +6,11 @@
     x, y = bundle.train[0]  # float 1×8×8 image, long label
 
 Specs: ``sklearn:digits``, ``builtin:text``, ``hf:<dataset>``, or a local
-``.parquet/.arrow/.csv/.json/.jsonl`` file. See `bench.data.registry`.
+``.parquet/.arrow/.csv/.json/.jsonl`` file. See `bench.data.registry`; text corpora are
+tokenized once into a shared token cache (`bench.data.cache`) when a trial has one.
 """
 
-from bench.data.registry import allowed_args, check_args, check_spec, load_dataset
+from bench.data.registry import allowed_args, check_args, check_spec, load_dataset, prepare_tokens
 from bench.data.task import DataBundle, TaskInfo
 from bench.data.tokenizer import ByteTokenizer
 
@@ -21,4 +22,5 @@ __all__ = [
     "check_args",
     "check_spec",
     "load_dataset",
+    "prepare_tokens",
 ]

@@ -10,7 +10,8 @@ Both sources end up as a mapping of split name → `datasets.Dataset`; what foll
    the `datasets.Image` feature) is an image-classification task; otherwise a table with a text
    column (``text``) is a language-modelling corpus.
 3. Images are decoded and normalized per item (`bench.data.images`); text is tokenized (bytes by
-   default, or a transformers tokenizer) and packed like ``builtin:text``.
+   default, or a transformers tokenizer) and packed like ``builtin:text`` (`bench.data.corpus`),
+   once into the token cache when the trial has one (`bench.data.cache`).
 
 Nothing here reaches the network unless the spec names a hub dataset or tokenizer; local files
 and local dataset directories load offline.
@@ -24,14 +25,15 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from bench.data.argcheck import int_problems, str_problems
+from bench.data.corpus import ArrowRows, Tokenized, files_sha256, tokenize_splits
 from bench.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -40,11 +42,17 @@ from bench.data.images import (
     channel_stats,
     infer_channels,
 )
-from bench.data.packing import TokenBlocks, pack_documents, split_blocks
+from bench.data.packing import split_streams
 from bench.data.splits import fraction_problems, stratified_split
 from bench.data.task import DataBundle, TaskInfo
-from bench.data.tokenizer import ByteTokenizer
+from bench.data.tokenizer import load_tokenizer
 from bench.problems import shown
+
+if TYPE_CHECKING:
+    from bench.data.cache import TokenCache
+
+#: Takes the trial's token cache (bench.data.registry).
+TOKENIZES = True
 
 #: File suffix → the `datasets` packaged builder that reads it.
 LOCAL_BUILDERS: dict[str, str] = {
@@ -254,32 +262,38 @@ def _as_split_dict(loaded: Any) -> dict[str, Any]:
     return dict(loaded)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def load_local(path: str, args: dict[str, Any], seed: int, cache: TokenCache | None = None,
+               text_only: bool = False) -> DataBundle | None:
+    """A local ``.parquet/.arrow/.csv/.json/.jsonl`` file (one split: held-out splits are carved).
 
-
-def load_local(path: str, args: dict[str, Any], seed: int) -> DataBundle:
-    """A local ``.parquet/.arrow/.csv/.json/.jsonl`` file (one split: held-out splits are carved)."""
-    import datasets
-
+    With a token ``cache``, a text file already tokenized is mapped from the cache without being
+    read at all: its entry is found from the file's sha256 (remembered by path, size and mtime).
+    ``text_only``: return None for an image table instead of preparing its images."""
     spec = path
     problem = check_local(path) or "; ".join(validate_args(args))
     if problem:
         raise ValueError(f"dataset {spec!r}: {problem}")
     file = Path(path).expanduser()
     builder = local_builder(path)
-    loaded = datasets.load_dataset(builder, data_files=str(file), cache_dir=args.get("cache_dir"))
+    digest = cache.source_sha256(file) if cache is not None else files_sha256([file])
+    source = {"file": digest, "builder": builder}
     meta = {"source": str(file), "builder": builder}
-    return _bundle(spec, _as_split_dict(loaded), args, seed, _file_sha256(file), meta)
+    if cache is not None:
+        opts = {**DEFAULTS, **args}
+        hit = cache.lookup(_text_fields(source, opts))
+        if hit is not None:
+            return _blocks_bundle(spec, Tokenized.from_entry(hit), opts, seed, digest, {**hit.manifest["meta"], **meta})
+    import datasets  # only now: a cached corpus needs neither the library nor the file's rows
+
+    loaded = datasets.load_dataset(builder, data_files=str(file), cache_dir=args.get("cache_dir"))
+    return _bundle(spec, _as_split_dict(loaded), args, seed, digest, meta, cache, source, text_only)
 
 
-def load(name: str, args: dict[str, Any], seed: int) -> DataBundle:
+def load(name: str, args: dict[str, Any], seed: int, cache: TokenCache | None = None,
+         text_only: bool = False) -> DataBundle | None:
     """``hf:<name>``: a hub dataset id, a local dataset directory (data files, loaded like a hub
-    repository), or a directory written by ``save_to_disk``."""
+    repository), or a directory written by ``save_to_disk``. A text dataset is tokenized once
+    into ``cache`` when one is given; ``text_only`` as for `load_local`."""
     import datasets
 
     spec = f"hf:{name}"
@@ -307,7 +321,7 @@ def load(name: str, args: dict[str, Any], seed: int) -> DataBundle:
     }
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     meta = {"source": name, "config": args.get("config"), "revision": args.get("revision")}
-    return _bundle(spec, splits, args, seed, fingerprint, meta)
+    return _bundle(spec, splits, args, seed, fingerprint, meta, cache, {"hub": ident}, text_only)
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,15 +387,24 @@ def _bundle(
     seed: int,
     fingerprint: str,
     meta: dict[str, Any],
-) -> DataBundle:
+    cache: TokenCache | None,
+    source: dict[str, Any],
+    text_only: bool = False,
+) -> DataBundle | None:
     opts = {**DEFAULTS, **args}
     train, val, test = (_cap(s, opts.get("max_examples")) for s in _pick_splits(spec, splits, args))
     image_column = _find_image_column(spec, train, args)
     meta = {**meta, "available_splits": list(splits)}
     if image_column is not None:
+        if text_only:
+            return None
         return _image_bundle(spec, train, val, test, image_column, opts, seed, fingerprint, meta)
     if opts["text_column"] in train.column_names:
-        return _text_bundle(spec, train, val, test, opts, seed, fingerprint, meta)
+        rows = {"train": train, "val": val, "test": test}
+        meta.update(text_column=opts["text_column"], tokenizer=opts["tokenizer"])
+        corpus = tokenize_splits({k: None if v is None else ArrowRows(v, opts["text_column"]) for k, v in rows.items()},
+                                 opts["tokenizer"], opts.get("max_bytes"), cache, _text_fields(source, opts), meta)
+        return _blocks_bundle(spec, corpus, opts, seed, fingerprint, meta)
     raise ValueError(
         f"dataset {spec!r}: found neither an image column ({'/'.join(IMAGE_COLUMNS)}) nor a text column "
         f"({opts['text_column']!r}); columns: {', '.join(train.column_names)} — set image_column or text_column"
@@ -509,89 +532,25 @@ def _image_bundle(
 # -- text -------------------------------------------------------------------------------------
 
 
-class _HubTokenizer:
-    """A transformers tokenizer behind the two things packing needs: ids and a separator id."""
-
-    def __init__(self, name: str) -> None:
-        from transformers import AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(name)
-        self.vocab_size = len(self.tok)
-        eos = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.tok.sep_token_id
-        if eos is None:
-            raise ValueError(f"tokenizer {name!r} has neither an eos nor a sep token to separate documents")
-        self.eos_id = int(eos)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        # verbose=False: documents longer than the model's max length are fine, they get packed.
-        return self.tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
+def _text_fields(source: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    """What decides a text dataset's tokens: its token-cache entry (`bench.data.cache`)."""
+    return {"source": source, "tokenizer": load_tokenizer(opts["tokenizer"]).identity(),
+            "rows": {k: opts.get(k) for k in ("text_column", "train_split", "val_split", "test_split",
+                                               "max_examples", "max_bytes")}}
 
 
-def _texts(ds: Any, column: str, max_bytes: int | None, batch_size: int = 1000) -> Iterator[list[str]]:
-    """Batches of non-empty texts, stopping once ``max_bytes`` UTF-8 bytes have been yielded."""
-    used = 0
-    for batch in ds.iter(batch_size=batch_size):
-        texts = [t for t in batch[column] if t]
-        if max_bytes is not None:
-            kept = []
-            for t in texts:
-                if used >= max_bytes:
-                    break
-                kept.append(t)
-                used += len(t.encode("utf-8"))
-            texts = kept
-        if texts:
-            yield texts
-        if max_bytes is not None and used >= max_bytes:
-            return
-
-
-def _pack_split(ds: Any, tokenizer: Any, opts: dict[str, Any]) -> np.ndarray:
-    docs: list[Any] = []
-    for texts in _texts(ds, opts["text_column"], opts.get("max_bytes")):
-        if isinstance(tokenizer, ByteTokenizer):
-            docs.extend(tokenizer.encode_array(t) for t in texts)
-        else:
-            docs.extend(tokenizer.encode_batch(texts))
-    return pack_documents(docs, tokenizer.eos_id, int(opts["seq_len"]))
-
-
-def _text_bundle(
-    spec: str,
-    train: Any,
-    val: Any,
-    test: Any,
-    opts: dict[str, Any],
-    seed: int,
-    fingerprint: str,
-    meta: dict[str, Any],
-) -> DataBundle:
-    tokenizer: Any = ByteTokenizer() if opts["tokenizer"] == "byte" else _HubTokenizer(opts["tokenizer"])
-    train_blocks = _pack_split(train, tokenizer, opts)
-    val_set = None if val is None else TokenBlocks(_pack_split(val, tokenizer, opts))
-    test_set = None if test is None else TokenBlocks(_pack_split(test, tokenizer, opts))
-    if val_set is None or test_set is None:
-        train_set, carved_val, carved_test = split_blocks(
-            train_blocks,
-            float(opts["val_fraction"]) if val_set is None else 0.0,
-            float(opts["test_fraction"]) if test_set is None else 0.0,
-            seed,
-        )
-        # Explicit None tests: an empty Dataset is falsy, so `or` would hide a split.
-        val_set = carved_val if val_set is None else val_set
-        test_set = carved_test if test_set is None else test_set
-    else:
-        train_set = TokenBlocks(train_blocks)
+def _blocks_bundle(spec: str, corpus: Tokenized, opts: dict[str, Any], seed: int, fingerprint: str,
+                   meta: dict[str, Any]) -> DataBundle:
+    """Blocks of ``seq_len + 1`` over the streams; a held-out split the source lacks is carved
+    out of train by ``seed``."""
+    seq_len = int(opts["seq_len"])
+    train, val, test = (corpus.streams.get(k) for k in ("train", "val", "test"))
+    train_set, val_set, test_set = split_streams(train, val, test, seq_len, float(opts["val_fraction"]),
+                                                 float(opts["test_fraction"]), seed)
     if len(train_set) == 0 or len(val_set) == 0 or len(test_set) == 0:
         raise ValueError(
             f"dataset {spec!r}: too little text for seq_len={opts['seq_len']} "
             f"(blocks: train {len(train_set)}, val {len(val_set)}, test {len(test_set)})"
         )
-    task = TaskInfo(
-        kind="lm",
-        vocab_size=tokenizer.vocab_size,
-        seq_len=int(opts["seq_len"]),
-        eos_token_id=tokenizer.eos_id,
-    )
-    meta.update(text_column=opts["text_column"], tokenizer=opts["tokenizer"])
-    return DataBundle(task, train_set, val_set, test_set, fingerprint, meta)
+    task = TaskInfo(kind="lm", vocab_size=corpus.vocab_size, seq_len=seq_len, eos_token_id=corpus.eos_id)
+    return DataBundle(task, train_set, val_set, test_set, fingerprint, meta, cache_key=corpus.key)

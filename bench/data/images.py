@@ -138,8 +138,11 @@ class ImageColumnDataset(Dataset):
     """Rows ``indices`` of a table (anything indexable by int giving a dict) as (image, label).
 
     Images are decoded and transformed on access, so a large dataset is never held in memory
-    as tensors; labels are precomputed integers.
+    as tensors; labels are precomputed integers. ``decodes_on_access`` tells the trial's input
+    pipeline to decode ahead of the loop in background workers (`bench.data.loader`).
     """
+
+    decodes_on_access = True
 
     def __init__(
         self,

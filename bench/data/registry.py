@@ -8,7 +8,8 @@
     | <name>                 or an entry point of specbench.datasets      (bench.plugins)
 
 Each loader module declares ``ALLOWED_ARGS`` (name → description), ``check_name``,
-``validate_args`` and ``load``; this module dispatches, and specs are parsed by
+``validate_args`` and ``load``; a loader that tokenizes text (``TOKENIZES = True``) also takes
+the trial's token cache (`bench.data.cache`). This module dispatches, and specs are parsed by
 `bench.plugins.SpecResolver`, shared with the model registry. Loader modules are imported on
 first use and import their heavy libraries lazily, so config validation (`check_spec`,
 `check_args`) stays cheap.
@@ -16,11 +17,14 @@ first use and import their heavy libraries lazily, so config validation (`check_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.data.task import DataBundle
 from bench.plugins import Kind, PluginFactory, SpecResolver
 from bench.problems import shown
+
+if TYPE_CHECKING:
+    from bench.data.cache import TokenCache
 
 #: scheme → loader module.
 SCHEMES: dict[str, str] = {
@@ -89,8 +93,11 @@ def check_args(spec: str, args: dict[str, Any]) -> list[str]:
     return [f"dataset {shown(spec)}: {p}" for p in found]
 
 
-def load_dataset(spec: str, args: dict[str, Any] | None = None, seed: int = 0) -> DataBundle:
-    """Load ``spec`` with loader ``args``; held-out splits are drawn from ``seed``.
+def load_dataset(spec: str, args: dict[str, Any] | None = None, seed: int = 0,
+                 cache: TokenCache | None = None) -> DataBundle:
+    """Load ``spec`` with loader ``args``; held-out splits are drawn from ``seed``. A text corpus
+    is tokenized once into ``cache`` and memory-mapped from it (None: tokenized in memory);
+    plug-ins and image datasets ignore it.
 
     Raises ValueError with every problem found by `check_spec` / `check_args` before loading.
     """
@@ -103,6 +110,29 @@ def load_dataset(spec: str, args: dict[str, Any] | None = None, seed: int = 0) -
         return parsed.build(seed, args)
     scheme, name = parsed  # type: ignore[misc]
     module = RESOLVER.module(scheme)
-    if scheme == "local":
-        return module.load_local(name, args, seed)
-    return module.load(name, args, seed)
+    extra = {"cache": cache} if getattr(module, "TOKENIZES", False) else {}
+    return _load(module, scheme, name, args, seed, **extra)  # type: ignore[return-value]
+
+
+def _load(module: Any, scheme: str, name: str, args: dict[str, Any], seed: int, **kwargs: Any) -> DataBundle | None:
+    return (module.load_local if scheme == "local" else module.load)(name, args, seed, **kwargs)
+
+
+def prepare_tokens(spec: str, args: dict[str, Any] | None, cache: TokenCache) -> str | None:
+    """Build (or find) the token-cache entry of a text corpus, as a trial would, without preparing
+    anything else; returns its key, or None when ``spec`` is not a tokenized corpus (images,
+    plug-ins). Raises ValueError like `load_dataset`."""
+    args = dict(args or {})
+    problems = check_args(spec, args)
+    if problems:
+        raise ValueError("; ".join(problems))
+    parsed = RESOLVER.parse(spec)
+    if isinstance(parsed, PluginFactory):
+        return None
+    scheme, name = parsed  # type: ignore[misc]
+    module = RESOLVER.module(scheme)
+    if not getattr(module, "TOKENIZES", False):
+        return None
+    extra = {"text_only": True} if scheme != "builtin" else {}
+    bundle = _load(module, scheme, name, args, 0, cache=cache, **extra)
+    return None if bundle is None else bundle.cache_key

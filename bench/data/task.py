@@ -75,6 +75,8 @@ class DataBundle:
             sha256 of the content), so that results can say which data a run saw; None when the
             loader cannot tell.
         meta: small facts about the data worth recording (file counts, split sizes, columns).
+        cache_key: the token-cache entry the splits are memory-mapped from (`bench.data.cache`;
+            recorded in ``runs.data_cache_key``), None when the data was loaded in memory.
     """
 
     task: TaskInfo
@@ -83,6 +85,7 @@ class DataBundle:
     test: Dataset
     fingerprint: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    cache_key: str | None = None
 
     def sizes(self) -> dict[str, int]:
         """Number of examples in each split."""

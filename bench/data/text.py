@@ -4,7 +4,8 @@ The documents are the source files of Python's own standard library (code, comme
 docstrings: real, varied text), read in sorted file-name order from
 ``sysconfig.get_paths()["stdlib"]`` until ``max_bytes`` are collected. No download, no fixture.
 The corpus depends on the Python version, so the bundle records its sha256 as ``fingerprint``
-and results can tell which corpus a run used.
+and results can tell which corpus a run used. With a token cache (`bench.data.cache`) the stream
+is written once and memory-mapped by every trial.
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ import hashlib
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from bench.data.argcheck import int_problems
-from bench.data.packing import pack_documents, split_blocks
+from bench.data.corpus import ListRows, tokenize_splits
+from bench.data.packing import num_blocks, split_streams
 from bench.data.splits import fraction_problems
 from bench.data.task import DataBundle, TaskInfo
 from bench.data.tokenizer import ByteTokenizer
 from bench.problems import shown
 
+if TYPE_CHECKING:
+    from bench.data.cache import TokenCache
+
 __all__ = ["ByteTokenizer", "check_name", "load", "read_stdlib_corpus", "validate_args"]
+
+#: Takes the trial's token cache (bench.data.registry).
+TOKENIZES = True
 
 NAMES = ("text",)
 
@@ -86,18 +92,19 @@ def read_stdlib_corpus(max_bytes: int) -> list[tuple[str, bytes]]:
     return docs
 
 
-def _corpus_sha256(docs: list[np.ndarray], eos_id: int) -> str:
-    """sha256 of the token stream (uint16, each document followed by the separator)."""
+def _source_sha256(files: list[tuple[str, bytes]]) -> str:
+    """sha256 of the selected files (names and bytes): the corpus's identity for the token cache,
+    known before anything is tokenized."""
     h = hashlib.sha256()
-    sep = np.array([eos_id], dtype="<u2").tobytes()
-    for doc in docs:
-        h.update(doc.astype("<u2").tobytes())
-        h.update(sep)
+    for name, data in files:
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
     return h.hexdigest()
 
 
-def load(name: str, args: dict[str, Any], seed: int) -> DataBundle:
-    """Build the corpus, pack it into ``seq_len + 1`` blocks and split whole blocks by ``seed``."""
+def load(name: str, args: dict[str, Any], seed: int, cache: TokenCache | None = None) -> DataBundle:
+    """Build the corpus, tokenize it (once, into ``cache``, when given), cut it into
+    ``seq_len + 1`` blocks and split whole blocks by ``seed``."""
     problem = check_name(name) or "; ".join(validate_args(args))
     if problem:
         raise ValueError(f"dataset 'builtin:{name}': {problem}")
@@ -106,21 +113,26 @@ def load(name: str, args: dict[str, Any], seed: int) -> DataBundle:
 
     tok = ByteTokenizer()
     files = read_stdlib_corpus(int(opts["max_bytes"]))
-    docs = [tok.encode_array(data) for _, data in files]
-    blocks = pack_documents(docs, tok.eos_id, seq_len)
-    if len(blocks) < 3:
-        raise ValueError(
-            f"dataset 'builtin:{name}': max_bytes={opts['max_bytes']} gives only {len(blocks)} "
-            f"blocks of {seq_len + 1} tokens; raise max_bytes or lower seq_len"
-        )
-    train, val, test = split_blocks(blocks, float(opts["val_fraction"]), float(opts["test_fraction"]), seed)
-
-    task = TaskInfo(kind="lm", vocab_size=tok.vocab_size, seq_len=seq_len, eos_token_id=tok.eos_id)
     meta = {
         "source": "python stdlib sources",
         "python_version": ".".join(map(str, sys.version_info[:3])),
         "files": len(files),
         "bytes": sum(len(data) for _, data in files),
-        "tokens": int(blocks.size),
     }
-    return DataBundle(task, train, val, test, fingerprint=_corpus_sha256(docs, tok.eos_id), meta=meta)
+    fields = {"source": {"builtin": name, "sha256": _source_sha256(files)}, "tokenizer": tok.identity(),
+              "rows": {"max_bytes": int(opts["max_bytes"])}}
+    corpus = tokenize_splits({"train": ListRows([data for _, data in files])}, "byte", None, cache, fields, meta,
+                             digests=True)
+    stream = corpus.streams["train"]
+    if num_blocks(stream, seq_len) < 3:
+        raise ValueError(
+            f"dataset 'builtin:{name}': max_bytes={opts['max_bytes']} gives only {num_blocks(stream, seq_len)} "
+            f"blocks of {seq_len + 1} tokens; raise max_bytes or lower seq_len"
+        )
+    train, val, test = split_streams(stream, None, None, seq_len, float(opts["val_fraction"]),
+                                     float(opts["test_fraction"]), seed)
+    task = TaskInfo(kind="lm", vocab_size=tok.vocab_size, seq_len=seq_len, eos_token_id=tok.eos_id)
+    # The fingerprint is the sha256 of the token stream (uint16, each document followed by the
+    # separator), the same whether it was tokenized in memory or read from the cache.
+    return DataBundle(task, train, val, test, fingerprint=corpus.digests["train"],
+                      meta={**meta, "tokens": len(stream)}, cache_key=corpus.key)

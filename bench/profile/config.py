@@ -3,8 +3,9 @@
 Sections (each optional, at least one given): ``profiles`` (the optimizers' per-matrix routes
 on model shapes, :mod:`bench.profile.kernels`), ``optimizer_step`` (one whole step of every
 optimizer, :mod:`bench.profile.optimizer_step`), ``spectral_step`` (sharded vs redundant at P
-ranks), ``collectives`` (the owner sharding's bucketed broadcasts at P ranks) and
-``probe_overhead`` (the curvature probe against the training step).
+ranks), ``collectives`` (the owner sharding's bucketed broadcasts at P ranks),
+``probe_overhead`` (the curvature probe against the training step) and ``data`` (the input
+pipeline: the token cache and background image loaders, :mod:`bench.profile.data`).
 
 Pydantic models with ``extra="forbid"`` (a misspelt key is an error) and a description for
 every field. :func:`load_profile_config` returns a validated :class:`ProfileConfig` or raises
@@ -196,6 +197,48 @@ class ProbeOverheadConfig(_Strict):
     threads: int = Field(1, gt=0, description="torch threads of the job")
 
 
+class DataCorpus(_Strict):
+    """One text corpus of the data benchmark: a dataset spec, or a local corpus generated for the
+    benchmark (``generate_mb``) in a temporary directory and deleted after."""
+
+    dataset: str | None = Field(None, description="dataset spec (builtin:text, a local file, hf:…); "
+                                "null with generate_mb")
+    generate_mb: float | None = Field(None, gt=0, description="generate a JSON-lines corpus of this many MiB "
+                                      "of text (never committed; deleted after)")
+    dataset_args: dict[str, Any] = Field(default_factory=dict, description="dataset arguments (seq_len, tokenizer…)")
+
+
+class DataImagesConfig(_Strict):
+    """The image input pipeline against a timm model's step rate, on an image set of PNG files
+    written for the benchmark (an imagefolder directory read through ``hf:<dir>``)."""
+
+    count: int = Field(1024, gt=0, description="images written")
+    size: int = Field(64, gt=0, description="side of each square RGB image, pixels")
+    classes: int = Field(10, gt=1, description="class folders")
+    model: str = Field("timm:resnet18", description="the model whose step rate the pipeline is compared with")
+    micro_batch: int = Field(32, gt=0, description="samples per step")
+    steps: int = Field(20, gt=0, description="timed steps per setting (after warmup)")
+    warmup: int = Field(3, ge=0, description="untimed steps first (worker start-up, allocator)")
+    workers: list[int] = Field(default_factory=lambda: [0, 2], min_length=1,
+                               description="background loader workers to compare (0: decoding in the loop)")
+
+
+class DataConfig(_Strict):
+    """The input pipeline (`bench.profile.data`): time to the first training step and peak memory per
+    rank with and without the token cache, and image decoding against a model's step rate."""
+
+    corpora: list[DataCorpus] = Field(default_factory=lambda: [DataCorpus(dataset="builtin:text")],
+                                      description="text corpora to load with and without the token cache")
+    ranks: int = Field(2, gt=0, description="rank processes that load each corpus at once (a process group)")
+    model: str = Field("builtin:transformer", description="model trained for the first step")
+    model_args: dict[str, Any] = Field(default_factory=lambda: {"d_model": 64, "n_layer": 2, "n_head": 4},
+                                       description="its arguments")
+    micro_batch: int = Field(8, gt=0, description="samples in the first step")
+    tokenize_workers: int | None = Field(None, gt=0, description="processes building a cache entry (default: CPUs)")
+    images: DataImagesConfig | None = Field(None, description="also measure the image input pipeline")
+    threads: int = Field(1, gt=0, description="torch threads per rank")
+
+
 class ProfileConfig(_Strict):
     """A kernel profile: measured once per Ray node (or once by ``python -m bench.profile.runner``)."""
 
@@ -249,14 +292,22 @@ class ProfileConfig(_Strict):
     probe_overhead: ProbeOverheadConfig | None = Field(
         None, description="also measure the curvature probe's cost against the training step"
     )
+    data: DataConfig | None = Field(
+        None, description="also measure the input pipeline: token cache vs in-memory tokenization, image loaders"
+    )
 
 
 def semantic_problems(cfg: ProfileConfig) -> list[str]:
     """Problems pydantic cannot see: unknown names, entries that select nothing."""
     problems: list[str] = []
-    sections = (cfg.profiles, cfg.optimizer_step, cfg.spectral_step, cfg.collectives, cfg.probe_overhead)
+    sections = (cfg.profiles, cfg.optimizer_step, cfg.spectral_step, cfg.collectives, cfg.probe_overhead, cfg.data)
     if not any(sections):
-        problems.append("nothing to measure: give profiles, optimizer_step, spectral_step, collectives or probe_overhead")
+        problems.append("nothing to measure: give profiles, optimizer_step, spectral_step, collectives, "
+                        "probe_overhead or data")
+    if cfg.data is not None:
+        for i, corpus in enumerate(cfg.data.corpora):
+            if (corpus.dataset is None) == (corpus.generate_mb is None):
+                problems.append(f"data.corpora.{i}: give exactly one of dataset and generate_mb")
     if cfg.optimizer_step is not None:
         problems += _optimizer_step_problems(cfg.optimizer_step)
     if cfg.collectives is not None and min(cfg.collectives.ranks) < 2:

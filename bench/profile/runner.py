@@ -2,7 +2,8 @@
 
 The job measures what needs one process: the optimizers' per-matrix routes (``profiles``) and,
 when configured, one whole step of every optimizer (``optimizer_step``,
-:mod:`bench.profile.optimizer_step`). It expands the ``profiles`` into kernel tasks — (shape,
+:mod:`bench.profile.optimizer_step`) and the input pipeline (``data``, :mod:`bench.profile.data`,
+which starts its own rank processes). It expands the ``profiles`` into kernel tasks — (shape,
 dtype, method) with equal shapes of different models measured once — and times them in a fixed
 order: shapes by increasing size, and for each shape and dtype all its methods together,
 interleaved round by round (:func:`bench.profile.kernels.measure_interleaved`). On a shared
@@ -273,6 +274,12 @@ def run_profile_job(
         if write:
             write_rows("profile", rows, path)  # the kernels are safe before the steps start
         rows += _optimizer_steps(cfg, device, common, log)
+    if cfg.data is not None:
+        from bench.profile.data import measure_data
+
+        if write and rows:
+            write_rows("profile", rows, path)
+        rows += [{**common, **r} for r in measure_data(cfg.data, cfg.seed, log)]
     if write:
         write_rows("profile", rows, path)
         if log:

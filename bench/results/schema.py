@@ -26,6 +26,10 @@ History:
   ``probe_mode``, ``alpha_lo``, ``alpha_hi``; ``profile``: ``probe_mode``. Every probe before
   version 3 was mode ``full``, which the upgrade writes into the curvature and layer_fits rows
   and the ``curvature_probe`` profile rows (``bench.results.upgrade._from_v2``).
+  Also the input pipeline (issue 19): ``steps.data_time_s`` (seconds per step the loop waited
+  for input, inside ``step_time_s``) and ``runs.data_cache_key`` (the token-cache entry a trial
+  read its corpus from, ``""`` when it tokenized in memory or its data is not a text corpus);
+  a file upgraded from 2 holds nulls there (not measured).
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ RUNS = pa.schema(
         ("alpha_source", pa.string()),  # exact | kronecker: the fit a measured-α optimizer takes; '' without probes
         ("measured_alpha_json", pa.string()),  # per probe and parameter: α set, or skipped with the reason
         ("num_parameters", pa.int64()),
+        ("data_cache_key", pa.string()),  # token-cache entry of the corpus (bench/data/cache.py); "" when none
         ("started_at", pa.string()),
         ("finished_at", pa.string()),
         ("config_hash", pa.string()),
@@ -112,6 +117,7 @@ STEPS = pa.schema(
         ("fwd_bwd_time_s", pa.float64()),
         ("optimizer_time_s", pa.float64()),
         ("comm_time_s", pa.float64()),
+        ("data_time_s", pa.float64()),  # waiting for input (inside step_time_s): what prefetching leaves
         ("probe_time_s", pa.float64()),
         ("samples_per_s", pa.float64()),  # global batch / mean step time of the interval
         ("tokens_per_s", pa.float64()),  # LM tasks; NaN otherwise

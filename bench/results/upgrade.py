@@ -13,7 +13,8 @@ One function per version step (:data:`STEPS`; see :mod:`bench.results.schema` fo
 - 1 → 2 (:func:`_from_v1`): the columns are the same, so the step adds nothing it has to guess.
 - 2 → 3 (:func:`_from_v2`): the probe-mode columns (issue 14); every probe before version 3 was
   mode ``full``, which is written as their ``probe_mode`` (a fact of the old version, not a
-  guess); the other new columns are null.
+  guess); the other new columns are null, as are the input-pipeline columns of issue 19
+  (``steps.data_time_s``, ``runs.data_cache_key``), which an old file did not measure.
 
 A file is rewritten only when it holds every column of
 :data:`~bench.results.schema.REQUIRED` non-null; declared columns it lacks are written as null

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench import checkpoint
 from bench.config import TrialSpec
+from bench.data.cache import TokenCache
 from bench.distributed import all_reduce_sum
 from bench.probes.online import OnlineCapture
 from bench.results import remote, writer
@@ -43,7 +44,8 @@ def run_trial(spec: TrialSpec, storage: str | os.PathLike, reporter: Reporter | 
     state = TrialState()
     steps = TableLog("steps", out_dir / "steps.parquet", write=rank == 0)
     try:
-        trial = setup(spec, out_dir, device, rank, world, state, steps)
+        cache = TokenCache.of_trial(storage, spec.training.input)
+        trial = setup(spec, out_dir, device, rank, world, state, steps, cache)
         train(trial, state, reporter)
         finish(trial, state)
     except Diverged as exc:
@@ -74,22 +76,25 @@ def train(trial: Trial, state: TrialState, reporter: Reporter | None) -> None:
     every = tcfg.report_every if tcfg.report_every > 0 else max(1, last // 5)
     interval = Interval()
     trial.engine.train()
-    for step in range(trial.start_step + 1, last + 1):
-        # Mode online reads the probe's statistics off this step's own passes (bench.trial.probing).
-        capture = trial.prober.arm(trial.engine, step, last) if trial.prober is not None else None
-        record_step(trial, state, interval, step, train_step(trial, step, capture))
-        if trial.prober is not None and trial.spec.probes.due(step, last):
-            # A collective outside the step timer: probe time is never billed as step time.
-            interval.probe_seconds += trial.prober.probe(trial.engine, trial.optimizer, step)
-        done = step == last
-        evaluate_now = step % tcfg.eval_every == 0 or done
-        if step % tcfg.log_every == 0 or evaluate_now:
-            log_row(trial, state, interval, step, evaluate_now)
-            interval = Interval()
-        if tcfg.checkpoint_every > 0 and step % tcfg.checkpoint_every == 0 and not done:
-            save_checkpoint(trial, state, step)
-        if reporter is not None and step % every == 0 and not done:
-            reporter({"step": step, "steps": last, "train_loss": state.train_loss})
+    try:
+        for step in range(trial.start_step + 1, last + 1):
+            # Mode online reads the probe's statistics off this step's own passes (bench.trial.probing).
+            capture = trial.prober.arm(trial.engine, step, last) if trial.prober is not None else None
+            record_step(trial, state, interval, step, train_step(trial, step, capture))
+            if trial.prober is not None and trial.spec.probes.due(step, last):
+                # A collective outside the step timer: probe time is never billed as step time.
+                interval.probe_seconds += trial.prober.probe(trial.engine, trial.optimizer, step)
+            done = step == last
+            evaluate_now = step % tcfg.eval_every == 0 or done
+            if step % tcfg.log_every == 0 or evaluate_now:
+                log_row(trial, state, interval, step, evaluate_now)
+                interval = Interval()
+            if tcfg.checkpoint_every > 0 and step % tcfg.checkpoint_every == 0 and not done:
+                save_checkpoint(trial, state, step)
+            if reporter is not None and step % every == 0 and not done:
+                reporter({"step": step, "steps": last, "train_loss": state.train_loss})
+    finally:
+        trial.input.close()  # background loaders stop with the last step (or a failure)
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ def train_step(trial: Trial, step: int, capture: OnlineCapture | None = None) ->
     loss_sum = 0.0
     with timed(device, phases, "step"):
         for micro in range(accum):
-            x, y = trial.micro_batch(step, micro)
+            with timed(device, phases, "data"):  # the wait for input: what prefetching leaves
+                x, y = trial.micro_batch(step, micro)
             with timed(device, phases, "fwd_bwd"):
                 loss = trial.workload.loss(engine(x), y)
                 if capture is not None:
@@ -126,7 +132,7 @@ def train_step(trial: Trial, step: int, capture: OnlineCapture | None = None) ->
         comm = trial.allreduce_timer.pop()
         total, nonfinite = all_reduce_sum([loss_sum / accum, 0.0 if math.isfinite(loss_sum) else 1.0], device)
     seconds = {"step_time_s": phases["step"], "fwd_bwd_time_s": phases["fwd_bwd"] - comm,
-               "optimizer_time_s": phases["opt"], "comm_time_s": comm}
+               "optimizer_time_s": phases["opt"], "comm_time_s": comm, "data_time_s": phases["data"]}
     return StepResult(total / trial.world, nonfinite > 0, seconds)
 
 

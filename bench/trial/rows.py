@@ -107,6 +107,7 @@ def run_row(spec: TrialSpec, state: TrialState, world: int) -> dict[str, Any]:
         "peak_flops_per_s": state.peak.flops_per_s if state.peak is not None else float("nan"),
         "peak_flops_source": state.peak.source if state.peak is not None else "",
         "num_parameters": state.num_parameters,
+        "data_cache_key": (workload.data.cache_key or "") if workload is not None else "",
         "resumed_from_step": state.resumed_from,
         "probe_unsupported_json": json.dumps(state.probe_unsupported, sort_keys=True, default=str),
         "probe_mode": spec.probes.settings.mode if spec.probes.enabled else "",

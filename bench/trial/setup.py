@@ -23,6 +23,8 @@ import optimizers
 from bench import checkpoint
 from bench.batching import GlobalBatchSampler
 from bench.config import TrialSpec
+from bench.data.cache import TokenCache
+from bench.data.loader import InputPipeline
 from bench.deepspeed_config import deepspeed_config, lr_lambda
 from bench.errors import PermanentTrialError
 from bench.seeds import data_seed, derive_seed, rank_seed, seed_everything
@@ -49,6 +51,7 @@ class Trial:
     engine: Any  # deepspeed.DeepSpeedEngine
     optimizer: torch.optim.Optimizer  # the client optimizer (lr, step_metrics, measured α)
     sampler: GlobalBatchSampler
+    input: InputPipeline  # the sampler's micro-batches, fetched in the loop or by background workers
     allreduce_timer: CallTimer
     input_dtype: torch.dtype  # floating inputs follow the engine's precision
     steps: TableLog
@@ -57,8 +60,7 @@ class Trial:
 
     def micro_batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's micro-batch ``micro`` of optimizer step ``step`` (1-based), on the device."""
-        indices = self.sampler.indices(step - 1, micro)
-        return model_batch(self.workload.split("train"), indices, self.device, self.input_dtype)
+        return self.input.batch(step, micro)
 
 
 def trial_device(spec: TrialSpec) -> torch.device:
@@ -78,10 +80,11 @@ def _permanent(stage: str, build: Callable[..., T], /, *args: Any, **kwargs: Any
 
 
 def setup(spec: TrialSpec, out_dir: Path, device: torch.device, rank: int, world: int, state: TrialState,
-          steps: TableLog) -> Trial:
+          steps: TableLog, cache: TokenCache | None = None) -> Trial:
     """Build everything a trial needs, recording what the ``runs`` row reports in ``state``, and
-    restore the newest checkpoint (if any) into the engine, ``state`` and the tables."""
-    workload = _permanent("loading the dataset", Workload.load, spec.workload, spec.seed)
+    restore the newest checkpoint (if any) into the engine, ``state`` and the tables. A text
+    corpus is read through the token ``cache`` when one is given."""
+    workload = _permanent("loading the dataset", Workload.load, spec.workload, spec.seed, cache)
     state.workload = workload
     model = _permanent("building the model", workload.build_model, spec.seed)
     _measure_model(spec, workload, model, device, state)
@@ -96,11 +99,13 @@ def setup(spec: TrialSpec, out_dir: Path, device: torch.device, rank: int, world
     prober = Prober(spec, workload, device, out_dir, rank == 0) if spec.probes.enabled else None
     if prober is not None:
         state.measured_alpha = prober.alpha_log  # the same list: every probe's α is in the runs row
+    sampler = _sampler(spec, workload, rank, world)
+    input_dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
     trial = Trial(
         spec=spec, out_dir=out_dir, rank=rank, world=world, device=device, workload=workload, engine=engine,
-        optimizer=optimizer, sampler=_sampler(spec, workload, rank, world),
+        optimizer=optimizer, sampler=sampler, input=_input(spec, workload, sampler, device, input_dtype, rank),
         allreduce_timer=CallTimer(engine, "allreduce_gradients", device),
-        input_dtype=torch.bfloat16 if engine.bfloat16_enabled() else torch.float32, steps=steps, prober=prober,
+        input_dtype=input_dtype, steps=steps, prober=prober,
     )
     if spec.training.checkpoint_every > 0:
         _resume(trial, state)
@@ -139,6 +144,14 @@ def _sampler(spec: TrialSpec, workload: Workload, rank: int, world: int) -> Glob
         num_samples=len(workload.split("train")), seed=data_seed(spec.seed), micro_batch=tcfg.micro_batch_size,
         grad_accum=tcfg.grad_accum, world_size=world, rank=rank,
     )
+
+
+def _input(spec: TrialSpec, workload: Workload, sampler: GlobalBatchSampler, device: torch.device,
+           input_dtype: torch.dtype, rank: int) -> InputPipeline:
+    settings = spec.training.input
+    return InputPipeline(workload.split("train"), sampler, spec.training.steps, device, input_dtype,
+                         workers=settings.loader_workers, prefetch=settings.prefetch_batches,
+                         seed=derive_seed(rank_seed(spec.seed, rank), "loader"))
 
 
 def _resume(trial: Trial, state: TrialState) -> None:

@@ -93,7 +93,8 @@ class TrialState:
 
 
 #: Columns of the ``steps`` table that are means of per-step phase seconds over an interval.
-PHASE_COLUMNS = ("step_time_s", "fwd_bwd_time_s", "optimizer_time_s", "comm_time_s")
+#: ``data_time_s`` is the part of the step spent waiting for input (inside ``step_time_s``).
+PHASE_COLUMNS = ("step_time_s", "fwd_bwd_time_s", "optimizer_time_s", "comm_time_s", "data_time_s")
 
 
 @dataclass
