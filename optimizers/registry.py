@@ -20,7 +20,15 @@ from torch import nn
 from .adamw import build_adamw
 from .matrix_base import MatrixOptimizer
 from .muon import Muon
-from .settings import AdamWSettings, MatrixSettings, parse_settings, settings_problems
+from .muon_deepspeed import build_muon_deepspeed
+from .settings import (
+    AdamWSettings,
+    MatrixSettings,
+    MuonDeepSpeedSettings,
+    SideCarSettings,
+    parse_settings,
+    settings_problems,
+)
 from .shampoo import Shampoo
 from .soap import SOAP
 from .spectral_newton import SpectralNewton
@@ -37,7 +45,8 @@ class OptimizerSpec:
     builder: Builder
     """(model, validated settings, layer types or None for the tagger's) → optimizer."""
     requires_full_matrices: bool
-    """True if it needs whole gradient matrices (cannot run on ZeRO ≥ 1 flat partitions)."""
+    """True if it needs whole gradient matrices: under ZeRO ≥ 1 the engine must be created by
+    :func:`optimizers.deepspeed_zero.initialize`, which attaches the partition layout."""
 
 
 def _build_adamw(model: nn.Module, s: pydantic.BaseModel, layer_types: Mapping[str, str] | None) -> torch.optim.Optimizer:
@@ -69,6 +78,7 @@ register(matrix_spec("spectral_newton", SpectralNewton))
 register(matrix_spec("muon", Muon))
 register(matrix_spec("shampoo", Shampoo))
 register(matrix_spec("soap", SOAP))
+register(OptimizerSpec("muon_deepspeed", MuonDeepSpeedSettings, build_muon_deepspeed, requires_full_matrices=False))
 
 
 def available() -> list[str]:
@@ -92,7 +102,7 @@ def settings_model(name: str) -> type[pydantic.BaseModel]:
 
 
 def requires_full_matrices(name: str) -> bool:
-    """True if ``name`` needs whole gradient matrices (ZeRO stage 0 only)."""
+    """True if ``name`` needs whole gradient matrices (at ZeRO ≥ 1: through the partition layout)."""
     return _spec(name).requires_full_matrices
 
 
@@ -125,7 +135,7 @@ def describe(name: str) -> list[tuple[str, Any, str]]:
     optimizer's own settings first, then those every matrix optimizer shares."""
     model = settings_model(name)
     fields = model.model_fields
-    shared = [f for f in fields if f in MatrixSettings.model_fields] if issubclass(model, MatrixSettings) else []
+    shared = [f for f in fields if f in MatrixSettings.model_fields] if issubclass(model, SideCarSettings) else []
     return [
         (field, fields[field].get_default(call_default_factory=True), fields[field].description or "")
         for field in [f for f in fields if f not in shared] + shared
