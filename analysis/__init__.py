@@ -10,7 +10,7 @@ Optimizer comparisons: :mod:`analysis.comparison` (best setting per optimizer un
 budget, time to target, AlgoPerf performance profiles, one per sweep) and
 :mod:`analysis.comparison_plots`.
 
-Curvature (PAPER.md §2–3): :mod:`analysis.fits` (power-law fits of one layer),
+Curvature (docs/science/fits.md): :mod:`analysis.fits` (power-law fits of one layer),
 :mod:`analysis.curvature` (the ``layer_fits`` table and its summaries),
 :mod:`analysis.curvature_plots`, :mod:`analysis.curvature_report` (the report section),
 :mod:`analysis.claims` (the paper's claims as checkable rules) and :mod:`analysis.paper_data`

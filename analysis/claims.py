@@ -31,7 +31,7 @@ claim FAILs, else 3 (:data:`EXIT_NO_DATA`) when any claim has NO DATA (unless ``
 else 0; so a sweep that never measured curvature cannot "verify" the paper, and CI can tell
 "refuted" (1) from "not measured" (3). 2 is left to the CLI's usage errors.
 Accepted intervals are inclusive. Values are computed only from finite numbers: a layer whose fit
-is NaN (fewer than 5 positive h_k, PAPER.md §2) does not count towards ``n``.
+is NaN (fewer than 5 positive h_k, docs/science/decisions.md#minimum-points) does not count towards ``n``.
 """
 
 from __future__ import annotations
@@ -429,7 +429,7 @@ def format_results(results: Sequence[ClaimResult], allow_missing: bool = False) 
 def verify_published(
     reference_dir: str | os.PathLike[str], claims_path: str | os.PathLike[str] | None = None
 ) -> list[ClaimResult]:
-    """Check the claims against the paper's own published result files (PAPER.md §4).
+    """Check the claims against the paper's own published result files (docs/science/fits.md#published-numbers).
 
     ``reference_dir`` holds the JSON files of :mod:`analysis.paper_data` (e.g.
     ``tests/data/spectral-alignment``); each experiment becomes one trial of a ``layer_fits``

@@ -19,7 +19,7 @@ from analysis.dataset import TABLES, TRIAL_PATH, Results, load_table, locate, re
 
 def layer_fits_by_trial(results_path: str | os.PathLike[str]) -> list[tuple[Path, pd.DataFrame]]:
     """``(trial directory, its layer_fits)`` for every trial with ``curvature.parquet``, fitted
-    with the PAPER.md §2 conventions (:func:`analysis.curvature.layer_fits_from_curvature`).
+    with the docs/science/fits.md conventions (:func:`analysis.curvature.layer_fits_from_curvature`).
 
     Empty for a consolidated directory (its fits are computed when read,
     :func:`analysis.curvature.load_layer_fits`).

@@ -1,11 +1,11 @@
 """The ``layer_fits`` table and its summaries: from per-direction curvature to per-type exponents.
 
 The curvature probe writes one ``curvature`` row per (trial, step, layer, k): σ_k, h_k, h^kron_k,
-ρ^δ_k, ρ^A_k, Φ_k, λ^δ_k, λ^A_k, Λ_k, χ_k and the concentration ratio (PAPER.md §1). This module
+ρ^δ_k, ρ^A_k, Φ_k, λ^δ_k, λ^A_k, Λ_k, χ_k and the concentration ratio (docs/science/quantities.md#the-curvature-table). This module
 turns those rows into one ``layer_fits`` row per (trial, step, layer) with
 :func:`analysis.fits.fit_layer` and :func:`analysis.fits.decomposition_fit`, and summarises the
 fits the way the paper's Tables 1–2 do (α per model and layer type), plus the transfer error
-and the participation ratio against its ζ bound (PAPER.md §2).
+and the participation ratio against its ζ bound (docs/science/fits.md#zeta-bound).
 
 Summaries default to each trial's *latest* probed step: curvature evolves during training and
 the paper's numbers are measured on trained networks, so pooling all steps would mix regimes.
@@ -101,7 +101,7 @@ def layer_fits_from_curvature(
     Per layer the rows are ordered by ``k`` and passed to :func:`analysis.fits.fit_layer`
     (α, γ, s, R², transfer error, PR_h, PR_grad, ζ bound, BIC winner of the σ profile) and, when
     the Kronecker factors are present, to :func:`analysis.fits.decomposition_fit` (α_kron, β, φ,
-    χ slope and the Theorem 1 residual α_kron − (β + φ), PAPER.md §3).
+    χ slope and the Theorem 1 residual α_kron − (β + φ), docs/science/fits.md#theorem-1-decomposition).
 
     The probe writes σ_k for k up to its γ window and h_k (and the Kronecker columns) only for
     k ≤ its top-K, NaN beyond. By default the fits follow what was recorded: the α window is the
@@ -280,7 +280,7 @@ def transfer_error_summary(
     by: Sequence[str] = BY_WORKLOAD,
     step: str | int = "latest",
 ) -> pd.DataFrame:
-    """Transfer error |s − αγ|/s per group: ``n``, ``median``, ``mean``, ``max`` (PAPER.md §2).
+    """Transfer error |s − αγ|/s per group: ``n``, ``median``, ``mean``, ``max`` (docs/science/fits.md).
 
     The median is the paper's headline statistic (0.99 % over 54 Tiny-ImageNet layers, 1.25 %
     pooled over 93 layers, §4); the max shows the layers where the identity fails (e.g. a
@@ -308,7 +308,7 @@ def participation_summary(
     by: Sequence[str] = BY_WORKLOAD,
     step: str | int = "latest",
 ) -> pd.DataFrame:
-    """PR_h against its ζ bound ζ(s)²/ζ(2s) per group (PAPER.md §2).
+    """PR_h against its ζ bound ζ(s)²/ζ(2s) per group (docs/science/fits.md).
 
     Columns: ``n`` (layers with both PR_h and a finite bound), ``n_within`` (PR_h ≤ bound),
     ``fraction_within``, ``median_pr_h``, ``median_bound``, ``n_unbounded`` (layers fitted but
@@ -357,7 +357,7 @@ def decomposition_summary(
     by: Sequence[str] = BY_WORKLOAD,
     step: str | int = "latest",
 ) -> pd.DataFrame:
-    """Theorem 1 per group and layer type (PAPER.md §3): medians of α, α_kron, β, φ, χ slope
+    """Theorem 1 per group and layer type (docs/science/fits.md#theorem-1-decomposition): medians of α, α_kron, β, φ, χ slope
     and the largest |α_kron − (β + φ)|.
 
     ``n`` counts layers with a finite α_kron (i.e. with Kronecker factors recorded). The

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from analysis.plots import figure, save
 #: differ most).
 MAX_PANELS = 30
 #: Reference exponents drawn on α plots: Gauss–Newton-like curvature (2) and the flattened,
-#: LayerNorm-dominated regime the paper reports for language models (1) (PAPER.md §3–4).
+#: LayerNorm-dominated regime the paper reports for language models (1) (docs/science/fits.md#theorem-1-decomposition).
 REFERENCE_ALPHAS = (1.0, 2.0)
 
 
@@ -98,6 +99,21 @@ def plot_layer_spectra(
     return save(fig, path)
 
 
+def _layer_types(data: pd.DataFrame) -> pd.Series:
+    """Layer types as strings, ``unknown`` where none was recorded."""
+    return data["layer_type"].astype("object").where(data["layer_type"].notna(), "unknown").astype(str)
+
+
+def _alpha_axes(types: pd.Series) -> tuple[Any, Any, dict[str, Any]]:
+    """A figure for α per layer type: the paper's reference exponents as dashed lines, one colour
+    per type."""
+    fig = figure(7.5, 4.5)
+    ax = fig.add_subplot()
+    for ref in REFERENCE_ALPHAS:
+        ax.axhline(ref, color="0.6", ls="--", lw=0.8)
+    return fig, ax, _type_colors(list(types))
+
+
 def plot_alpha_by_depth(fits: pd.DataFrame, path: str | Path, title: str) -> Path | None:
     """α of every layer against its depth, colored by layer type (one point per trial × layer).
 
@@ -114,12 +130,8 @@ def plot_alpha_by_depth(fits: pd.DataFrame, path: str | Path, title: str) -> Pat
         order = {name: i for i, name in enumerate(dict.fromkeys(data["layer"]))}
         depth = data["layer"].map(order)
     data = data.assign(_x=depth.to_numpy(dtype=float))
-    types = data["layer_type"].astype("object").where(data["layer_type"].notna(), "unknown").astype(str)
-    colors = _type_colors(list(types))
-    fig = figure(7.5, 4.5)
-    ax = fig.add_subplot()
-    for ref in REFERENCE_ALPHAS:
-        ax.axhline(ref, color="0.6", ls="--", lw=0.8)
+    types = _layer_types(data)
+    fig, ax, colors = _alpha_axes(types)
     for layer_type, color in colors.items():
         sel = types == layer_type
         ax.plot(data.loc[sel, "_x"], data.loc[sel, "_a"], "o", ms=4, color=color, label=layer_type, alpha=0.8)
@@ -143,13 +155,9 @@ def plot_alpha_over_steps(fits: pd.DataFrame, path: str | Path, title: str) -> P
     data = data[np.isfinite(data["_a"])]
     if data.empty or data["step"].nunique() < 2:
         return None
-    types = data["layer_type"].astype("object").where(data["layer_type"].notna(), "unknown").astype(str)
+    types = _layer_types(data)
     data = data.assign(_t=types)
-    colors = _type_colors(list(types))
-    fig = figure(7.5, 4.5)
-    ax = fig.add_subplot()
-    for ref in REFERENCE_ALPHAS:
-        ax.axhline(ref, color="0.6", ls="--", lw=0.8)
+    fig, ax, colors = _alpha_axes(types)
     for layer_type, color in colors.items():
         per_step = data[data["_t"] == layer_type].groupby("step")["_a"]
         stats = pd.DataFrame(

@@ -1,4 +1,4 @@
-"""The "Curvature" section of the sweep report (tables and figures of PAPER.md §2–3).
+"""The "Curvature" section of the sweep report (tables and figures of docs/science/fits.md).
 
 Built only when some trial wrote ``curvature.parquet`` or ``layer_fits.parquet``; trials with
 curvature but no fits are fitted here (:func:`analysis.curvature.load_layer_fits`). Tables use
@@ -127,7 +127,7 @@ def curvature_section(
 _CAPTIONS = {
     "alpha_by_type": (
         "α by layer type",
-        "Curvature exponent α (h_k ∝ σ_k^α, PAPER.md §2) at each trial's latest probed step, over "
+        "Curvature exponent α (h_k ∝ σ_k^α, docs/science/fits.md) at each trial's latest probed step, over "
         "layers × trials: n, median, mean, sample std, range and the worst R² of the α fits "
         "(the shape of the paper's Tables 1–2).",
     ),
@@ -144,7 +144,7 @@ _CAPTIONS = {
     "decomposition": (
         "Theorem 1 decomposition",
         "Medians of α, α_kron, β (slope of log Λ), φ (slope of log Φ) and the χ slope; "
-        "max_abs_residual = max |α_kron − (β + φ)|, zero up to storage round-off (PAPER.md §3).",
+        "max_abs_residual = max |α_kron − (β + φ)|, zero up to storage round-off (docs/science/fits.md#theorem-1-decomposition).",
     ),
 }
 

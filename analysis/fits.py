@@ -1,8 +1,8 @@
-"""Power-law fits of one layer's curvature spectra (PAPER.md §2 and §3).
+"""Power-law fits of one layer's curvature spectra (docs/science/fits.md, including the Theorem 1 decomposition).
 
 Everything here works on the per-direction numbers of one layer at one step: the gradient's
 singular values σ_1 ≥ σ_2 ≥ … and the exact curvatures h_k = ⟨D_k, H D_k⟩ along D_k = u_k v_kᵀ
-(PAPER.md §1). All fits are ordinary least squares of natural logarithms (the base only rescales
+(docs/science/quantities.md). All fits are ordinary least squares of natural logarithms (the base only rescales
 intercepts, never slopes or R²), and R² is the ordinary coefficient of determination
 1 − SS_res / SS_tot of that regression.
 
@@ -26,10 +26,10 @@ all 24 layers reproduce ``alpha``, ``r2_alpha``, ``gamma``, ``r2_gamma``, ``s_he
   ``results_kronecker_spectral.json`` were computed on spectra longer than the 30 values it
   stores, so they cannot check :func:`bic_profile`; its conventions are the textbook ones below.
 
-Decisions where the paper is silent (PAPER.md marks them **decision** or leaves them open):
+Decisions where the paper is silent (docs/science/decisions.md):
 
 - Fewer than :data:`MIN_POINTS` (5) positive h_k in the window: every fit of the layer is NaN
-  and ``reason`` says why; never an exception (PAPER.md §2). γ and PR_grad are withheld too,
+  and ``reason`` says why; never an exception (docs/science/fits.md). γ and PR_grad are withheld too,
   although they need no h, so that every column of a layer's record describes the same layers
   and per-type tables never mix counts.
 - PR_h is computed over the same positive h_k as α and s: the participation ratio and its
@@ -48,7 +48,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import zeta
 
-#: Fewest positive points a slope is fitted on (PAPER.md §2 **decision**).
+#: Fewest positive points a slope is fitted on (docs/science/fits.md **decision**).
 MIN_POINTS = 5
 #: Default number of leading directions k = 1…K used for α, s and PR (the paper's top-K = 20).
 DEFAULT_WINDOW = 20
@@ -107,7 +107,7 @@ def ols(x: ArrayLike, y: ArrayLike) -> LineFit:
 
 
 def participation_ratio(values: ArrayLike) -> float:
-    """PR = (Σ v_k)² / Σ v_k² (PAPER.md §2): the effective number of contributing directions.
+    """PR = (Σ v_k)² / Σ v_k² (docs/science/fits.md): the effective number of contributing directions.
 
     Equals K for a flat profile of K values and 1 when one value dominates. NaN when empty or
     all zero.
@@ -160,7 +160,7 @@ def fit_layer(
     window: int = DEFAULT_WINDOW,
     gamma_window: int | None = None,
 ) -> dict[str, Any]:
-    """Fit α, γ, s, the transfer error and the participation ratios of one layer (PAPER.md §2).
+    """Fit α, γ, s, the transfer error and the participation ratios of one layer (docs/science/fits.md).
 
     With σ_k the gradient's singular values (decreasing, k = 1…) and h_k the exact curvature
     along the k-th singular direction:
@@ -263,7 +263,7 @@ def fit_layer(
 def bic_profile(values: ArrayLike) -> dict[str, Any]:
     """Choose the rank-profile family of ``values`` (v_1, v_2, … at ranks k = 1, 2, …) by BIC.
 
-    PAPER.md §2 compares three models of log v_k, each fitted by least squares:
+    docs/science/fits.md compares three models of log v_k, each fitted by least squares:
 
     - ``power_law``: log v = a + b log k (v ∝ k^b), 2 coefficients;
     - ``exponential``: log v = a + b k (v ∝ e^(bk)), 2 coefficients;
@@ -331,7 +331,7 @@ def decomposition_fit(
     rho_A: ArrayLike,
     window: int = DEFAULT_WINDOW,
 ) -> dict[str, Any]:
-    """The Theorem 1 decomposition of the curvature exponent (PAPER.md §3).
+    """The Theorem 1 decomposition of the curvature exponent (docs/science/fits.md#theorem-1-decomposition).
 
     With Λ_k = λ^δ_k λ^A_k (rank-matched Kronecker-factor eigenvalues) and Φ_k = ρ^δ_k ρ^A_k
     (alignment ratios), the Kronecker curvature is h^kron_k = Φ_k Λ_k, so

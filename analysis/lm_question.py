@@ -1,7 +1,7 @@
 """The language-model question (``lm_question.md`` and ``.html``): what α is in a language
 model's layers, and does Spectral Newton help it?
 
-PAPER.md §4 reports α for one synthetic mini GPT-2 (QKV 1.43, attention out 1.17, MLP-up 0.84,
+docs/science/fits.md#published-numbers reports α for one synthetic mini GPT-2 (QKV 1.43, attention out 1.17, MLP-up 0.84,
 MLP-down 1.15, its Table 2) and mentions another run with MLP α ≈ 2; its Spectral Newton
 evidence (§5) is vision-only and single-seed. This report reads a results directory holding
 an α-map sweep (``configs/lm/alpha_map*.yaml``) and an optimizer sweep
@@ -37,9 +37,9 @@ from analysis.plots import entry_colors
 from analysis.summary import metric_range, t_interval
 from analysis.tables import CLIPPED_NOTE, format_interval, format_number, frame_grid
 
-#: PAPER.md §4, Table 2 (mini GPT-2): median α per layer type.
+#: docs/science/fits.md#published-numbers, Table 2 (mini GPT-2): median α per layer type.
 PAPER_TABLE2 = {"attn_qkv": 1.43, "attn_out": 1.17, "mlp_up": 0.84, "mlp_down": 1.15}
-#: PAPER.md §4: the paper's other GPT-2 run, where MLP layers gave α ≈ 2 (its own summary file
+#: docs/science/fits.md#published-numbers: the paper's other GPT-2 run, where MLP layers gave α ≈ 2 (its own summary file
 #: reads 2.08 up / 2.04 down).
 PAPER_OTHER_RUN = {"mlp_up": 2.0, "mlp_down": 2.0}
 #: The paper's "QKV" row covers the query, key and value projections, fused or separate.
@@ -458,7 +458,7 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
         "## α map",
         "",
         "Medians over layers of each trial's last probe. `trained_with`: the optimizer entry of the "
-        "trial the probe ran in. Paper columns: PAPER.md §4 (Table 2, mini GPT-2) and its other run "
+        "trial the probe ran in. Paper columns: docs/science/fits.md#published-numbers (Table 2, mini GPT-2) and its other run "
         "(MLP ≈ 2); the paper's QKV value is compared with q, k and v alike.",
         "",
     ]

@@ -1,4 +1,4 @@
-"""The paper's published result files as ``layer_fits`` tables (PAPER.md §4).
+"""The paper's published result files as ``layer_fits`` tables (docs/science/fits.md#published-numbers).
 
 arXiv 2606.02596's reproducibility repository (github.com/9D-Labs/9d-spectral-alignment-
 decomposition, commit 41ba57b, MIT licence) publishes frozen JSON results. Turning them into

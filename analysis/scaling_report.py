@@ -191,7 +191,7 @@ def build_scaling_report(results: str | os.PathLike[str], out_dir: str | os.Path
     parts = ["# Optimizer steps, distributed spectral step and probe overhead", ""]
     if not opt_steps.empty:
         parts += ["## One optimizer step (interleaved, same job; ratios to AdamW and to Muon)", "",
-                  markdown_table(step_ratio_summary(opt_steps)), "", markdown_table(opt_steps), ""]
+                  frame_grid(step_ratio_summary(opt_steps)), "", frame_grid(opt_steps), ""]
     if not step.empty:
         parts += ["## Spectral Newton step: owner-rank sharded vs redundant", "", frame_grid(step), ""]
         at2 = step[(step["ranks"] == 2) & (step["distribution"] == "sharded")]

@@ -102,7 +102,7 @@ class TrainingConfig(_Strict):
 
 
 class ProbeSchedule(_Strict):
-    """When the curvature probe (bench/probes, PAPER.md §1) runs inside a trial, and how.
+    """When the curvature probe (bench/probes, docs/science/quantities.md) runs inside a trial, and how.
 
     The probe is a collective (every rank takes part); its time is recorded separately
     (``probe_time_s`` in ``steps``, per-phase rows in ``profile``) and never counted as step time.
@@ -204,7 +204,9 @@ class OptimizerEntry(_Strict):
     """One optimizer of the comparison: fixed settings plus an optional grid over settings, or a
     search space sampled under the sweep's tuning budget."""
 
-    name: str = Field(..., description="registered optimizer name (adamw, spectral_newton, ...)")
+    name: str = Field(..., min_length=1, max_length=MAX_SPEC_CHARS,
+                      description="built-in optimizer (adamw, spectral_newton, ...), a plug-in's entry-point name, "
+                      "or module.path:Class (docs/plugins.md)")
     settings: dict[str, Any] = Field(default_factory=dict, description="settings (see `specbench config --show`)")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="setting -> list of values; the sweep takes the Cartesian product"
@@ -384,11 +386,11 @@ def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: lis
         else:
             problems.extend(f"{where}.dataset_args: {m}" for m in data.check_args(wl.dataset, wl.dataset_args))
 
-    known = set(optimizers.available())
     for i, entry in entries:
         where = f"optimizers[{i}]"
-        if entry.name not in known:
-            problems.append(f"{where}.name: unknown optimizer '{entry.name}'; available: {', '.join(sorted(known))}")
+        msg = optimizers.check_name(entry.name)  # a built-in or a plug-in that loads (optimizers.plugins)
+        if msg:
+            problems.append(f"{where}.name: {msg}")
             continue
         # Validate the fixed settings with every grid value (and every search-axis bound or value)
         # substituted, so a bad value is reported too.
@@ -400,7 +402,7 @@ def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: lis
         # partition layout (optimizers.deepspeed_zero), with the exceptions that module names.
         for combo in grid_points(entry.grid) + _search_corners(entry.search) or [{}]:
             for m in zero_stage_problems(entry.name, {**entry.settings, **combo}, zero_stage):
-                line = f"{where} ({entry.name}) with training.zero_stage={zero_stage}: {m}"
+                line = f"{where} ({entry.name}): {m}"
                 if line not in problems:
                     problems.append(line)
     return problems

@@ -24,6 +24,26 @@ _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
 _REPR.maxlevel = 3
 
 
+class ConfigProblems(Exception):
+    """Every problem of one config file (``problems``, one line each), rendered as one message.
+
+    The CLI prints it and exits with status 2 before anything starts. Subclasses only name the kind
+    of file (a sweep config, a profile config) in :attr:`kind`.
+    """
+
+    kind = "config"
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"invalid {self.kind} {self.source}: {len(self.problems)} problem(s)"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
 def clip(text: str, limit: int = MAX_SHOWN) -> str:
     """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"

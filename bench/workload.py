@@ -8,7 +8,7 @@ curvature probe, the probe-overhead profiler, the lr-scan script — so the loss
 
 over the N loss terms of a batch: one per class label (classification: logits B × C) or one per
 next token (language model: logits B × T × V). The mean over terms is the normalisation the
-probe's micro-batch weighting assumes (PAPER.md §1 takes G = ∇_W L of the *mean* loss; see
+probe's micro-batch weighting assumes (docs/science/quantities.md takes G = ∇_W L of the *mean* loss; see
 `bench.probes.curvature.loss_terms`). Logits below float32 (bf16 training) are upcast before the
 softmax; float32 and float64 logits keep their dtype, so a float64 probe stays float64.
 

@@ -666,11 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _project_env()
     args = build_parser().parse_args(argv)  # --version, --help and flag mistakes end here, fast
-    from launchers.sweep import ConfigError  # imports torch (through the config schema)
+    from bench.problems import ConfigProblems  # sweep and profile configs alike
 
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except ConfigProblems as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE
     except UsageError as exc:

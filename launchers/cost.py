@@ -69,7 +69,7 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", required=True,
                    help="device cost constants: a name in analysis/device_costs/ (cpu-2core, h200) or a JSON path")
     p.add_argument("--method", default="solve", help=f"the optimizers' route ({', '.join(METHODS)}); default solve")
-    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--dtype", default="fp32", help="kernel precision in the device cost constants (default fp32)")
     p.add_argument("--replicated", action="store_true", help="every rank computes every matrix (no sharding)")
     p.add_argument("--bucket-cap-mb", type=float, default=None, help="the optimizer's bucket_cap_mb (default: its own)")
     p.add_argument("--param-dtype", choices=PARAM_DTYPES, default="fp32",

@@ -1,6 +1,7 @@
 """What exists, generated from the code so it cannot drift: ``specbench config --show`` (every
 config section, key, default and meaning) and ``specbench list models|datasets|optimizers``
-(what the registries hold, with sizes and settings).
+(what the registries hold, with sizes and settings, and the plug-ins this environment's
+distributions declare as entry points, with where each comes from: docs/plugins.md).
 
 Everything here is cheap: registry tables, typed models, and parameter counts of the built-in
 models (real, tiny) and of the named Hugging Face sizes (built on PyTorch's ``meta`` device,
@@ -9,6 +10,7 @@ which allocates no memory). Nothing is downloaded.
 
 from __future__ import annotations
 
+import inspect
 import json
 import typing
 from typing import Any
@@ -72,21 +74,24 @@ def describe_config(model: type[BaseModel]) -> list[str]:
 
 def describe_defaults() -> str:
     """The whole config reference: every section of a sweep file, then every optimizer's
-    settings (``optimizers[].settings`` for each ``name``)."""
+    settings (``optimizers[].settings`` for each ``name``), installed plug-ins included."""
     import optimizers
     from bench.config import SweepConfig
 
     lines = describe_config(SweepConfig)
-    for name in optimizers.available():
+    for name in optimizers.available() + [n for n, _ in optimizers.installed_plugins() if not optimizers.check_name(n)]:
         lines += [f"optimizers[].settings for name: {name}", *_settings_lines(name), ""]
     return "\n".join(lines)
 
 
-def _settings_lines(name: str) -> list[str]:
+def _shown(default: Any) -> str:
+    return "(required)" if default is ... else json.dumps(default, default=str)
+
+
+def _settings_lines(name: str, indent: str = "  ") -> list[str]:
     import optimizers
 
-    return [f"  {field}: {json.dumps(default, default=str)}    # {desc}"
-            for field, default, desc in optimizers.describe(name)]
+    return [f"{indent}{field}: {_shown(default)}    # {desc}" for field, default, desc in optimizers.describe(name)]
 
 
 # -------------------------------------------------------------------------------------- list
@@ -109,6 +114,31 @@ def _params(spec: str, task: Any, args: dict[str, Any], meta: bool = False) -> i
 
 def _args_lines(args: dict[str, str], indent: str = "    ") -> list[str]:
     return [f"{indent}{k}: {v}" for k, v in sorted(args.items())]
+
+
+def _plugin_header(group: str, form: str, empty: bool) -> str:
+    where = f"entry points of {group}; {form} works without one, see docs/plugins.md"
+    return f"plug-ins: none installed ({where})" if empty else f"plug-ins ({where}):"
+
+
+def _spec_plugins(kind: str) -> list[str]:
+    """The installed model or dataset plug-ins, each with its origin and args (or why it does
+    not load)."""
+    from bench.data.registry import RESOLVER as DATASETS
+    from bench.models.registry import RESOLVER as MODELS
+    from bench.plugins import PluginFactory
+    from optimizers.plugins import GROUPS
+
+    found = (MODELS if kind == "model" else DATASETS).installed()
+    lines = ["", _plugin_header(GROUPS[kind], "module.path:function", not found)]
+    for name, origin, plugin in found:
+        if isinstance(plugin, PluginFactory):
+            doc = (inspect.getdoc(plugin.factory) or "").splitlines()
+            lines += [f"  {name}  {doc[0] if doc else ''}", f"    from: {origin}", "    args:"]
+            lines += _args_lines(plugin.allowed_args(), "      ")
+        else:
+            lines += [f"  {name}  cannot be used: {plugin}", f"    from: {origin}"]
+    return lines
 
 
 def list_models() -> str:
@@ -139,7 +169,7 @@ def list_models() -> str:
               "", f"timm:<name> (any of timm's {len(timm.list_models())} image models, random init; "
               "num_classes and in_chans from the dataset; model_args go to timm.create_model):",
               "  e.g. timm:resnet18, timm:vit_tiny_patch16_224 (model_args: {img_size: 32}), timm:vgg11_bn"]
-    return "\n".join(lines)
+    return "\n".join(lines + _spec_plugins("model"))
 
 
 def list_datasets() -> str:
@@ -157,17 +187,32 @@ def list_datasets() -> str:
     lines += _args_lines(hub.ALLOWED_ARGS)
     lines += ["", f"<path>{'|'.join(hub.LOCAL_BUILDERS)}  a local data file read by datasets (images: an image and a "
               "label column; text: a text column); the same args as hf: except config and revision"]
-    return "\n".join(lines)
+    return "\n".join(lines + _spec_plugins("dataset"))
 
 
 def list_optimizers() -> str:
-    """Every registered optimizer with its settings, defaults and meanings."""
+    """Every built-in optimizer with its settings, defaults and meanings, then the installed
+    plug-ins with where each comes from (or why it cannot be used)."""
     import optimizers
+    from optimizers.plugins import GROUPS
+
+    def doc_line(name: str) -> str:
+        doc = (inspect.getdoc(optimizers.settings_model(name)) or "").splitlines()
+        return doc[0] if doc else ""
 
     lines = []
     for name in optimizers.available():
-        doc = (optimizers.settings_model(name).__doc__ or "").strip().splitlines()
-        lines += [f"{name}  {doc[0] if doc else ''}", *_settings_lines(name), ""]
+        lines += [f"{name}  {doc_line(name)}", *_settings_lines(name), ""]
+    found = optimizers.installed_plugins()
+    lines.append(_plugin_header(GROUPS["optimizer"], "module.path:Class", not found))
+    for name, origin in found:
+        problem = optimizers.check_name(name)
+        if problem:
+            lines += [f"  {name}  cannot be used: {problem}", f"    from: {origin}"]
+            continue
+        lines += [f"  {name}  {doc_line(name)}", f"    from: {origin}",
+                  f"    requires_full_matrices: {json.dumps(optimizers.requires_full_matrices(name))}",
+                  "    settings:", *_settings_lines(name, "      ")]
     return "\n".join(lines).rstrip()
 
 

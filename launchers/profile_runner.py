@@ -17,7 +17,7 @@ therefore be visible to every node (a shared filesystem) for the driver to read 
 back; on one machine it always is.
 
 The config is validated before Ray starts; problems raise :class:`ProfileConfigError`
-(a ``launchers.sweep.ConfigError``, which the CLI turns into one list and exit status 2).
+(a ``bench.problems.ConfigProblems``, which the CLI turns into one list and exit status 2).
 """
 
 from __future__ import annotations
@@ -28,26 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.profile.config import ProfileConfig, load_profile_config
-from bench.profile.config import ProfileConfigError as _BenchConfigError
-from launchers.sweep import ConfigError
-
-
-class ProfileConfigError(ConfigError):
-    """A profile config's problems, as the CLI's ConfigError (exit 2)."""
-
-    def render(self) -> str:
-        lines = [f"invalid profile config {self.source}: {len(self.problems)} problem(s)"]
-        lines += [f"  - {p}" for p in self.problems]
-        return "\n".join(lines)
 
 
 def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> ProfileConfig:
     """Validate a profile YAML file (plus ``storage``/``name`` overrides) or raise
     :class:`ProfileConfigError` with every problem."""
-    try:
-        return load_profile_config(path, overrides)
-    except _BenchConfigError as exc:
-        raise ProfileConfigError(exc.source, exc.problems) from None
+    return load_profile_config(path, overrides)
 
 
 def _profile_job(config: dict[str, Any], job_id: str, node_id: str) -> dict[str, Any]:
@@ -294,7 +280,7 @@ def _job_id(name: str, host: str, node_id: str) -> str:
 def cli_profile(args) -> int:
     """Body of ``specbench profile CONFIG [--address A] [--storage S] [--name N] [--verbose]``.
 
-    Validates first (a :class:`ProfileConfigError`, i.e. the CLI's ``ConfigError``, propagates:
+    Validates first (a :class:`ProfileConfigError`, one of the CLI's ``ConfigProblems``, propagates:
     ``launchers.cli.main`` prints it and exits 2), then runs and prints the written paths.
     """
     import sys

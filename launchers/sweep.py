@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +32,15 @@ from bench.config import (
     semantic_problems,
     validate_strict,
 )
-from bench.problems import pydantic_problems
+from bench.problems import ConfigProblems, pydantic_problems
 from bench.seeds import derive_seed, trial_seed
 from launchers.overrides import apply_overrides
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigProblems):
     """A user mistake in a sweep file: ``problems`` lists every one of them."""
 
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        lines = [f"invalid sweep config {self.source}: {len(self.problems)} problem(s)"]
-        lines += [f"  - {p}" for p in self.problems]
-        return "\n".join(lines)
+    kind = "sweep config"
 
 
 def read_document(path: str | Path) -> tuple[Any, list[str]]:
@@ -154,7 +147,8 @@ def expand(cfg: SweepConfig) -> list[TrialSpec]:
                     trials.append(
                         TrialSpec(
                             sweep_name=cfg.name,
-                            trial_id=f"{entry.name}-{digest[:8]}",
+                            # A plug-in's module.path:Class would put a colon in a directory name.
+                            trial_id=f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', entry.name)}-{digest[:8]}",
                             trial_index=len(trials),
                             seed_index=seed_index,
                             seed=seed,

@@ -1,8 +1,10 @@
-"""Optimizers for specbench: Spectral Newton (PAPER.md §5), AdamW, the matrix baselines Muon,
+"""Optimizers for specbench: Spectral Newton (docs/science/spectral_newton.md), AdamW, the matrix baselines Muon,
 Shampoo and SOAP, parameter grouping by layer type, owner-rank sharding at ZeRO-0.
 
 Public API (docs/ARCHITECTURE.md): :func:`build`, :func:`available`, :func:`settings_model`,
-:func:`validate_settings`, :func:`requires_full_matrices`, :func:`describe`; the frame every matrix
+:func:`validate_settings`, :func:`requires_full_matrices`, :func:`describe`; plug-ins from outside the
+package (``module.path:Class`` or an entry point of ``specbench.optimizers``) through :func:`resolve`,
+:func:`check_name` and :func:`installed_plugins` (:mod:`optimizers.plugins`); the frame every matrix
 optimizer subclasses, :class:`MatrixOptimizer` with its settings base :class:`MatrixSettings`
 (:mod:`optimizers.matrix_base`), registered with :func:`register` and :func:`matrix_spec`; layer
 types in :mod:`optimizers.layer_types`; the spectral math in :mod:`optimizers.spectral`;
@@ -15,14 +17,18 @@ from .distributed import OwnerSharding, lpt_assign, matrix_cost, rank_and_world
 from .layer_types import LAYER_TYPES, matrix_shape, tag_modules, tag_parameters
 from .matrix_base import MatrixOptimizer, OwnedMatrix
 from .muon import Muon
+from .plugins import ResolutionError
 from .registry import (
     OptimizerSpec,
     available,
     build,
+    check_name,
     describe,
+    installed_plugins,
     matrix_spec,
     register,
     requires_full_matrices,
+    resolve,
     settings_model,
     validate_settings,
 )
@@ -42,11 +48,14 @@ __all__ = [
     "OptimizerSpec",
     "OwnedMatrix",
     "OwnerSharding",
+    "ResolutionError",
     "Shampoo",
     "SpectralNewton",
     "available",
     "build",
+    "check_name",
     "describe",
+    "installed_plugins",
     "lpt_assign",
     "matrix_cost",
     "matrix_shape",
@@ -54,6 +63,7 @@ __all__ = [
     "rank_and_world",
     "register",
     "requires_full_matrices",
+    "resolve",
     "settings_model",
     "spectral_transform",
     "spectral_transform_with_stats",

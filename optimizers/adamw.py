@@ -9,7 +9,7 @@ AdamW (Loshchilov & Hutter 2019), per parameter p with gradient g at step t:
 :func:`build_adamw` returns ``torch.optim.AdamW`` (fused kernel where the device supports it,
 else the foreach implementation) with no weight decay on biases and norm parameters.
 :func:`adamw_step_` is the same math written out, so that Spectral Newton can hold its AdamW
-parameters inside one optimizer object (PAPER.md §5 decision: biases, norms, embeddings and the
+parameters inside one optimizer object (docs/science/spectral_newton.md decision: biases, norms, embeddings and the
 head go to AdamW).
 """
 

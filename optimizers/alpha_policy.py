@@ -1,11 +1,11 @@
-"""Per-parameter curvature exponent α for Spectral Newton (PAPER.md §4–§5).
+"""Per-parameter curvature exponent α for Spectral Newton (docs/science/fits.md#published-numbers).
 
 T(σ; α) = σ / (σ^α + d) assumes the curvature along the gradient's k-th singular direction scales
 as h_k ∝ σ_k^α. Three policies choose α per parameter:
 
 - ``fixed``: one α for every matrix (2.0 is the paper's tested optimizer);
 - ``by_layer_type``: a table keyed by layer type, seeded from the paper's published medians
-  (convs ≈ 2; mini GPT-2: QKV 1.43, attention out 1.17, MLP-up 0.84, MLP-down 1.15; PAPER.md §4);
+  (convs ≈ 2; mini GPT-2: QKV 1.43, attention out 1.17, MLP-up 0.84, MLP-down 1.15; docs/science/spectral_newton.md#the-by-layer-type-table);
 - ``measured``: per-parameter values set by the training loop from the suite's own curvature probe
   (``SpectralNewton.set_measured_alpha``), falling back to the table for unmeasured parameters.
 
@@ -37,7 +37,7 @@ DEFAULT_ALPHA_TABLE: dict[str, float] = {
     "linear": 2.0,
     "head": 2.0,
 }
-"""Seeded from PAPER.md §4. The LM values come from one mini GPT-2 run (weak evidence; another run
+"""Seeded from docs/science/fits.md#published-numbers. The LM values come from one mini GPT-2 run (weak evidence; another run
 gave MLP α ≈ 2); gate projections have no published value and reuse MLP-up's."""
 
 

@@ -83,23 +83,31 @@ def deepspeed_version_problem(version: str | None = None) -> str | None:
 def zero_stage_problems(optimizer_name: str, settings: Mapping[str, Any], stage: int) -> list[str]:
     """Why ``optimizer_name`` with ``settings`` cannot train at ZeRO ``stage`` (empty: it can).
 
-    Every registered optimizer runs at every stage except: a matrix optimizer at ZeRO ≥ 1 with
-    ``distribution: redundant`` (every rank would need every whole gradient, which the partitions do
-    not hold) or with a DeepSpeed outside :data:`TESTED_DEEPSPEED` (the layout is read from its
-    internals)."""
-    from .registry import requires_full_matrices
+    Every registered optimizer runs at every stage except, at ZeRO ≥ 1: an optimizer needing whole
+    matrices that is not a :class:`MatrixOptimizer` (a plug-in: only the frame reads the partition
+    layout); a matrix optimizer with ``distribution: redundant`` (every rank would need every whole
+    gradient, which the partitions do not hold) or with a DeepSpeed outside :data:`TESTED_DEEPSPEED`
+    (the layout is read from its internals)."""
+    from .registry import builds_matrix_frame, requires_full_matrices
 
     if stage == 0 or not requires_full_matrices(optimizer_name):
         return []
+    if not builds_matrix_frame(optimizer_name):
+        return [
+            f"needs whole gradient matrices, but training.zero_stage={stage} hands client optimizers one flat 1-D "
+            "partition per rank, and only an optimizers.MatrixOptimizer subclass is given its matrices whole "
+            "there; use zero_stage: 0 or build it on optimizers.MatrixOptimizer"
+        ]
     problems = []
     if settings.get("distribution") == "redundant":
         problems.append(
-            f"distribution 'redundant' computes every matrix on every rank from whole gradients, which ZeRO "
-            f"stage {stage} partitions do not hold; use distribution: sharded (the default) or zero_stage: 0"
+            f"distribution 'redundant' computes every matrix on every rank from whole gradients, which the "
+            f"partitions of training.zero_stage={stage} do not hold; use distribution: sharded (the default) or "
+            "zero_stage: 0"
         )
     version = deepspeed_version_problem()
     if version:
-        problems.append(f"{version}; use zero_stage: 0 or that DeepSpeed")
+        problems.append(f"training.zero_stage={stage}: {version}; use zero_stage: 0 or that DeepSpeed")
     return problems
 
 
@@ -114,7 +122,7 @@ def zero_config(optimizer_name: str, stage: int) -> dict[str, Any]:
         # DeepSpeed's own Muon refuses ZeRO-3's reduce-scatter (stage3.py: "Muon and reduce scatter
         # cannot be used together").
         return {"zero_optimization": {"reduce_scatter": False}} if stage == 3 else {}
-    if requires_full_matrices(optimizer_name):
+    if requires_full_matrices(optimizer_name):  # a MatrixOptimizer (zero_stage_problems refuses the rest)
         return {
             "zero_allow_untested_optimizer": True,  # DeepSpeed's allow-list names only its own optimizers
             "zero_optimization": {"sub_group_size": ONE_SUB_GROUP, "elastic_checkpoint": False},

@@ -1,12 +1,12 @@
 """Layer types: the closed vocabulary shared by probes, optimizers and analysis.
 
-Every parameter of a model gets exactly one type from :data:`LAYER_TYPES` (PAPER.md §1 reports
+Every parameter of a model gets exactly one type from :data:`LAYER_TYPES` (docs/science/quantities.md reports
 curvature exponents per layer *type*; §5's ``by_layer_type`` α policy is keyed by it). The tagger
 works on module classes and on the naming conventions of timm, Hugging Face transformers
 (GPT-2, Llama, BERT-like) and plain ``torch.nn`` models, without importing either library:
 classes are recognised by ``isinstance`` for ``torch.nn`` and by duck typing otherwise.
 
-Also here: the "out × in" matrix view of a weight (:func:`matrix_view`, a tensor; PAPER.md §1:
+Also here: the "out × in" matrix view of a weight (:func:`matrix_view`, a tensor; docs/science/quantities.md:
 conv kernels are reshaped ``weight.reshape(out, -1)``; GPT-2's ``Conv1D`` stores in × out and is
 transposed), the shape of that matrix from a parameter shape alone (:func:`matrix_shape`), and the
 split of a fused QKV weight into q/k/v views.
@@ -337,7 +337,7 @@ def _transposed_storage(module: nn.Module | None) -> bool:
 
 def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
     """(m, n) of the out × rest matrix of a parameter of ``shape``: m = ``shape[0]``, n = the product
-    of the other dimensions (conv kernels: out × in·kh·kw, PAPER.md §1); (m, 1) for a vector and
+    of the other dimensions (conv kernels: out × in·kh·kw, docs/science/quantities.md); (m, 1) for a vector and
     (1, 1) for a scalar.
 
     The shape-only counterpart of :func:`matrix_view`: without the owning module it cannot see a
@@ -352,7 +352,7 @@ def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
 def matrix_view(
     param: torch.Tensor, layer_type: str | None = None, module: nn.Module | None = None
 ) -> torch.Tensor:
-    """The 2-D "out × in" view of a weight (PAPER.md §1).
+    """The 2-D "out × in" view of a weight (docs/science/quantities.md).
 
     - 2-D weight: itself, or its transpose when the owning module stores in × out
       (GPT-2 ``Conv1D``, embeddings);

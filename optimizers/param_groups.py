@@ -1,6 +1,6 @@
 """Parameter grouping: which parameters get the matrix optimizer and which get AdamW.
 
-PAPER.md §5 specifies nothing for non-matrix parameters; the project's **decision** is that
+docs/science/decisions.md#adamw-side-car specifies nothing for non-matrix parameters; the project's **decision** is that
 biases, norms, embeddings and the output head go to AdamW (configurable by layer type) and every
 parameter with fewer than two dimensions does too, since it has no singular basis. Every
 trainable parameter must land in exactly one group; violations raise ``ValueError`` naming the

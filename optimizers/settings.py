@@ -104,7 +104,7 @@ class MatrixSettings(SideCarSettings):
 
 
 class SpectralNewtonSettings(MatrixSettings):
-    """Spectral Newton (PAPER.md §5): ΔW = U diag(σ/(σ^α + d)) Vᵀ of the momentum matrix; AdamW for
+    """Spectral Newton (docs/science/spectral_newton.md): ΔW = U diag(σ/(σ^α + d)) Vᵀ of the momentum matrix; AdamW for
     biases, norms, embeddings and the head."""
 
     lr: float = Field(0.02, gt=0, description="Learning rate of the matrix group.")

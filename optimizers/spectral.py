@@ -1,4 +1,4 @@
-"""Spectral transfer functions of a gradient matrix (PAPER.md §5). Pure math, no optimizer state.
+"""Spectral transfer functions of a gradient matrix (docs/science/spectral_newton.md). Pure math, no optimizer state.
 
 For a matrix G = U Σ Vᵀ (m × n), Spectral Newton's update direction is
 

@@ -1,4 +1,4 @@
-"""Spectral Newton (PAPER.md §5): the project's own optimizer.
+"""Spectral Newton (docs/science/spectral_newton.md): the project's own optimizer.
 
 For a matrix parameter W (conv kernels as out × (in·kh·kw)) with gradient g:
 
@@ -55,7 +55,7 @@ STEP_STATS: tuple[str, ...] = ("fallbacks", "zeroed", "matrices", "ns_steps")
 
 
 class SpectralNewton(MatrixOptimizer):
-    """Spectral Newton with an AdamW side-car for non-matrix parameters (PAPER.md §5).
+    """Spectral Newton with an AdamW side-car for non-matrix parameters (docs/science/spectral_newton.md).
 
     Settings: :class:`optimizers.settings.SpectralNewtonSettings` (``lr``, ``momentum`` μ,
     ``nesterov``, ``weight_decay`` λ, ``method`` (``svd`` | ``gram`` | ``solve`` | ``polar``, see

@@ -1,8 +1,12 @@
-"""Shared fixtures: quiet, CPU-only, no network, DeepSpeed's op cache kept across runs."""
+"""Shared fixtures: quiet, CPU-only, no network, DeepSpeed's op cache kept across runs; the
+example plug-in package installed as a user would install it."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +46,25 @@ def write_yaml(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def example_plugin(tmp_path_factory) -> Path:
+    """examples/specbench-example-plugin installed with pip (no network, no build isolation: the
+    venv's setuptools, a test extra) into a fresh directory that is put on ``sys.path`` and
+    ``PYTHONPATH``, so this process, its subprocesses and Ray's workers import it and see its
+    entry points. A copy is built, so the checkout gets no build files; the venv is untouched."""
+    root = tmp_path_factory.mktemp("example-plugin")
+    source, target = root / "source", root / "site-packages"
+    shutil.copytree(REPO / "examples" / "specbench-example-plugin", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(target))
+        patch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p))
+        yield target

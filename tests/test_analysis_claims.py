@@ -236,7 +236,7 @@ def _statuses(fits: pd.DataFrame, tmp_path: Path) -> dict[str, tuple[str, float,
 
 
 def test_claims_on_the_papers_cifar_triangle_data(tmp_path):
-    """The paper's own CIFAR file does not meet most of its claims (PAPER.md §4 known issues)."""
+    """The paper's own CIFAR file does not meet most of its claims (docs/science/fits.md#published-numbers known issues)."""
     fits = triangle_layer_fits(DATA / TRIANGLE_FILE)
     assert len(fits) == 24
     got = _statuses(fits, tmp_path)

@@ -1,4 +1,4 @@
-"""analysis.fits and analysis.curvature: the power-law fits of PAPER.md §2–3 and the layer_fits table.
+"""analysis.fits and analysis.curvature: the power-law fits of docs/science/fits.md and the layer_fits table.
 
 The golden data are the paper's own published result files (tests/data/spectral-alignment/, MIT,
 github.com/9D-Labs/9d-spectral-alignment-decomposition @ 41ba57b): fit_layer must reproduce the

@@ -7,7 +7,6 @@ function goes missing. Anchors are computed the way GitHub renders headings.
 
 from __future__ import annotations
 
-import csv
 import importlib
 import re
 import subprocess
@@ -19,7 +18,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-CITATIONS = DOCS / "_citations.tsv"
 #: The packages whose dotted names (`pkg.module.attr`) the docs may cite.
 PACKAGES = ("bench", "optimizers", "analysis", "launchers")
 
@@ -164,15 +162,19 @@ def test_code_and_file_references_in_docs_exist() -> None:
     assert not bad, f"docs cite code or files that do not exist: {bad}"
 
 
-def test_citation_mapping_targets_resolve() -> None:
-    with CITATIONS.open(encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    assert rows, "docs/_citations.tsv is empty"
-    problems = [
-        f"{r['file']}:{r['line']} -> {why}"
-        for r in rows
-        if (why := broken_link(ROOT / "x.md", r["docs_target"]))
-    ]
+def test_code_citations_of_docs_resolve() -> None:
+    """Every docs page (and ``#anchor``) that code, configs or tests cite exists, so a
+    reader can follow a docstring's citation to its definition."""
+    cited = re.compile(r"docs/[\w./-]+\.md(?:#[\w-]+)?")
+    problems = []
+    for path in _repository_files():
+        if path.suffix not in (".py", ".yaml", ".yml", ".toml"):
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            for target in cited.findall(line):
+                why = broken_link(ROOT / "x.md", target)
+                if why:
+                    problems.append(f"{path.relative_to(ROOT)}:{i}: {target} -> {why}")
     assert not problems, "\n".join(problems)
 
 
@@ -194,23 +196,16 @@ def _repository_files() -> list[Path]:
         ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the code still cites the external notes; the lead applies "
-    "docs/_citations.tsv after merging, then removes this xfail",
-)
 def test_no_file_cites_the_external_paper_notes() -> None:
     notes = ("PAPER" + ".md").encode()  # spelled in two parts so this file does not cite it
     hits = []
     for path in _repository_files():
-        if path == CITATIONS:
-            continue  # the mapping lists the citations it replaces
         data = path.read_bytes()
         if b"\0" in data or notes not in data:
             continue
         hits += [
             f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(data.splitlines(), 1) if notes in line
         ]
-    assert not hits, f"{len(hits)} lines cite {notes.decode()}; see docs/_citations.tsv:\n  " + "\n  ".join(
+    assert not hits, f"{len(hits)} lines cite {notes.decode()}:\n  " + "\n  ".join(
         hits[:20]
     )

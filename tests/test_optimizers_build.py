@@ -83,7 +83,7 @@ def test_one_step_equals_p_minus_lr_T_grad(net: TinyNet, method: str) -> None:
 
 def test_conv_update_uses_out_by_in_kh_kw(net: TinyNet) -> None:
     # σ/(σ^α+d) is not invariant to how a 4-D kernel is flattened: out × (in·kh·kw) differs from
-    # e.g. (out·in) × (kh·kw), so this pins the paper's convention (PAPER.md §1).
+    # e.g. (out·in) × (kh·kw), so this pins the paper's convention (docs/science/quantities.md).
     opt = SpectralNewton.from_model(net, lr=1.0, momentum=0.0, alpha=1.5, method="gram")
     _grads(net)
     g = net.conv.weight.grad.detach().clone()
@@ -282,7 +282,8 @@ def test_validate_settings_messages() -> None:
     assert v("spectral_newton", {"method": "qr"}) == [
         "optimizers.spectral_newton.method: must be one of svd, gram, solve, polar (got 'qr')"
     ]
-    assert v("x", {}) == ["unknown optimizer 'x'; available: adamw, muon, muon_deepspeed, shampoo, soap, spectral_newton"]
+    (msg,) = v("x", {})
+    assert msg.startswith("unknown optimizer 'x'; available: adamw, muon, muon_deepspeed, shampoo, soap, spectral_newton; plug-ins: ")
     (msg,) = v("spectral_newton", {"learning_rate": 0.1})
     assert msg.startswith("optimizers.spectral_newton.learning_rate: unknown setting") and "lr" in msg
     assert v("adamw", {"lr": -1}) == ["optimizers.adamw.lr: must be > 0.0 (got -1)"]
@@ -306,7 +307,7 @@ class LeastSquares(nn.Module):
     """min_W ‖X W − Y‖² / N: convex; W is a plain 2-D parameter (layer type 'other' → spectral).
 
     The target is scaled like a network layer (entries ~0.1), so gradient singular values are
-    ~0.01–0.1 as in training: T's behaviour depends on the scale of G relative to d (PAPER.md §5;
+    ~0.01–0.1 as in training: T's behaviour depends on the scale of G relative to d (docs/science/spectral_newton.md;
     with σ ≫ √d, α = 2 gives T ≈ 1/σ and tiny steps, which is the model, not a bug).
     """
 

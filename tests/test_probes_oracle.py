@@ -1,4 +1,4 @@
-"""Curvature probe vs brute force: h_k against the dense Hessian (PAPER.md §1), on tiny models.
+"""Curvature probe vs brute force: h_k against the dense Hessian (docs/science/quantities.md), on tiny models.
 
 Also holds the oracles (dense Hessian, per-sample factor rows, im2col by hand) and the tiny
 models that the other ``test_probes_*`` files import.

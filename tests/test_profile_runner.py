@@ -127,8 +127,8 @@ def test_tiny_profile_through_real_ray(tmp_path):
 def test_cli_body_raises_the_cli_config_error(tmp_path):
     import argparse
 
+    from bench.problems import ConfigProblems as ConfigError
     from launchers.profile_runner import cli_profile
-    from launchers.sweep import ConfigError
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("profiles: [{methods: [svd], shape_sets: [gpt2-small]}]\nrepeats: -1\n")

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -345,20 +345,25 @@ def _cap(ds: Any, max_examples: int | None) -> Any:
     return ds.select(range(max_examples))
 
 
-def _find_image_column(spec: str, ds: Any, args: dict[str, Any]) -> str | None:
+def _column(spec: str, ds: Any, args: Mapping[str, Any], key: str, names: Sequence[str], feature: str) -> str | None:
+    """The column a dataset's ``key`` argument names (checked to exist), else the first of the usual
+    ``names`` present, else the first column whose feature is of type ``datasets.<feature>``."""
     import datasets
 
-    if "image_column" in args:
-        name = args["image_column"]
+    if key in args:
+        name = args[key]
         if name not in ds.column_names:
-            raise ValueError(
-                f"dataset {spec!r}: image_column {name!r} not found; columns: {', '.join(ds.column_names)}"
-            )
+            raise ValueError(f"dataset {spec!r}: {key} {name!r} not found; columns: {', '.join(ds.column_names)}")
         return name
-    for name in IMAGE_COLUMNS:
+    for name in names:
         if name in ds.column_names:
             return name
-    return next((k for k, f in ds.features.items() if isinstance(f, datasets.Image)), None)
+    kind = getattr(datasets, feature)
+    return next((k for k, f in ds.features.items() if isinstance(f, kind)), None)
+
+
+def _find_image_column(spec: str, ds: Any, args: dict[str, Any]) -> str | None:
+    return _column(spec, ds, args, "image_column", IMAGE_COLUMNS, "Image")
 
 
 def _bundle(
@@ -387,21 +392,9 @@ def _bundle(
 
 
 def _label_column(spec: str, ds: Any, opts: dict[str, Any]) -> str:
-    import datasets
-
-    if "label_column" in opts:
-        name = opts["label_column"]
-        if name not in ds.column_names:
-            raise ValueError(
-                f"dataset {spec!r}: label_column {name!r} not found; columns: {', '.join(ds.column_names)}"
-            )
+    name = _column(spec, ds, opts, "label_column", LABEL_COLUMNS, "ClassLabel")
+    if name is not None:
         return name
-    for name in LABEL_COLUMNS:
-        if name in ds.column_names:
-            return name
-    for name, feature in ds.features.items():
-        if isinstance(feature, datasets.ClassLabel):
-            return name
     raise ValueError(
         f"dataset {spec!r}: no label column ({'/'.join(LABEL_COLUMNS)} or a ClassLabel); "
         f"columns: {', '.join(ds.column_names)} — set label_column"

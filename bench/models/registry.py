@@ -3,23 +3,24 @@
     builtin:cnn | builtin:transformer   small models of this repository   (bench.models.builtin)
     timm:<name>                         a timm image model, random init    (bench.models.timm_models)
     hf:<name-or-config>                 a transformers causal LM, random init (bench.models.hf_models)
+    module.path:function | <name>       a plug-in: factory(task, **model_args) -> nn.Module,
+                                        imported or an entry point of specbench.models (bench.plugins)
 
 Each builder module provides ``check_name``, ``allowed_args`` (name → description, or None when
 args pass through to the library and ``validate_args`` checks them), ``validate_args`` and
-``build``. Modules are imported on first use, so importing `bench.models` does not import timm
-or transformers.
+``build``. Specs are parsed by `bench.plugins.SpecResolver`, shared with the dataset registry.
+Modules are imported on first use, so importing `bench.models` does not import timm or
+transformers.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
-from types import ModuleType
 from typing import Any
 
 from torch import nn
 
 from bench.data.task import TaskInfo
+from bench.plugins import Kind, PluginFactory, SpecResolver
 from bench.problems import shown
 
 #: scheme → builder module.
@@ -29,35 +30,27 @@ SCHEMES: dict[str, str] = {
     "hf": "bench.models.hf_models",
 }
 
-_USAGE = "use builtin:cnn, builtin:transformer, timm:<name> or hf:<name-or-config>"
-
-
-def _parse(spec: str) -> tuple[str, str] | str:
-    """``(scheme, name)`` or an error message."""
-    if not isinstance(spec, str) or not spec.strip():
-        return f"model {shown(spec)}: empty spec; {_USAGE}"
-    scheme, sep, name = spec.partition(":")
-    if not sep:
-        return f"model {shown(spec)}: missing scheme; {_USAGE}"
-    if scheme not in SCHEMES:
-        return f"model {shown(spec)}: unknown scheme {shown(scheme)}; {_USAGE}"
-    return scheme, name
-
-
-def _module(scheme: str) -> ModuleType:
-    return importlib.import_module(SCHEMES[scheme])
+RESOLVER = SpecResolver(Kind(
+    name="model", schemes=SCHEMES, first="the task (bench.data.TaskInfo)", returns=nn.Module,
+    returns_what="a torch.nn.Module", classes_allowed=True,
+    usage="use builtin:cnn, builtin:transformer, timm:<name>, hf:<name-or-config>, or a plug-in: "
+          "module.path:function or an entry-point name",
+))
 
 
 def check_spec(spec: str) -> str | None:
     """An error message naming the problem with ``spec``, or None if it can be built.
 
-    Cheap: registry lookups and at most reading a local config.json; nothing is built or downloaded.
+    Cheap: registry lookups, at most reading a local config.json, and importing a plug-in's
+    module; nothing is built or downloaded.
     """
-    parsed = _parse(spec)
+    parsed = RESOLVER.parse(spec)
     if isinstance(parsed, str):
         return parsed
+    if isinstance(parsed, PluginFactory):
+        return None  # loaded and of the right kind
     scheme, name = parsed
-    problem = _module(scheme).check_name(name)
+    problem = RESOLVER.module(scheme).check_name(name)
     return None if problem is None else f"model {shown(spec)}: {problem}"
 
 
@@ -67,8 +60,11 @@ def allowed_args(spec: str) -> dict[str, str] | None:
     problem = check_spec(spec)
     if problem:
         raise ValueError(problem)
-    scheme, name = _parse(spec)  # type: ignore[misc]
-    return _module(scheme).allowed_args(name)
+    parsed = RESOLVER.parse(spec)
+    if isinstance(parsed, PluginFactory):
+        return parsed.allowed_args()
+    scheme, name = parsed  # type: ignore[misc]
+    return RESOLVER.module(scheme).allowed_args(name)
 
 
 def check_args(spec: str, args: dict[str, Any]) -> list[str]:
@@ -76,22 +72,16 @@ def check_args(spec: str, args: dict[str, Any]) -> list[str]:
     problem = check_spec(spec)
     if problem:
         return [problem]
-    if not isinstance(args, dict):
-        return [f"model {shown(spec)}: args must be a mapping, got {type(args).__name__}"]
-    scheme, name = _parse(spec)  # type: ignore[misc]
-    module = _module(scheme)
-    allowed = module.allowed_args(name)
-    problems = []
-    if allowed is not None:
-        for key in sorted(args):
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                listing = ", ".join(sorted(allowed)) if len(allowed) <= 12 else "see its config class"
-                problems.append(f"model {shown(spec)}: unknown arg {shown(key)}{hint}; allowed: {listing}")
+    problems = RESOLVER.arg_problems(spec, args, allowed_args(spec))
     if problems:
         return problems
-    return [f"model {shown(spec)}: {p}" for p in module.validate_args(name, args)]
+    parsed = RESOLVER.parse(spec)
+    if isinstance(parsed, PluginFactory):
+        found = parsed.value_problems(args)
+    else:
+        scheme, name = parsed  # type: ignore[misc]
+        found = RESOLVER.module(scheme).validate_args(name, args)
+    return [f"model {shown(spec)}: {p}" for p in found]
 
 
 def build_model(spec: str, task: TaskInfo, args: dict[str, Any] | None = None) -> nn.Module:
@@ -104,5 +94,8 @@ def build_model(spec: str, task: TaskInfo, args: dict[str, Any] | None = None) -
     problems = check_args(spec, args)
     if problems:
         raise ValueError("; ".join(problems))
-    scheme, name = _parse(spec)  # type: ignore[misc]
-    return _module(scheme).build(name, task, args)
+    parsed = RESOLVER.parse(spec)
+    if isinstance(parsed, PluginFactory):
+        return parsed.build(task, args)
+    scheme, name = parsed  # type: ignore[misc]
+    return RESOLVER.module(scheme).build(name, task, args)

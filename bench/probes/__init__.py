@@ -1,4 +1,4 @@
-"""Curvature probes (PAPER.md §1): per-layer σ_k, exact h_k, Kronecker factors and their
+"""Curvature probes (docs/science/quantities.md): per-layer σ_k, exact h_k, Kronecker factors and their
 alignment, on a fixed probe batch, with the cost of measuring them.
 
 Modules, one concept each:

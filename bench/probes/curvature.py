@@ -1,4 +1,4 @@
-"""Per-layer curvature quantities of PAPER.md §1 on a fixed probe batch.
+"""Per-layer curvature quantities of docs/science/quantities.md on a fixed probe batch.
 
 For each probed layer with weight matrix W (m × n, the out × in view of
 `optimizers.layer_types.matrix_view`) and the **mean** loss L of the probe batch — the mean over

@@ -1,4 +1,4 @@
-"""Kronecker factors from module hooks: inputs A, back-propagated errors δ (PAPER.md §1).
+"""Kronecker factors from module hooks: inputs A, back-propagated errors δ (docs/science/quantities.md).
 
 Notation: the probe's mean loss L averages N loss terms — one per sample for a classifier
 (N = B), one per target token for a language model (N = B·T). A layer call produces rows, one per
@@ -14,7 +14,7 @@ per sample), R rows in all; with spatial subsampling R' ≤ R of them are kept.
   depend on B, on the micro-batch size or on the number of ranks, and the weight gradient is
   exactly G = δᵀA / N.
 - C_δ = δᵀδ / N (m × m) and C_A = AᵀA / R (n × n). When every loss term owns one row (MLPs,
-  classifier heads, LM layers: R = N) both are the plain means of PAPER.md §1. When a term spans
+  classifier heads, LM layers: R = N) both are the plain means of docs/science/quantities.md. When a term spans
   P > 1 rows (conv positions of one image) this is the KFC normalisation (Grosse & Martens,
   2016): h^kron = (uᵀC_δu)(vᵀC_Av) is then the Kronecker approximation of the empirical Fisher of
   the mean loss — the Fisher of the loss terms, under "spatially uncorrelated derivatives" —

@@ -1,6 +1,6 @@
 """Exact curvature along given directions: vec(D)ᵀ H vec(D) by Hessian-vector products.
 
-PAPER.md §1: h_k = ⟨D_k, H D_k⟩ with H the Hessian of the loss w.r.t. one layer's weight (its
+docs/science/quantities.md: h_k = ⟨D_k, H D_k⟩ with H the Hessian of the loss w.r.t. one layer's weight (its
 diagonal block) and D_k = u_k v_kᵀ. With g = ∇_W S computed with ``create_graph=True``, the
 vector-Jacobian product of g with D is ∇_W⟨g, D⟩ = H D (H is symmetric), so one double backward
 per direction gives H D_k and h_k = ⟨D_k, H D_k⟩. HVPs are linear in the loss, so the full-batch

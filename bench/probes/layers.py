@@ -1,6 +1,6 @@
 """Which layers the curvature probe measures, and why the others are not measured.
 
-PAPER.md §1 is about weight *matrices*: a layer is a weight W (m × n) acting as ``out = W·a`` on
+docs/science/quantities.md is about weight *matrices*: a layer is a weight W (m × n) acting as ``out = W·a`` on
 an input vector a, with conv kernels reshaped ``weight.reshape(out, -1)`` (out × in·kh·kw). The
 layer types come from the one tagger of the suite, `optimizers.layer_types.tag_modules`.
 
@@ -57,7 +57,7 @@ PROBED_TYPES: frozenset[str] = frozenset(
 
 _NOT_PROBED_REASONS = {
     "embedding": "embedding: a lookup table, not a matrix applied to an input vector (its input "
-    "is a one-hot id, its n × n factor the vocabulary size squared); not a PAPER.md §1 layer",
+    "is a one-hot id, its n × n factor the vocabulary size squared); not a docs/science/quantities.md layer",
     "norm": "norm layer: a per-feature gain/shift, no matrix view",
     "other": "weight of an unrecognised module type: the probe only knows Linear-like and conv "
     "layers",

@@ -1,6 +1,6 @@
-"""α per parameter from a probe, for Spectral Newton's ``measured`` α policy (PAPER.md §5).
+"""α per parameter from a probe, for Spectral Newton's ``measured`` α policy (docs/science/spectral_newton.md).
 
-α is the OLS slope of log h_k on log σ_k over the positive h_k of a layer (PAPER.md §2, the same
+α is the OLS slope of log h_k on log σ_k over the positive h_k of a layer (docs/science/fits.md, the same
 convention as ``analysis.fits.fit_layer``; the trial cannot import ``analysis``, which reads only
 Parquet, so the few lines are repeated here and a test checks that both agree). A fused QKV
 weight has one parameter but three probed views (q, k, v): it gets the median of their α.
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-MIN_POINTS = 5  # PAPER.md §2 decision: fewer positive h_k → no fit
+MIN_POINTS = 5  # docs/science/fits.md decision: fewer positive h_k → no fit
 
 
 def layer_alpha(sigma: list[float], h: list[float]) -> float | None:

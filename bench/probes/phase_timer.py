@@ -1,5 +1,5 @@
 """`PhaseTimer`: time and memory of the probe's phases, the rows the probe adds to the `profile`
-table (PAPER.md §6 asks what Φ_k estimation costs at scale).
+table (docs/README.md#open-questions asks what Φ_k estimation costs at scale).
 
 Times are synchronised wall-clock seconds (kernels run asynchronously on GPUs, so every boundary
 synchronises the device with `optimizers.timing.synchronize`). Measurements nest, and each records its

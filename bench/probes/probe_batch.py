@@ -1,6 +1,6 @@
 """The fixed probe batch, its micro-batches and its rank shards.
 
-PAPER.md §1 measures every quantity "on one fixed probe batch of B samples" (2048-4096). Here:
+docs/science/quantities.md measures every quantity "on one fixed probe batch of B samples" (2048-4096). Here:
 
 - the batch is the first ``size`` entries of a permutation of a dataset split drawn from a seed,
   so every rank (and every probe of a trial) sees the same B samples without communicating;

@@ -1,4 +1,4 @@
-"""The curvature probe's entry point: `run_probe` (PAPER.md §1 quantities for every layer).
+"""The curvature probe's entry point: `run_probe` (docs/science/quantities.md quantities for every layer).
 
     from bench.probes import ProbeSettings, run_probe
     result = run_probe(engine.module, workload.loss, workload.split("train"),
@@ -96,7 +96,7 @@ def run_probe(
     settings: ProbeSettings | None = None,
     device: torch.device | str | None = None,
 ) -> ProbeResult:
-    """Measure the PAPER.md §1 quantities of every probeable layer of ``model``.
+    """Measure the docs/science/quantities.md quantities of every probeable layer of ``model``.
 
     Args:
         model: the bare module (for DeepSpeed, ``engine.module``), on ``device``. It is not

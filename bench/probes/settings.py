@@ -1,4 +1,4 @@
-"""Settings of the curvature probe (PAPER.md §1 quantities, §2 γ window).
+"""Settings of the curvature probe (docs/science/quantities.md quantities, §2 γ window).
 
 One typed model, ``extra="forbid"`` like every settings model of the suite, so a typo in a config
 is an error before a trial starts instead of a silently ignored key.
@@ -18,7 +18,7 @@ class ProbeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(
-        2048, ge=1, description="samples in the fixed probe batch (PAPER.md §1: 2048-4096); "
+        2048, ge=1, description="samples in the fixed probe batch (docs/science/quantities.md#the-probe-batch-and-the-mean-loss: 2048-4096); "
         "capped at the size of the split"
     )
     micro_batch_size: int = Field(
@@ -30,7 +30,7 @@ class ProbeSettings(BaseModel):
     )
     gamma_window: int | None = Field(
         None, ge=1, description="also report σ_k up to this k (h and Kronecker columns NaN beyond "
-        "top_k) for the wider γ fits of PAPER.md §2; None: only top_k"
+        "top_k) for the wider γ fits of docs/science/fits.md; None: only top_k"
     )
     spatial_subsample: int = Field(
         1, ge=1, description="conv layers: use every s-th output position along each spatial axis "

@@ -64,11 +64,11 @@ def plan_owner_sync(
 def model_matrices(blocks: int, dim: int, device: torch.device) -> list[torch.Tensor]:
     """The matrix parameters a matrix optimizer gets for ``blocks`` GPT-2 blocks of width ``dim``,
     in its order (model order, routed by ``optimizers.param_groups.assign_parameters``)."""
-    from optimizers.param_groups import assign_parameters
+    from optimizers.param_groups import MATRIX, assign_parameters
 
     model = build_model("gpt2-small", str(device), blocks, dim)
     groups = assign_parameters(model)
-    return [p.detach() for name, p in model.named_parameters() if groups[name] == "spectral"]
+    return [p.detach() for name, p in model.named_parameters() if groups[name] == MATRIX]
 
 
 class _Sync:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bench.problems import ConfigProblems, pydantic_problems
 from bench.profile import shapes as shape_sets
 from bench.profile.flops import METHODS
 
@@ -29,18 +30,10 @@ from bench.profile.flops import METHODS
 DEFAULT_BUCKET_CAP_MB = 25.0
 
 
-class ProfileConfigError(ValueError):
+class ProfileConfigError(ConfigProblems):
     """Every problem of a profile config file (``problems``), rendered one per line."""
 
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        lines = [f"invalid profile config {self.source}: {len(self.problems)} problem(s)"]
-        lines += [f"  - {p}" for p in self.problems]
-        return "\n".join(lines)
+    kind = "profile config"
 
 
 class _Strict(BaseModel):
@@ -320,23 +313,6 @@ def _static(name: str) -> shape_sets.ShapeSet:
     return shape_sets.get(name, "frozen")
 
 
-def pydantic_problems(exc: ValidationError) -> list[str]:
-    """One readable line per pydantic error (``profiles.0.methods: …``)."""
-    out = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        else:
-            msg = err["msg"]
-            if not isinstance(err.get("input"), (dict, list)):
-                msg += f" (got {err['input']!r})"
-        out.append(f"{loc}: {msg}")
-    return out
-
-
 def parse_profile_config(
     raw: Any, source: str = "<config>", overrides: dict[str, Any] | None = None
 ) -> ProfileConfig:
@@ -356,15 +332,16 @@ def parse_profile_config(
 
 def load_profile_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ProfileConfig:
     """Read and validate a profile YAML file; :class:`ProfileConfigError` lists every problem."""
-    import yaml
+    from bench import yaml_config
 
-    path = Path(path)
-    if not path.is_file():
-        raise ProfileConfigError(str(path), ["file not found"])
     try:
-        raw = yaml.safe_load(path.read_text())  # safe_load: a config never constructs objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ProfileConfigError(str(path), [f"malformed YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
-    return parse_profile_config(raw, str(path), overrides)
+        raw, duplicates = yaml_config.load(path)  # the sweep files' YAML rules: 1.2 numbers, no duplicate keys
+    except yaml_config.YamlProblems as exc:
+        raise ProfileConfigError(str(path), exc.problems) from None
+    try:
+        cfg = parse_profile_config(raw, str(path), overrides)
+    except ProfileConfigError as exc:
+        raise ProfileConfigError(str(path), [*duplicates, *exc.problems]) from None
+    if duplicates:
+        raise ProfileConfigError(str(path), duplicates)
+    return cfg

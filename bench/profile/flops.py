@@ -2,7 +2,7 @@
 
 The methods are the optimizers' own names (one vocabulary across the profile table, the cost
 model, the CLI and the README): Spectral Newton's ``svd``, ``gram``, ``solve`` and ``polar``
-(``optimizers.spectral.spectral_transform``, PAPER.md §5) and Muon's ``ns5`` (its quintic
+(``optimizers.spectral.spectral_transform``, docs/science/spectral_newton.md) and Muon's ``ns5`` (its quintic
 Newton–Schulz); ``matmul`` is the ceiling product every measured row is compared with.
 
 Conventions (the same for every method, so that counts compare across methods):

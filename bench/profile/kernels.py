@@ -81,7 +81,7 @@ def make_matrix(
 
     ``gaussian``: i.i.d. N(0, 1) entries (cheap at any size). ``power_law``: G = Q₁ diag(σ) Q₂ᵀ
     with σ_i = i^(−decay), Q from QR of Gaussian matrices — a gradient-like decaying spectrum
-    (PAPER.md §2 fits σ_k ∝ k^(−γ)); it matters for the Newton–Schulz step count of ``polar``,
+    (docs/science/fits.md fits σ_k ∝ k^(−γ)); it matters for the Newton–Schulz step count of ``polar``,
     hardly for the dense decompositions.
     """
     device = torch.device(device)

@@ -77,7 +77,7 @@ def measure_optimizer_steps(
     one row per optimizer (see the module docstring)."""
     import optimizers
     from bench.profile.shapes import GPT2_MODELS, build_model
-    from optimizers.param_groups import assign_parameters
+    from optimizers.param_groups import MATRIX, assign_parameters
 
     entries = []
     for entry in cfg.optimizers:
@@ -105,7 +105,7 @@ def measure_optimizer_steps(
         "op": "optimizer_step", "phase": "step", "model": model_name, "shape_set": model_name,
         "blocks": cfg.blocks if model_name in GPT2_MODELS else None,
         "dim": cfg.dim if model_name in GPT2_MODELS else None,
-        "count": sum(p.numel() for p in model.parameters()), "matrices": sum(g == "spectral" for g in groups.values()),
+        "count": sum(p.numel() for p in model.parameters()), "matrices": sum(g == MATRIX for g in groups.values()),
         "dtype": "fp32", "device": device.type,
         "threads": torch.get_num_threads(), "repeats": cfg.repeats, "warmup": cfg.warmup, "batch": 1,
         "status": "ok", "baseline": cfg.baseline, "reference": cfg.reference,

@@ -1,6 +1,6 @@
 """What Φ_k estimation costs inside training: the curvature probe against the training step.
 
-PAPER.md §6 leaves open what its quantities cost. For one model family (the built-in causal
+docs/README.md#open-questions leaves open what its quantities cost. For one model family (the built-in causal
 transformer on byte-level text) this measures, in one process and one job:
 
 - the training step time (AdamW, forward + backward + step, median after warm-up);

@@ -172,7 +172,7 @@ PROFILE = pa.schema(
     ]
 )
 
-#: One row per (trial, probe step, layer, k): PAPER.md §1 quantities from bench/probes. Rows with
+#: One row per (trial, probe step, layer, k): docs/science/quantities.md#the-curvature-table quantities from bench/probes. Rows with
 #: k beyond the probe's top_k (kept for wider γ fits) carry only ``sigma``.
 CURVATURE = pa.schema(
     [
@@ -196,7 +196,7 @@ CURVATURE = pa.schema(
     ]
 )
 
-#: One row per (trial, probe step, layer): the fits of PAPER.md §2–3 computed from that layer's
+#: One row per (trial, probe step, layer): the fits of docs/science/fits.md computed from that layer's
 #: ``curvature`` rows by ``analysis.curvature.layer_fits_from_curvature`` (column meanings: the
 #: README's "Parquet schema"). Written by the report/train/probe commands, not by the trial.
 LAYER_FITS = pa.schema(

@@ -1,6 +1,6 @@
 """The curvature probe inside a trial: `Prober` runs `bench.probes.run_probe` at scheduled steps.
 
-Rows go to ``curvature.parquet`` (PAPER.md §1 quantities per layer and k) and ``profile.parquet``
+Rows go to ``curvature.parquet`` (docs/science/quantities.md quantities per layer and k) and ``profile.parquet``
 (the probe's own cost per layer and phase), both flushed by rank 0 after every probe. With the
 ``measured`` α policy, each probe also hands Spectral Newton a fresh α per layer.
 """
