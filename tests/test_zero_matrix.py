@@ -628,3 +628,77 @@ def test_owners_hold_their_share_of_the_matrix_state(two: list[dict]) -> None:
             sizes[rank] += state["momentum_buffer"].numel()
     total = sum(torch.Size(s).numel() for s in run[0]["shapes"])
     assert sum(sizes.values()) == total and all(0 < v < total for v in sizes.values())
+
+
+# --- the sweep path: bench's trial at ZeRO-2 and -3, every optimizer, one launch -------------------
+
+TRIAL_STAGES = (0, 2, 3)
+
+
+def _trial_specs() -> list[Any]:
+    """Every optimizer of the suite on the quickstart-sized CNN (DeepSpeed's Muon with its kernels on
+    AdamW), at ZeRO 0, 2 and 3, validated as a sweep config (so validation accepts them), with a
+    checkpoint in the middle of each trial."""
+    from conftest import tiny_sweep
+
+    from launchers.sweep import expand, parse_config
+
+    kernels_to_adamw = ["bias", "norm", "embedding", "head", "conv", "conv_stem", "depthwise_conv"]
+    entries = [{"name": name, "settings": {**SETTINGS[name], "lr": 0.01}} for name in SETTINGS]
+    entries.append({"name": "muon_deepspeed", "settings": {"lr": 0.01, "adamw_types": kernels_to_adamw}})
+    specs = []
+    for stage in TRIAL_STAGES:
+        doc = tiny_sweep(name=f"zero{stage}", optimizers=entries)
+        # No clipping: DeepSpeed's Muon clips its orthogonalised update at ZeRO ≥ 1 and the gradient at
+        # ZeRO-0 (test_deepspeed_muon_matches_ours_where_the_math_is_the_same); the equality cases clip.
+        doc["training"].update(zero_stage=stage, steps=4, eval_every=2, checkpoint_every=2, grad_clip=None)
+        specs += expand(parse_config(doc))
+    return specs
+
+
+def _trial_worker(rank: int, world: int, port: int, specs: list[str], storage: str) -> None:
+    """Run bench's trials one after another in one process group (as ``specbench train`` runs one)."""
+    from bench.config import TrialSpec
+    from bench.distributed import configure_cpu_threads, init_process_group
+    from bench.trial import run_trial
+
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    configure_cpu_threads(1)
+    torch._dynamo.config.disable = True  # DeepSpeed's Muon compiles Newton–Schulz: eager on CPU
+    init_process_group(rank, world, port)
+    for spec in specs:
+        run_trial(TrialSpec.model_validate_json(spec), storage)
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+@pytest.fixture(scope="module")
+def trials(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, int], Any]:
+    import pyarrow.parquet as pq
+
+    specs, storage = _trial_specs(), tmp_path_factory.mktemp("trials")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    mp.spawn(_trial_worker, args=(2, port, [s.model_dump_json() for s in specs], str(storage)), nprocs=2, join=True)
+    return {(s.optimizer, s.training.zero_stage):
+            pq.read_table(storage / s.sweep_name / "trials" / s.trial_id / "steps.parquet").to_pandas()
+            for s in specs}
+
+
+def test_every_optimizer_trains_a_trial_at_zero_2_and_3_like_zero_0(trials: dict) -> None:
+    """The sweep path (config validation, bench's engine, checkpoints) at ZeRO-2 and -3 gives the
+    losses of ZeRO-0 for all five optimizers and DeepSpeed's Muon (fp32 round-off apart)."""
+    for name in [*SETTINGS, "muon_deepspeed"]:
+        zero0 = trials[(name, 0)]
+        assert list(zero0["step"]) == [1, 2, 3, 4], name
+        assert zero0["train_loss"].iloc[-1] != zero0["train_loss"].iloc[0], name  # it trained
+        for stage in TRIAL_STAGES[1:]:
+            rows = trials[(name, stage)]
+            assert list(rows["step"]) == [1, 2, 3, 4], (name, stage)
+            torch.testing.assert_close(torch.tensor(rows["train_loss"].to_numpy()),
+                                       torch.tensor(zero0["train_loss"].to_numpy()), rtol=1e-4, atol=1e-6,
+                                       msg=f"{name} ZeRO-{stage}")
+            if name in MATRIX:  # the owner exchange ran and was recorded
+                assert (rows["opt_bytes_communicated"] > 0).all(), (name, stage)
