@@ -266,3 +266,18 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config:
     if isinstance(optimizer, MatrixOptimizer) and engine.zero_optimization_stage() >= 1:
         attach(engine, optimizer)
     return engine
+
+
+# --- accounting (for the memory benchmark) -----------------------------------------------------
+
+
+def master_partitions(engine: Any) -> list[torch.Tensor]:
+    """This rank's fp32 master partitions held by DeepSpeed's ZeRO optimizer (empty at ZeRO-0,
+    where the client's parameters are the masters or the model's own)."""
+    stage = engine.zero_optimization_stage()
+    if stage == 0:
+        return []
+    zo = _zero_optimizer(engine)
+    name = "fp32_partitioned_groups_flat" if stage == 3 else "single_partition_of_fp32_groups"
+    _require(zo, name)
+    return list(getattr(zo, name))

@@ -129,7 +129,7 @@ def _train(engine: Any, rank: int, accum: int, dtype: torch.dtype = torch.float3
 
 
 def _equality_cases(rank: int, world: int) -> dict:
-    from optimizers.deepspeed_zero import initialize
+    from optimizers.deepspeed_zero import initialize, master_partitions
 
     out = {}
     for name, settings in SETTINGS.items():
@@ -140,7 +140,8 @@ def _equality_cases(rank: int, world: int) -> dict:
                 engine = initialize(model, opt, ds_config(name, stage, accum, world))
                 _train(engine, rank, accum)
                 norm = engine.get_global_grad_norm()  # recorded by ZeRO's optimizers, not at ZeRO-0 fp32
-                res = {"params": _full_params(model, stage), "norm": None if norm is None else float(norm)}
+                res = {"params": _full_params(model, stage), "norm": None if norm is None else float(norm),
+                       "masters": sum(t.numel() for t in master_partitions(engine))}
                 if name in MATRIX:
                     res.update(owners=list(opt.sharding.owners), state=_matrix_state(opt), steps=opt.matrix_steps,
                                shapes=[tuple(s) for s in opt.sharding.shapes], metrics=opt.step_metrics())
@@ -446,6 +447,11 @@ def _check_equality(results: list[dict], references: dict, world: int) -> None:
                     assert all(torch.equal(a, b) for a, b in zip(r["params"], runs[0]["params"], strict=True)), case
                 assert relative_diff(runs[0]["params"], zero0) < REL_TOL, case
                 assert relative_diff(runs[0]["params"], ref) < REL_TOL, case
+                # DeepSpeed's fp32 masters: none at ZeRO-0 (fp32), else a 1/P share (+ padding) per rank
+                numel = sum(p.numel() for p in make_model().parameters())
+                masters = [r["masters"] for r in runs]
+                assert masters == [0] * world if stage == 0 else (
+                    numel <= sum(masters) < numel + 64 * world and max(masters) <= numel // world + 64), case
                 if name not in MATRIX:
                     continue
                 owners, shapes = runs[0]["owners"], runs[0]["shapes"]
