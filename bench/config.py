@@ -371,7 +371,17 @@ def semantic_problems(cfg: SweepConfig) -> list[str]:
 
     Cheap checks only: nothing is downloaded, no model is built.
     """
-    return _registry_problems(list(enumerate(cfg.workloads)), list(enumerate(cfg.optimizers)), cfg.training.zero_stage)
+    problems = _registry_problems(list(enumerate(cfg.workloads)), list(enumerate(cfg.optimizers)),
+                                  cfg.training.zero_stage)
+    if cfg.training.zero_stage == 3:
+        # The curvature probe differentiates the module's own parameters, which ZeRO-3 keeps only as
+        # empty placeholders between forward passes (tested: it fails at ZeRO-3, works at 1 and 2).
+        for i, entry in enumerate(cfg.optimizers):
+            if entry.probe_schedule(cfg.probes).enabled:
+                problems.append(f"optimizers[{i}] ({entry.label or entry.name}): curvature probes need whole "
+                                "parameters, which training.zero_stage=3 partitions; use zero_stage ≤ 2 for "
+                                "probed trials")
+    return problems
 
 
 def partial_semantic_problems(raw: dict[str, Any]) -> list[str]:
@@ -403,6 +413,7 @@ def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: lis
     # Imported here so that parsing a config does not import torch-heavy registries needlessly.
     import optimizers
     from bench import data, models
+    from optimizers.deepspeed_zero import zero_stage_problems
 
     problems: list[str] = []
     for i, wl in workloads:
@@ -430,14 +441,13 @@ def _registry_problems(workloads: list[tuple[int, WorkloadConfig]], entries: lis
             for m in settings_problems(entry.name, {**entry.settings, **combo}, f"{where}.settings"):
                 if m not in problems:
                     problems.append(m)
-        if zero_stage > 0 and optimizers.requires_full_matrices(entry.name):
-            problems.append(
-                f"{where} ({entry.name}): needs whole gradient matrices, but training.zero_stage="
-                f"{zero_stage} hands client optimizers one flat 1-D partition per rank "
-                "(the matrix structure is lost). Use zero_stage: 0 (plain data parallelism; the "
-                "per-matrix work is still sharded across ranks by the optimizer) or an element-wise "
-                "optimizer such as adamw."
-            )
+        # ZeRO compatibility: every optimizer runs at every stage, matrix optimizers through the
+        # partition layout (optimizers.deepspeed_zero), with the exceptions that module names.
+        for combo in grid_points(entry.grid) + _search_corners(entry.search) or [{}]:
+            for m in zero_stage_problems(entry.name, {**entry.settings, **combo}, zero_stage):
+                line = f"{where} ({entry.name}): {m}"
+                if line not in problems:
+                    problems.append(line)
     return problems
 
 

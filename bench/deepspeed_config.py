@@ -4,6 +4,11 @@ The learning-rate schedule is a multiplicative ``LambdaLR`` handed to ``deepspee
 (DeepSpeed steps it at each gradient-accumulation boundary) rather than DeepSpeed's
 ``WarmupLR``/``WarmupDecayLR``: those set one absolute lr for every param group, which would
 erase the separate lr of the AdamW group that matrix optimizers carry inside them.
+
+The ZeRO settings a given optimizer needs (a matrix optimizer at ZeRO ≥ 1: one ZeRO-3 sub-group per
+param group and DeepSpeed's permission for a client optimizer it does not know; DeepSpeed's Muon at
+ZeRO-3: no reduce-scatter) come from `optimizers.deepspeed_zero.zero_config`, which owns what the
+suite knows about DeepSpeed's internals.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.config import TrainingConfig
+from optimizers.deepspeed_zero import zero_config
 
 
-def deepspeed_config(tcfg: TrainingConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_config(tcfg: TrainingConfig, world_size: int, optimizer: str = "adamw") -> dict[str, Any]:
+    """The DeepSpeed config of a trial of ``optimizer`` (a registry name) on ``world_size`` ranks."""
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": tcfg.micro_batch_size,
         "gradient_accumulation_steps": tcfg.grad_accum,
@@ -26,8 +33,12 @@ def deepspeed_config(tcfg: TrainingConfig, world_size: int) -> dict[str, Any]:
         "wall_clock_breakdown": False,
         "steps_per_print": 1 << 30,
     }
-    if tcfg.grad_clip is not None:
-        cfg["gradient_clipping"] = tcfg.grad_clip
+    # Always written: DeepSpeed's own default is 1.0, so leaving the key out for "no clipping"
+    # would clip at 1.0.
+    cfg["gradient_clipping"] = tcfg.grad_clip if tcfg.grad_clip is not None else 0.0
+    extra = zero_config(optimizer, tcfg.zero_stage)
+    cfg["zero_optimization"].update(extra.pop("zero_optimization", {}))
+    cfg.update(extra)
     return cfg
 
 

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .layer_types import matrix_shape
+from .layer_types import matrix_shape, param_shape
 from .timing import StepTimer
 
 DISTRIBUTIONS: tuple[str, ...] = ("sharded", "redundant")
@@ -149,14 +149,15 @@ def _bucket(owner: int, members: list[int], params: Sequence[torch.Tensor], key:
     return Bucket(owner, tuple(members), tuple(params[i].numel() for i in members), key[0], key[1])
 
 
-def _to_cpu(value: Any) -> Any:
-    """A copy of ``value`` with every tensor moved to the CPU (for pickling across ranks)."""
+def to_device(value: Any, device: torch.device | str) -> Any:
+    """``value`` (a tensor, or mappings / lists / tuples of them) with every tensor detached and on
+    ``device`` (the CPU for pickling across ranks; a loaded optimizer state back onto its device)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
+        return value.detach().to(device)
     if isinstance(value, Mapping):
-        return {k: _to_cpu(v) for k, v in value.items()}
+        return {k: to_device(v, device) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
+        return type(value)(to_device(v, device) for v in value)
     return value
 
 
@@ -186,7 +187,7 @@ class OwnerSharding:
             raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)} (got {mode!r})")
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0 (got {bucket_cap_mb})")
-        self.shapes = [tuple(p.shape) for p in params]
+        self.shapes = [param_shape(p) for p in params]
         self.mode = mode
         self.cap_bytes = max(1, int(bucket_cap_mb * 2**20))
         self.group = group
@@ -230,7 +231,7 @@ class OwnerSharding:
 
     def _check(self, params: Sequence[torch.Tensor]) -> None:
         self.setup()
-        shapes = [tuple(p.shape) for p in params]
+        shapes = [param_shape(p) for p in params]
         if shapes != self.shapes:
             raise RuntimeError(
                 "the optimizer's matrix parameters changed shape since it was built (a ZeRO ≥ 1 flat "
@@ -321,7 +322,7 @@ class OwnerSharding:
         merged = dict(state)
         if not self.sharded:
             return merged
-        mine = {keys[i]: _to_cpu(state[keys[i]]) for i in self.owned_indices() if keys[i] in state}
+        mine = {keys[i]: to_device(state[keys[i]], "cpu") for i in self.owned_indices() if keys[i] in state}
         parts: list[Any] = [None] * self.world
         dist.all_gather_object(parts, mine, group=self.group)
         for r, part in enumerate(parts):

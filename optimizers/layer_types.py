@@ -10,6 +10,10 @@ Also here: the "out × in" matrix view of a weight (:func:`matrix_view`, a tenso
 conv kernels are reshaped ``weight.reshape(out, -1)``; GPT-2's ``Conv1D`` stores in × out and is
 transposed), the shape of that matrix from a parameter shape alone (:func:`matrix_shape`), and the
 split of a fused QKV weight into q/k/v views.
+
+Shapes are read with :func:`param_shape`, never ``tensor.shape`` alone: a parameter created under
+DeepSpeed's ``zero.Init`` (ZeRO-3) is an empty placeholder whose real shape is ``ds_shape``, and
+tagging or grouping the placeholder would silently send every matrix to AdamW.
 """
 
 from __future__ import annotations
@@ -79,6 +83,18 @@ _EMBEDDING_PARAM_HINTS = (
 _STEM_CONTEXT = ("stem", "patch_embed", "conv_stem")
 
 
+def param_shape(param: torch.Tensor) -> tuple[int, ...]:
+    """The real shape of a parameter: ``ds_shape`` for a ZeRO-3 partitioned one (whose ``shape`` is
+    that of its empty or flat placeholder), else ``shape``."""
+    ds_shape = getattr(param, "ds_shape", None)
+    return tuple(int(d) for d in (ds_shape if ds_shape is not None else param.shape))
+
+
+def param_ndim(param: torch.Tensor) -> int:
+    """The number of dimensions of :func:`param_shape`."""
+    return len(param_shape(param))
+
+
 def is_conv1d_transposed(module: nn.Module | None) -> bool:
     """True for Hugging Face's GPT-2 ``Conv1D``: a linear layer whose weight is stored in × out.
 
@@ -89,7 +105,10 @@ def is_conv1d_transposed(module: nn.Module | None) -> bool:
         return False
     weight = getattr(module, "weight", None)
     nf = getattr(module, "nf", None)
-    return isinstance(weight, torch.Tensor) and weight.ndim == 2 and nf == weight.shape[1]
+    if not isinstance(weight, torch.Tensor):
+        return False
+    shape = param_shape(weight)
+    return len(shape) == 2 and nf == shape[1]
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -258,7 +277,7 @@ def _param_type(
     """Type of one parameter given its owning module (see :func:`tag_parameters`)."""
     attr = name.rsplit(".", 1)[-1]
     lowered = attr.lower()
-    if lowered == "bias" or (lowered.endswith("bias") and param.ndim <= 1):
+    if lowered == "bias" or (lowered.endswith("bias") and param_ndim(param) <= 1):
         return "bias"
     if any(h in name.lower() for h in _EMBEDDING_PARAM_HINTS) and owner_path not in module_tags:
         return "embedding"

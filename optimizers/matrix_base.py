@@ -13,8 +13,9 @@ class's ``settings_model`` (a :class:`optimizers.settings.MatrixSettings` subcla
 defaults are written); the fields the subclass adds become the matrix groups' hyperparameters
 (torch's ``defaults``: per group, saved in ``state_dict``). Grouping (:meth:`MatrixOptimizer.from_model`).
 The step: AdamW on every rank; the update of the matrices this rank owns
-(:class:`optimizers.distributed.OwnerSharding`, LPT over the ranks at ZeRO-0); the owners' new
-values broadcast to every rank; the time of the matrix phase and the load-imbalance collective.
+(:class:`optimizers.distributed.OwnerSharding`, LPT over the ranks); the owners' new values
+broadcast to every rank (ZeRO-0) or written back into the ranks' flat partitions (ZeRO ≥ 1, below);
+the time of the matrix phase and the load-imbalance collective.
 The update rule, with Δ the subclass's direction, λ the decoupled weight decay and s a
 per-matrix learning-rate scale::
 
@@ -22,6 +23,17 @@ per-matrix learning-rate scale::
 
 Checkpoints: ``state_dict`` gathers the owners' per-matrix state on every rank (a collective when
 sharded) and ``load_state_dict`` keeps only the owned entries. Metrics: :meth:`MatrixOptimizer.step_metrics`.
+
+**ZeRO stages 1–3.** DeepSpeed then replaces each param group's parameters by one flat fp32
+partition per rank and calls ``step()`` once per group (ZeRO-1/2: with only that group in
+``param_groups``; ZeRO-3: with the other groups emptied). :func:`optimizers.deepspeed_zero.initialize`
+reads where every matrix's pieces lie and calls :meth:`MatrixOptimizer.attach_zero`; from then on
+the AdamW groups step element-wise on their partitions, and the matrix group's call gathers each
+owned matrix whole on its owner (:class:`optimizers.zero_partitions.ZeroPartitions`), runs the same
+per-matrix math on it as at ZeRO-0, and writes the new values back into the partitions. The
+per-matrix state is keyed by the owner's persistent handle tensors and saved per rank (DeepSpeed
+writes one optimizer file per rank at ZeRO ≥ 1). Without the attachment a flat partition reaching
+the matrix math is refused, never updated as a vector.
 
 **What a subclass writes** — only its math:
 
@@ -36,8 +48,13 @@ sharded) and ``load_state_dict`` keeps only the owned entries. Metrics: :meth:`M
   optimizer), :meth:`MatrixOptimizer.step_owned` over all owned matrices at once, calling
   :meth:`MatrixOptimizer.apply_update_` for each direction (or letting the library update);
 - capabilities as class attributes: ``requires_full_matrices`` (True: the update needs whole
-  gradient matrices, so ZeRO ≥ 1 flat partitions are refused) and ``time_metric`` (the
-  ``step_metrics`` key of the matrix phase's seconds).
+  gradient matrices, so under ZeRO ≥ 1 the engine must be created by
+  :func:`optimizers.deepspeed_zero.initialize`) and ``time_metric`` (the ``step_metrics`` key of
+  the matrix phase's seconds).
+
+The math must key its state by the tensors it is handed (``OwnedMatrix.param``, or
+:meth:`MatrixOptimizer.matrix_tensors` for a library optimizer), never by ``param_groups``' tensors,
+which are flat partitions under ZeRO ≥ 1.
 """
 
 from __future__ import annotations
@@ -50,7 +67,8 @@ import torch
 from torch import nn
 
 from .adamw import adamw_step_
-from .distributed import OwnerSharding
+from .distributed import OwnerSharding, to_device
+from .layer_types import param_ndim
 from .param_groups import (
     ADAMW,
     MATRIX,
@@ -62,6 +80,7 @@ from .param_groups import (
 )
 from .settings import MatrixSettings, parse_settings
 from .timing import StepTimer
+from .zero_partitions import ZeroPartitions
 
 FRAME_SETTINGS: tuple[str, ...] = (
     "adamw_lr", "adamw_betas", "adamw_eps", "adamw_types", "no_decay_types", "distribution", "bucket_cap_mb",
@@ -69,6 +88,8 @@ FRAME_SETTINGS: tuple[str, ...] = (
 """Settings the frame consumes at construction; every other setting is a matrix-group hyperparameter."""
 GROUP_STRUCTURE: tuple[str, ...] = ("kind", "name", "param_names", "layer_types")
 """Group keys fixed at construction: a loaded checkpoint restores hyperparameters, never these."""
+ZERO_MATRIX_STATE = "zero_matrix_state"
+"""State-dict key of a rank's owned per-matrix state under ZeRO ≥ 1 (matrix position → state)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +137,13 @@ class MatrixOptimizer(torch.optim.Optimizer):
         hyper = {k: v for k, v in s.model_dump().items() if k not in FRAME_SETTINGS}
         super().__init__(groups, hyper)
         self.sharding = OwnerSharding(self.matrix_params(), s.distribution, s.bucket_cap_mb)
+        self.matrix_sources: list[torch.Tensor] = self.matrix_params()
+        """The matrix parameters as constructed (the model's own tensors), by position: what an
+        engine's partition layout is read for."""
+        self.zero: ZeroPartitions | None = None
+        """The ZeRO ≥ 1 partition exchange, once attached (:meth:`attach_zero`)."""
+        self.matrix_steps = 0
+        """Matrix phases run (one per optimizer step: a test counts them against the steps taken)."""
         self._last_timer: StepTimer | None = None
 
     @classmethod
@@ -182,16 +210,44 @@ class MatrixOptimizer(torch.optim.Optimizer):
         return [g for g in self.param_groups if g["kind"] == MATRIX]
 
     def matrix_params(self) -> list[torch.Tensor]:
-        """The matrices of the matrix groups, in group order (the sharding's positions)."""
+        """The tensors of the matrix groups, in group order: the matrices (the sharding's positions),
+        or under ZeRO ≥ 1 the flat partitions DeepSpeed put in their place."""
         return [p for g in self.matrix_groups() for p in g["params"]]
+
+    def matrix_tensors(self) -> list[torch.Tensor]:
+        """The tensors the per-matrix math updates, one per matrix position: the matrix parameters
+        (or the engine's fp32 copies of them) at ZeRO-0; under ZeRO ≥ 1 the persistent handles,
+        which hold the whole matrix on its owner during a step and are empty otherwise."""
+        return list(self.zero.handles) if self.zero is not None else self.matrix_params()
+
+    def matrix_items(self) -> list[tuple[dict[str, Any], torch.Tensor]]:
+        """``(group, tensor)`` for every matrix position (tensors of :meth:`matrix_tensors`)."""
+        groups = [g for g in self.matrix_groups() for _ in g["param_names"]]
+        return list(zip(groups, self.matrix_tensors(), strict=True))
+
+    def attach_zero(self, partitions: ZeroPartitions) -> None:
+        """Run the matrix groups on ZeRO ≥ 1 flat partitions through ``partitions`` (module
+        docstring); called by :func:`optimizers.deepspeed_zero.initialize` once the engine exists."""
+        if self.settings.distribution != "sharded":
+            raise ValueError(
+                f"{type(self).__name__}: distribution={self.settings.distribution!r} computes every matrix on every "
+                "rank from full gradients, which ZeRO ≥ 1 partitions do not hold; use distribution: sharded"
+            )
+        if len(self.matrix_groups()) > 1:
+            raise ValueError(f"{type(self).__name__}: ZeRO ≥ 1 supports one matrix param group "
+                             f"(got {len(self.matrix_groups())})")
+        if partitions.shapes != self.sharding.shapes or partitions.owners != self.sharding.owners:
+            raise ValueError("the ZeRO partition exchange was built for other matrices or owners")
+        self.zero = partitions
 
     def _check_matrix_grad(self, p: torch.Tensor, name: str) -> None:
         if p.grad is None:
             return
-        if p.ndim < 2 or p.grad.ndim < 2:
+        if param_ndim(p) < 2 or p.grad.ndim < 2:
             raise RuntimeError(
                 f"{type(self).__name__} needs whole gradient matrices; parameter {name!r} arrived with shape "
-                f"{tuple(p.grad.shape)} (a ZeRO ≥ 1 flat partition?): use ZeRO stage 0"
+                f"{tuple(p.grad.shape)} (a ZeRO ≥ 1 flat partition without its layout?): create the engine "
+                "with optimizers.deepspeed_zero.initialize"
             )
         if p.grad.is_sparse:
             raise RuntimeError(f"parameter {name!r}: {type(self).__name__} does not support sparse gradients")
@@ -201,8 +257,9 @@ class MatrixOptimizer(torch.optim.Optimizer):
         for g in self.matrix_groups():
             if len(g["param_names"]) != len(g["params"]):
                 raise RuntimeError(
-                    f"{type(self).__name__}'s param groups were rewritten (e.g. by a ZeRO ≥ 1 flat partition); "
-                    "it needs whole gradient matrices: use ZeRO stage 0"
+                    f"{type(self).__name__}'s param groups were rewritten (a ZeRO ≥ 1 flat partition?) and no "
+                    "partition layout is attached; it needs whole gradient matrices: create the engine with "
+                    "optimizers.deepspeed_zero.initialize"
                 )
             for p, n in zip(g["params"], g["param_names"], strict=True):
                 self._check_matrix_grad(p, n)
@@ -223,8 +280,6 @@ class MatrixOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params = self.matrix_params()
-        owned = self._owned_matrices(params)
         for group in self.param_groups:
             if group["kind"] == ADAMW:
                 adamw_step_(
@@ -235,15 +290,49 @@ class MatrixOptimizer(torch.optim.Optimizer):
                     eps=group["eps"],
                     weight_decay=group["weight_decay"],
                 )
+        if self.zero is None:
+            self._step_matrices()
+        else:
+            self._step_zero_matrices()
+        return loss
+
+    def _step_matrices(self) -> None:
+        """Whole matrices in ``param_groups`` (ZeRO-0): owned ones here, then the values broadcast."""
+        params = self.matrix_params()
+        owned = self._owned_matrices(params)
         timer = StepTimer()
         if params:
             with timer.measure(params[0].device):
                 self.step_owned(owned)
         self.sharding.sync_(params)
+        self._finish_matrix_phase(timer)
+
+    def _step_zero_matrices(self) -> None:
+        """The matrix group's flat partition (ZeRO ≥ 1): whole owned matrices gathered, stepped and
+        written back (:class:`ZeroPartitions`). DeepSpeed also calls ``step()`` for the other groups;
+        those calls carry no matrix partition and do nothing here."""
+        present = [g for g in self.matrix_groups() if g["params"]]
+        if not present:
+            return
+        group = present[0]
+        if len(present) != 1 or len(group["params"]) != 1 or group["params"][0].ndim != 1:
+            raise RuntimeError(
+                f"{type(self).__name__}: expected the matrix group as one flat ZeRO partition, got "
+                f"{[tuple(p.shape) for g in present for p in g['params']]}"
+            )
+        flat = group["params"][0]
+        timer = StepTimer()
+        with self.zero.whole_matrices(flat) as handles:
+            owned = [OwnedMatrix(h, h.grad, group, group["param_names"][i], group["layer_types"][i]) for i, h in handles]
+            with timer.measure(flat.device):
+                self.step_owned(owned)
+        self._finish_matrix_phase(timer)
+
+    def _finish_matrix_phase(self, timer: StepTimer) -> None:
         if self.sharding.world > 1:
             self.sharding.record_load(timer.seconds())
         self._last_timer = timer
-        return loss
+        self.matrix_steps += 1
 
     def step_metrics(self) -> dict[str, float]:
         """``time_metric`` (seconds of this rank's matrix phase in the last step: momentum,
@@ -254,7 +343,11 @@ class MatrixOptimizer(torch.optim.Optimizer):
         the GPU to report timings (except, with world > 1, for the load-imbalance collective).
         """
         seconds = self._last_timer.seconds() if self._last_timer is not None else 0.0
-        return {self.time_metric: seconds, **self.sharding.metrics()}
+        metrics = self.sharding.metrics()
+        if self.zero is not None:  # the partition exchange replaces the broadcasts
+            for key, value in self.zero.metrics().items():
+                metrics[key] += value
+        return {self.time_metric: seconds, **metrics}
 
     # --- checkpoints ----------------------------------------------------------------------------------
 
@@ -264,20 +357,57 @@ class MatrixOptimizer(torch.optim.Optimizer):
         return [index[id(p)] for p in self.matrix_params()]
 
     def state_dict(self) -> dict[str, Any]:
-        """Full state on every rank: the owners' matrix states are gathered (a collective when
-        sharded: call it on every rank, as DeepSpeed does)."""
-        sd = super().state_dict()
-        sd["state"] = self.sharding.gather_state(sd["state"], self._state_keys())
+        """ZeRO-0: full state on every rank, the owners' matrix states gathered (a collective when
+        sharded: call it on every rank, as DeepSpeed does). ZeRO ≥ 1: this rank's state only (its
+        AdamW partitions and its owned matrices, under ``zero_matrix_state`` by position), since
+        DeepSpeed saves one file per rank."""
+        if self.zero is None:
+            sd = super().state_dict()
+            sd["state"] = self.gathered_state(sd["state"], self._state_keys())
+            return sd
+        handles = self.zero.handles
+        owned = {i: self.state.pop(h) for i, h in enumerate(handles) if h in self.state}
+        try:
+            sd = super().state_dict()  # torch maps only tensors in param_groups: the handles are not
+        finally:
+            for i, value in owned.items():
+                self.state[handles[i]] = value
+        sd[ZERO_MATRIX_STATE] = owned
         return sd
+
+    def gathered_state(self, state: dict[Any, Any], keys: Sequence[Any]) -> dict[Any, Any]:
+        """``state`` with the owners' matrix entries (``keys[i]`` for matrix ``i``) merged in at
+        ZeRO-0 (a collective when sharded); unchanged under ZeRO ≥ 1 (per-rank files)."""
+        return state if self.zero is not None else self.sharding.gather_state(state, keys)
+
+    def drop_unowned(self, state: dict[Any, Any], keys: Sequence[Any]) -> None:
+        """Delete the entries of matrices this rank does not own after loading a gathered (ZeRO-0)
+        state; nothing to do under ZeRO ≥ 1, whose files hold only this rank's state."""
+        if self.zero is None:
+            self.sharding.drop_unowned(state, keys)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load (hyperparameters and state from the checkpoint), keeping this optimizer's
         group structure, filling hyperparameters the checkpoint lacks (an older version's) from
         this optimizer's settings and, when sharded, keeping only the state of owned matrices."""
+        state_dict = dict(state_dict)
+        zero_state = state_dict.pop(ZERO_MATRIX_STATE, None)
+        if (zero_state is None) != (self.zero is None):
+            raise ValueError(
+                f"{type(self).__name__}: a checkpoint saved at "
+                f"{'ZeRO-0' if zero_state is None else 'ZeRO ≥ 1'} cannot be loaded at "
+                f"{'ZeRO-0' if self.zero is None else 'ZeRO ≥ 1'} (its matrix state is laid out differently)"
+            )
         structure = [{k: g[k] for k in GROUP_STRUCTURE if k in g} for g in self.param_groups]
         super().load_state_dict(state_dict)
         for group, keys in zip(self.param_groups, structure, strict=True):
             group.update(keys)
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-        self.sharding.drop_unowned(self.state, self.matrix_params())
+        if self.zero is None:
+            self.drop_unowned(self.state, self.matrix_params())
+            return
+        device = self.matrix_params()[0].device if self.matrix_params() else torch.device("cpu")
+        for i, value in zero_state.items():
+            if i in self.zero.owned:
+                self.state[self.zero.handles[i]] = to_device(value, device)

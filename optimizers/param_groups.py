@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layer_types import LAYER_TYPES, tag_parameters
+from .layer_types import LAYER_TYPES, param_ndim, param_shape, tag_parameters
 
 MATRIX, ADAMW = "matrix", "adamw"
 """The two group kinds: matrices for the matrix optimizer, everything else for the AdamW side-car."""
@@ -59,7 +59,7 @@ def assign_parameters(
     check_layer_types(adamw_types, "adamw_types")
     types = dict(layer_types) if layer_types is not None else tag_parameters(model)
     return {
-        name: ADAMW if (types.get(name, "other") in adamw_types or p.ndim < 2) else MATRIX
+        name: ADAMW if (types.get(name, "other") in adamw_types or param_ndim(p) < 2) else MATRIX
         for name, p in trainable_parameters(model)
     }
 
@@ -94,7 +94,7 @@ def build_param_groups(
         if kind == MATRIX:
             buckets[MATRIX].append(name)
         elif kind == ADAMW:
-            nd = types.get(name, "other") in no_decay or params[name].ndim < 2
+            nd = types.get(name, "other") in no_decay or param_ndim(params[name]) < 2
             buckets["adamw_no_decay" if nd else ADAMW].append(name)
         else:
             raise ValueError(f"parameter {name!r}: unknown group {kind!r} (expected {MATRIX} or {ADAMW})")
@@ -133,8 +133,8 @@ def normalize_groups(params: Iterable[Any], owner: str) -> list[dict[str, Any]]:
         items = [
             {"params": [p for _, p in grp], "param_names": [n for n, _ in grp], "kind": kind}
             for kind, grp in (
-                (MATRIX, [(n, p) for n, p in named if p.ndim >= 2]),
-                (ADAMW, [(n, p) for n, p in named if p.ndim < 2]),
+                (MATRIX, [(n, p) for n, p in named if param_ndim(p) >= 2]),
+                (ADAMW, [(n, p) for n, p in named if param_ndim(p) < 2]),
             )
             if grp
         ]
@@ -161,9 +161,9 @@ def normalize_groups(params: Iterable[Any], owner: str) -> list[dict[str, Any]]:
             )
         if group["kind"] == MATRIX:
             for n, p in zip(group["param_names"], plist, strict=True):
-                if p.ndim < 2:
+                if param_ndim(p) < 2:
                     raise ValueError(
-                        f"parameter {n!r} (shape {tuple(p.shape)}) is not a matrix: put it in an adamw group"
+                        f"parameter {n!r} (shape {param_shape(p)}) is not a matrix: put it in an adamw group"
                     )
         groups.append(group)
     return groups

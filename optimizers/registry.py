@@ -28,6 +28,7 @@ from torch import nn
 from .adamw import build_adamw
 from .matrix_base import MatrixOptimizer
 from .muon import Muon
+from .muon_deepspeed import build_muon_deepspeed
 from .param_groups import trainable_parameters
 from .plugins import (
     Plugin,
@@ -43,7 +44,14 @@ from .plugins import (
     return_problem,
     signature_model,
 )
-from .settings import AdamWSettings, MatrixSettings, parse_settings, settings_problems
+from .settings import (
+    AdamWSettings,
+    MatrixSettings,
+    MuonDeepSpeedSettings,
+    SideCarSettings,
+    parse_settings,
+    settings_problems,
+)
 from .shampoo import Shampoo
 from .soap import SOAP
 from .spectral_newton import SpectralNewton
@@ -60,7 +68,10 @@ class OptimizerSpec:
     builder: Builder
     """(model, validated settings, layer types or None for the tagger's) → optimizer."""
     requires_full_matrices: bool
-    """True if it needs whole gradient matrices (cannot run on ZeRO ≥ 1 flat partitions)."""
+    """True if it needs whole gradient matrices: under ZeRO ≥ 1 only a :class:`MatrixOptimizer`
+    gets them (:func:`optimizers.deepspeed_zero.initialize` attaches the partition layout)."""
+    matrix_frame: bool = False
+    """True if it builds a :class:`MatrixOptimizer` (:func:`matrix_spec`): whole matrices at every ZeRO stage."""
 
 
 def _build_adamw(model: nn.Module, s: pydantic.BaseModel, layer_types: Mapping[str, str] | None) -> torch.optim.Optimizer:
@@ -74,7 +85,7 @@ def matrix_spec(name: str, cls: type[MatrixOptimizer]) -> OptimizerSpec:
     def build_(model: nn.Module, s: pydantic.BaseModel, layer_types: Mapping[str, str] | None) -> torch.optim.Optimizer:
         return cls.from_model(model, layer_types=layer_types, **s.model_dump())
 
-    return OptimizerSpec(name, cls.settings_model, build_, cls.requires_full_matrices)
+    return OptimizerSpec(name, cls.settings_model, build_, cls.requires_full_matrices, matrix_frame=True)
 
 
 _REGISTRY: dict[str, OptimizerSpec] = {}
@@ -92,6 +103,7 @@ register(matrix_spec("spectral_newton", SpectralNewton))
 register(matrix_spec("muon", Muon))
 register(matrix_spec("shampoo", Shampoo))
 register(matrix_spec("soap", SOAP))
+register(OptimizerSpec("muon_deepspeed", MuonDeepSpeedSettings, build_muon_deepspeed, requires_full_matrices=False))
 
 
 def available() -> list[str]:
@@ -207,8 +219,13 @@ def settings_model(name: str) -> type[pydantic.BaseModel]:
 
 
 def requires_full_matrices(name: str) -> bool:
-    """True if ``name`` needs whole gradient matrices (ZeRO stage 0 only)."""
+    """True if ``name`` needs whole gradient matrices (at ZeRO ≥ 1: through the partition layout)."""
     return resolve(name).requires_full_matrices
+
+
+def builds_matrix_frame(name: str) -> bool:
+    """True if ``name`` builds a :class:`MatrixOptimizer` (whole matrices at every ZeRO stage)."""
+    return resolve(name).matrix_frame
 
 
 def validate_settings(name: str, settings: Mapping[str, Any], prefix: str | None = None) -> list[str]:
@@ -242,7 +259,7 @@ def describe(name: str) -> list[tuple[str, Any, str]]:
     (a plug-in's parameter without a default) has the default ``...``."""
     model = settings_model(name)
     fields = model.model_fields
-    shared = [f for f in fields if f in MatrixSettings.model_fields] if issubclass(model, MatrixSettings) else []
+    shared = [f for f in fields if f in MatrixSettings.model_fields] if issubclass(model, SideCarSettings) else []
     return [
         (field, ... if fields[field].is_required() else fields[field].get_default(call_default_factory=True),
          fields[field].description or "")

@@ -61,10 +61,10 @@ class AdamWSettings(BaseModel):
     _types = field_validator("no_decay_types")(_check_types)
 
 
-class MatrixSettings(BaseModel):
-    """Settings every matrix optimizer shares (:class:`optimizers.matrix_base.MatrixOptimizer`): the
-    AdamW side-car for non-matrix parameters, which layer types it gets, weight decay, and the
-    distribution of the matrix work over data-parallel ranks. Subclass it for a new optimizer."""
+class SideCarSettings(BaseModel):
+    """Settings of every optimizer that splits a model into matrices and the rest: the AdamW side-car
+    for non-matrix parameters, which layer types it gets, and weight decay (the matrix optimizers and
+    DeepSpeed's Muon, ``muon_deepspeed``, so that all of them group a model the same way)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -82,17 +82,25 @@ class MatrixSettings(BaseModel):
     no_decay_types: list[str] = Field(
         default_factory=lambda: list(NO_DECAY_TYPES), description="Layer types with no weight decay."
     )
+
+    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
+    _betas = field_validator("adamw_betas")(_check_betas)
+
+
+class MatrixSettings(SideCarSettings):
+    """Settings every matrix optimizer shares (:class:`optimizers.matrix_base.MatrixOptimizer`): the
+    side-car's, and the distribution of the matrix work over data-parallel ranks. Subclass it for a
+    new optimizer."""
+
     distribution: Literal["sharded", "redundant"] = Field(
         "sharded",
         description="sharded: each matrix is computed by one owner rank (LPT on m·n·min(m,n)) and the new values "
-        "are broadcast in buckets; redundant: every rank computes every matrix. Same on one process.",
+        "are broadcast in buckets (ZeRO-0) or written back into the ZeRO partitions (ZeRO ≥ 1); redundant: every "
+        "rank computes every matrix (ZeRO-0 only). Same on one process.",
     )
     bucket_cap_mb: float = Field(
         DEFAULT_BUCKET_CAP_MB, gt=0, description="Largest broadcast buffer (MiB) of the sharded distribution."
     )
-
-    _types = field_validator("adamw_types", "no_decay_types")(_check_types)
-    _betas = field_validator("adamw_betas")(_check_betas)
 
 
 class SpectralNewtonSettings(MatrixSettings):
@@ -185,6 +193,22 @@ class MuonSettings(MatrixSettings):
         "torch default); match_rms_adamw 0.2·√max(m, n) (Moonlight: AdamW's update RMS); spectral √(m/n) "
         "(Bernstein); none 1.",
     )
+
+class MuonDeepSpeedSettings(SideCarSettings):
+    """DeepSpeed's built-in Muon (MuonWithAuxAdam, deepspeed.runtime.zero.muon; DeepSpeed 0.19.8) on
+    matrices with its own ZeRO 1–3 handling; the suite's grouping and AdamW side-car settings for the
+    rest (optimizers/muon_deepspeed.py)."""
+
+    lr: float = Field(0.02, gt=0, description="Learning rate of the matrix group.")
+    momentum: float = Field(
+        0.95, ge=0, lt=1, description="μ of the EMA momentum buf ← μ·buf + (1 − μ)·g (Nesterov always on)."
+    )
+    ns_method: Literal["gram", "standard"] = Field(
+        "gram",
+        description="DeepSpeed's Newton–Schulz: gram (iterates on the Gram matrix, float16 where the device has it, "
+        "else float32; DeepSpeed's default) or standard (Keller Jordan's quintic iteration in bfloat16).",
+    )
+
 
 class ShampooSettings(MatrixSettings):
     """Shampoo (Gupta et al. 2018 with Anil et al. 2020's frequency, blocking, grafting; the suite's own

@@ -115,32 +115,33 @@ class SOAP(MatrixOptimizer):
         }
 
     def _ensure_inner(self) -> torch.optim.Optimizer | None:
+        """The library optimizer over views of :meth:`matrix_tensors` (one inner group per matrix
+        group), built on first use; views whose tensor's storage changed since (a later
+        ``.to(device)``, or a ZeRO ≥ 1 handle refilled for this step) are re-pointed, state kept."""
         from pytorch_optimizer import SOAP as LibrarySOAP
 
         groups = self.matrix_groups()
         if not groups:
             return None
+        items = self.matrix_items()
         if self.inner is None:
-            self._views = [self._make_view(p, g) for g in groups for p in g["params"]]
+            self._views = [self._make_view(p, g) for g, p in items]
             inner_groups, k = [], 0
             for g in groups:
-                n = len(g["params"])
+                n = len(g["param_names"])
                 inner_groups.append({"params": self._views[k : k + n], **self._inner_hyperparameters(g)})
                 k += n
             self.inner = LibrarySOAP(inner_groups, data_format="channels_first")
             return self.inner
-        # Re-point views whose parameter storage changed (e.g. a later .to(device)); keep state.
-        k = 0
-        for gi, g in enumerate(groups):
-            for j, p in enumerate(g["params"]):
-                v = self._views[k]
-                if v is not p and (v.data_ptr() != p.data_ptr() or v.device != p.device):
-                    new = self._make_view(p, g)
-                    if v in self.inner.state:
-                        self.inner.state[new] = self.inner.state.pop(v)
-                    self.inner.param_groups[gi]["params"][j] = new
-                    self._views[k] = new
-                k += 1
+        positions = [(gi, j) for gi, g in enumerate(groups) for j in range(len(g["param_names"]))]
+        for k, ((g, p), (gi, j)) in enumerate(zip(items, positions, strict=True)):
+            v = self._views[k]
+            if v is not p and (v.data_ptr() != p.data_ptr() or v.device != p.device or v.numel() != p.numel()):
+                new = self._make_view(p, g)
+                if v in self.inner.state:
+                    self.inner.state[new] = self.inner.state.pop(v)
+                self.inner.param_groups[gi]["params"][j] = new
+                self._views[k] = new
         return self.inner
 
     def step_owned(self, matrices: Sequence[OwnedMatrix]) -> None:
@@ -151,7 +152,7 @@ class SOAP(MatrixOptimizer):
         if inner is None:
             return
         owned = {id(m.param) for m in matrices}
-        params = self.matrix_params()
+        params = self.matrix_tensors()
         for outer, ig in zip(self.matrix_groups(), inner.param_groups, strict=True):
             ig.update(self._inner_hyperparameters(outer))
         hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -179,7 +180,7 @@ class SOAP(MatrixOptimizer):
         inner = self._ensure_inner()
         if inner is not None:
             isd = inner.state_dict()
-            isd["state"] = self.sharding.gather_state(isd["state"], list(range(len(self._views))))
+            isd["state"] = self.gathered_state(isd["state"], list(range(len(self._views))))
             sd["inner"] = isd
         return sd
 
@@ -190,4 +191,4 @@ class SOAP(MatrixOptimizer):
         inner = self._ensure_inner()
         if isd is not None and inner is not None:
             inner.load_state_dict(isd)
-            self.sharding.drop_unowned(inner.state, self._views)
+            self.drop_unowned(inner.state, self._views)

@@ -54,4 +54,4 @@ def test_deepspeed_config_reflects_training_section():
     assert cfg["train_batch_size"] == 8 * 3 * 4
     assert cfg["zero_optimization"]["stage"] == 1
     assert cfg["bf16"]["enabled"] is True
-    assert "gradient_clipping" not in cfg
+    assert cfg["gradient_clipping"] == 0.0  # written out: DeepSpeed's own default is 1.0

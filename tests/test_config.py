@@ -59,11 +59,12 @@ def test_bad_grid_value_is_reported():
     assert any("qr" in p for p in problems_of(doc))
 
 
-def test_matrix_optimizer_under_zero_is_rejected_with_reason():
-    doc = tiny_sweep(optimizers=[{"name": "spectral_newton"}])
+def test_matrix_optimizer_under_zero_needs_the_sharded_distribution():
+    doc = tiny_sweep(optimizers=[{"name": "spectral_newton"}, {"name": "soap", "grid": {"distribution": ["sharded",
+                                                                                                        "redundant"]}}])
     doc["training"]["zero_stage"] = 2
-    (msg,) = [p for p in problems_of(doc) if "zero_stage" in p]
-    assert "flat 1-D partition" in msg and "zero_stage: 0" in msg
+    (msg,) = [p for p in problems_of(doc) if "zero_stage" in p]  # spectral_newton (sharded) is accepted
+    assert msg.startswith("optimizers[1] (soap): distribution 'redundant'") and "training.zero_stage=2" in msg
 
 
 def test_grid_and_seeds_expand_to_cartesian_product_with_stable_ids():

@@ -273,10 +273,11 @@ def test_plain_parameter_list_and_lr_scheduler(net: TinyNet) -> None:
 
 
 def test_registry_listing() -> None:
-    assert optimizers.available() == ["adamw", "muon", "shampoo", "soap", "spectral_newton"]
+    assert optimizers.available() == ["adamw", "muon", "muon_deepspeed", "shampoo", "soap", "spectral_newton"]
     for name in ("spectral_newton", "muon", "shampoo", "soap"):
         assert optimizers.requires_full_matrices(name) is True
     assert optimizers.requires_full_matrices("adamw") is False
+    assert optimizers.requires_full_matrices("muon_deepspeed") is False  # DeepSpeed partitions it itself
     for name in optimizers.available():
         model = optimizers.settings_model(name)
         assert model.model_config["extra"] == "forbid"
@@ -295,7 +296,7 @@ def test_validate_settings_messages() -> None:
         "optimizers.spectral_newton.method: must be one of svd, gram, solve, polar (got 'qr')"
     ]
     (msg,) = v("x", {})
-    assert msg.startswith("unknown optimizer 'x'; available: adamw, muon, shampoo, soap, spectral_newton; plug-ins: ")
+    assert msg.startswith("unknown optimizer 'x'; available: adamw, muon, muon_deepspeed, shampoo, soap, spectral_newton; plug-ins: ")
     (msg,) = v("spectral_newton", {"learning_rate": 0.1})
     assert msg.startswith("optimizers.spectral_newton.learning_rate: unknown setting") and "lr" in msg
     assert v("adamw", {"lr": -1}) == ["optimizers.adamw.lr: must be > 0.0 (got -1)"]

@@ -45,6 +45,14 @@ def sgd_factory(model: nn.Module, lr: float = 0.1, nesterov: bool = False) -> to
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.5, nesterov=nesterov)
 
 
+def full_matrix_factory(model: nn.Module, lr: float = 0.1) -> torch.optim.Optimizer:
+    """A factory plug-in that says it needs whole matrices but is no MatrixOptimizer."""
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+full_matrix_factory.requires_full_matrices = True  # type: ignore[attr-defined]
+
+
 def not_an_optimizer_factory(model: nn.Module) -> nn.Module:
     return model
 
@@ -62,8 +70,10 @@ def test_entry_point_and_module_path_resolve_to_the_built_in_frame(example_plugi
     by_entry, by_path = optimizers.resolve("layerwise_spectral_newton"), optimizers.resolve(EXAMPLE_OPT)
     for spec in (by_entry, by_path):  # what matrix_spec gives a built-in: the class's settings and flag
         assert spec.settings is LayerwiseSpectralNewton.settings_model and spec.requires_full_matrices is True
+        assert spec.matrix_frame is True  # so it gets whole matrices at ZeRO ≥ 1 too
     assert by_entry.name == "layerwise_spectral_newton" and by_path.name == EXAMPLE_OPT
-    assert optimizers.available() == ["adamw", "muon", "shampoo", "soap", "spectral_newton"]  # built-ins only
+    assert optimizers.available() == ["adamw", "muon", "muon_deepspeed", "shampoo", "soap",
+                                      "spectral_newton"]  # built-ins only
     (entry,) = [e for e in optimizers.installed_plugins() if e[0] == "layerwise_spectral_newton"]
     assert entry[1] == f"entry point of specbench-example-plugin 0.1.0 ({EXAMPLE_OPT})"
     assert models.check_spec("mlp") is None and models.check_spec("specbench_example_plugin.models:mlp") is None
@@ -267,6 +277,7 @@ def test_bad_plugins_are_refused_at_validation_with_exit_2(example_plugin: Path,
             {"name": "torch.optim:SGD.step"},
             {"name": "layerwise_spectral_newton", "settings": {"lr_powr": 1.0}},
             {"name": EXAMPLE_OPT, "settings": {"lr": "0.1"}},
+            {"name": "test_plugins:full_matrix_factory"},
         ],
     )
     doc["training"]["zero_stage"] = 1
@@ -290,9 +301,10 @@ def test_bad_plugins_are_refused_at_validation_with_exit_2(example_plugin: Path,
         "optimizers[5].name: optimizer 'torch.optim:SGD.step': 'SGD.step' is not an attribute name (one attribute "
         "name: no dotted walk)",
         "optimizers[6].settings.lr_powr: unknown key",
-        "optimizers[6] (layerwise_spectral_newton): needs whole gradient matrices, but training.zero_stage=1",
         "optimizers[7].settings.lr: expected a number, got the string '0.1'",
-        f"optimizers[7] ({EXAMPLE_OPT}): needs whole gradient matrices",
+        # A full-matrix optimizer outside the MatrixOptimizer frame gets no whole matrices at ZeRO ≥ 1
+        # (the example plug-in, a MatrixOptimizer, is accepted there).
+        "optimizers[8] (test_plugins:full_matrix_factory): needs whole gradient matrices, but training.zero_stage=1",
     ]
     problems = [line.removeprefix("  - ") for line in err.splitlines() if line.startswith("  - ")]
     for text in expected:

@@ -34,6 +34,7 @@ from bench.trial.probing import Prober
 from bench.trial.rows import TableLog
 from bench.trial.state import TrialState
 from bench.workload import Workload, model_batch
+from optimizers import deepspeed_zero
 
 T = TypeVar("T")
 
@@ -127,15 +128,13 @@ def _measure_model(spec: TrialSpec, workload: Workload, model: nn.Module, device
 
 
 def _engine(spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer, world: int):
-    import deepspeed  # imported late: it inspects the accelerator at import time
-
+    """The DeepSpeed engine, created by `optimizers.deepspeed_zero.initialize`: the optimizer steps
+    exactly once per training step (also in bf16) and matrix optimizers update whole matrices
+    at every ZeRO stage."""
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec.training))
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(spec.training, world), dist_init_required=False,
-    )
-    return engine
+    return deepspeed_zero.initialize(model, optimizer, deepspeed_config(spec.training, world, spec.optimizer),
+                                     scheduler)
 
 
 def _sampler(spec: TrialSpec, workload: Workload, rank: int, world: int) -> GlobalBatchSampler:

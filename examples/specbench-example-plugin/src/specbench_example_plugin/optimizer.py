@@ -43,7 +43,7 @@ class LayerwiseSpectralNewton(MatrixOptimizer):
     """See the module docstring."""
 
     settings_model = LayerwiseSpectralNewtonSettings
-    requires_full_matrices = True  # T needs whole matrices: ZeRO ≥ 1 is refused at validation
+    requires_full_matrices = True  # T needs whole matrices: the base supplies them at every ZeRO stage
     time_metric = "spectral_time_s"
 
     def init_state(self, grad: torch.Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
