@@ -8,7 +8,7 @@ atomically, when that can be done without inventing data::
 PATH is a Parquet file or a directory (searched for ``<table>.parquet`` files of the known
 tables). A file whose name is not a table's needs ``--table``.
 
-Version 1 → 2 (see :mod:`bench.results.schema` for the history): the columns are the same, so
+Steps run in order from the file's version (see :mod:`bench.results.schema` for the history): the columns are the same, so
 the upgrade adds nothing it has to guess. A file is rewritten only when it holds every column of
 :data:`~bench.results.schema.REQUIRED` non-null; declared columns it lacks are written as null
 ("not measured", which is what their absence meant); the version is stamped. A required column
@@ -16,6 +16,10 @@ missing from an old file can only come from what the user knows about the run, s
 ``--set COLUMN=VALUE`` (one value for every row, only for a column that is absent or entirely
 null), e.g. ``--set optimizer_entry=adamw`` for a sweep whose config had the single, unlabelled
 entry ``adamw``. Anything else is refused with the list of what is missing.
+
+Step ``tuning_stage`` (to version 3): ``runs.tuning_stage`` became required. Every file written
+before it comes from a sweep without the two-stage tuning protocol, which is what value 0 says,
+so an absent (or entirely null) column is filled with 0; nothing is guessed.
 """
 
 from __future__ import annotations
@@ -32,8 +36,20 @@ import pyarrow.parquet as pq
 from bench.results.schema import METADATA_KEY, REQUIRED, SCHEMA_VERSION, TABLES
 from bench.results.writer import to_table, write_atomic
 
+def _tuning_stage(table: pa.Table, name: str) -> pa.Table:
+    """Upgrade step ``tuning_stage``: 0 (one stage) in a ``runs`` file that predates the column."""
+    if name != "runs" or ("tuning_stage" in table.column_names and table["tuning_stage"].null_count < table.num_rows):
+        return table
+    return _filled(table, name, {"tuning_stage": "0"})
+
+
+#: Named steps that need more than the generic fill: (first version that has the change, name,
+#: step). A step runs on a file older than its version. Kept apart and named so that branches
+#: bumping the version concurrently can be renumbered when merged.
+STEPS = ((3, "tuning_stage", _tuning_stage),)
+
 #: Versions this module upgrades from.
-UPGRADABLE = (1,)
+UPGRADABLE = (1, 2)
 
 
 class UpgradeError(ValueError):
@@ -89,6 +105,9 @@ def upgrade_table(table: pa.Table, name: str, fill: Mapping[str, str] | None = N
         raise UpgradeError(f"schema version {version} cannot be upgraded to {SCHEMA_VERSION} "
                            f"(upgradable: {', '.join(map(str, UPGRADABLE))})")
     table = _filled(table, name, fill or {})
+    for since, _, step in STEPS:
+        if version < since:
+            table = step(table, name)
     missing = [c for c in REQUIRED[name] if c not in table.column_names]
     nulls = [c for c in REQUIRED[name] if c in table.column_names and table[c].null_count]
     if missing or nulls:
