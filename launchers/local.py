@@ -2,7 +2,9 @@
 
 Each process initialises its own process group, runs :func:`bench.trial.run_trial`, tears the
 group down and leaves with ``os._exit`` (STACK.md: ranks sometimes abort in interpreter
-shutdown after training finished; skipping the shutdown after a flush avoids it).
+shutdown after training finished; skipping the shutdown after a flush avoids it). Nothing is
+retried here: a failed trial has its ``failed`` runs row, and a set-up failure
+(:class:`bench.errors.PermanentTrialError`) is reported in one line, without a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch.multiprocessing as mp
 
 from bench.config import TrialSpec
+from bench.errors import PermanentTrialError
 
 
 def _child(rank: int, spec_json: str, storage: str, world_size: int, port: int) -> None:
@@ -34,6 +37,11 @@ def _child(rank: int, spec_json: str, storage: str, world_size: int, port: int) 
             run_trial(spec, storage)
         finally:
             dist.destroy_process_group()
+    except PermanentTrialError as exc:
+        # A set-up failure (data, model, optimizer, engine): the message says it all, and there
+        # is no retry here to tell apart from (`specbench train` never retries).
+        print(f"rank {rank}: {exc} (not retried)", file=sys.stderr)
+        code = 1
     except BaseException:
         traceback.print_exc()
         code = 1

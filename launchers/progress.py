@@ -4,6 +4,7 @@ running trial for its steps. Ray and DeepSpeed internals stay quiet unless ``--v
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from launchers.ray_runner import TrialEvent
@@ -38,6 +39,9 @@ class SweepProgress:
 
     def handle(self, event: TrialEvent) -> None:
         tid = event.trial_id
+        if event.kind == "notice":  # the stall guard speaking (launchers/watchdog.py)
+            self.console.log(f"[yellow]{escape(event.metrics['message'])}[/yellow]")
+            return
         if event.kind == "start":
             self.counts["running"] += 1
             self.trial_tasks[tid] = self.progress.add_task(f"  {tid}", total=None, info="starting")
@@ -53,7 +57,9 @@ class SweepProgress:
             task = self.trial_tasks.pop(tid, None)
             if task is not None:
                 self.progress.remove_task(task)
-            status = "finished" if event.kind == "complete" else "[red]FAILED[/red]"
+            error = event.metrics.get("error")
+            status = "finished" if event.kind == "complete" else "[red]FAILED[/red]" + (
+                f": {escape(error)}" if error else "")
             self.console.log(f"trial {tid} {status}")
             self.progress.update(self.overall, advance=1)
         self.progress.update(self.overall, info=self._info())

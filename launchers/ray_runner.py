@@ -7,7 +7,16 @@ Shape (STACK.md, measured on Ray 2.60 with Train V2):
   process group; ``TuneReportCallback`` forwards the workers' progress reports to Tune;
 - the workers call :func:`bench.trial.run_trial`, which writes the Parquet results itself (rank
   0), so nothing depends on Ray's result plumbing (``Result.metrics`` can come back empty);
-- Ray Train's health-check poll is shortened, otherwise each report waits ≈ 2.5 s.
+- Ray Train's health-check poll is shortened, otherwise each report waits ≈ 2.5 s;
+- a trial ends only when its function returns, after ``trainer.fit()`` has torn the worker group
+  down and released its placement group. Progress reports therefore never carry Tune's control
+  keys (``done`` would make Tune stop the trial actor at once, killing the controller it owns
+  before the teardown, and the group stayed reserved for the rest of the sweep: issue #12);
+- retries are decided here, not by Ray Train: a dead worker restarts the trial up to
+  ``resources.max_retries`` times (it resumes from its checkpoint), a set-up error that repeats
+  on every attempt (:class:`bench.errors.PermanentTrialError`) fails the trial at once;
+- a :class:`launchers.watchdog.StallGuard`, hooked into Tune's loop (:mod:`launchers.tune_hooks`),
+  releases placement groups that outlive their run anyway.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ResourcesConfig, SweepConfig, TrialSpec
+from bench.errors import PermanentTrialError
 
 #: Environment of every Ray process the sweep starts (driver side, trial actors and workers).
 WORKER_ENV = {
@@ -47,12 +57,11 @@ LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 TRIAL_ACTOR_CPU = 0.01  # a Tune trial with 0 CPU is rejected; the trainer's workers hold the rest
 
-_EVENT_SINK: Callable[[TrialEvent], None] | None = None
 
 
 @dataclass
 class TrialEvent:
-    kind: str  # start | result | complete | error
+    kind: str  # start | result | complete | error | notice (a message for the user, no trial)
     trial_id: str
     metrics: dict[str, Any]
 
@@ -142,6 +151,9 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
     os.environ.update(WORKER_ENV)
     if not verbose:
         logging.getLogger("ray").setLevel(logging.ERROR)
+        # Tune logs each failed trial with its remote traceback; the progress display already
+        # names the trial and its error in one line, and the runs row keeps the error.
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     kwargs: dict[str, Any] = {
         "runtime_env": {"env_vars": dict(WORKER_ENV)},
         "log_to_driver": verbose,
@@ -180,12 +192,45 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if not spec.resources.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         configure_cpu_threads(spec.resources.threads_per_worker)
-    run_trial(spec, config["storage"], reporter=lambda metrics: ray.train.report(metrics))
+    run_trial(spec, config["storage"], reporter=lambda metrics: ray.train.report(tune_safe(metrics)))
+
+
+def tune_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with Tune's control keys renamed ``trial_<key>`` (values kept).
+
+    Ray Train forwards every report to Tune as a trial result, and Tune acts on some keys: on
+    ``done`` it stops the trial actor at once, although ``trainer.fit()`` is still running in it.
+    The Ray Train controller is an actor owned by the trial actor, so it dies too, before it has
+    shut the worker group down, and its placement group stays reserved (a group created by an
+    actor lives until the job ends; Ray Train's cleaner cannot tell the controller died without
+    the dashboard). Under CPU load the stop wins that race often enough to hang a sweep.
+    """
+    from ray.tune.result import DONE, RESULT_DUPLICATE, SHOULD_CHECKPOINT
+
+    reserved = (DONE, SHOULD_CHECKPOINT, RESULT_DUPLICATE)
+    return {(f"trial_{key}" if key in reserved else key): value for key, value in metrics.items()}
+
+
+def permanent_error(failures: dict[int, BaseException]) -> PermanentTrialError | None:
+    """The error of a failed attempt that a retry would only repeat, or None.
+
+    A worker that died (killed, out of memory, lost node) makes its peers fail in collectives,
+    possibly inside set-up; the attempt is then worth retrying even if a peer reported a set-up
+    error. Otherwise a :class:`PermanentTrialError` on any rank fails the trial.
+    """
+    from ray.exceptions import RayActorError
+
+    if any(isinstance(exc, RayActorError) for exc in failures.values()):
+        return None
+    return next((exc for exc in failures.values() if isinstance(exc, PermanentTrialError)), None)
 
 
 def _trial_fn(config: dict[str, Any]) -> None:
-    """One Tune trial: a TorchTrainer for the trial's workers."""
+    """One Tune trial: a TorchTrainer for the trial's workers, attempted up to
+    ``1 + resources.max_retries`` times (a new worker group each time; ``run_trial`` resumes from
+    the trial's checkpoint)."""
     import ray.train
+    from ray.train import WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -195,25 +240,34 @@ def _trial_fn(config: dict[str, Any]) -> None:
     res = spec.resources
     mirror = remote.mirror_for(config["storage"])
     ray_fs = mirror.fs if mirror is not None else None
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res.num_workers,
-            use_gpu=res.use_gpu,
-            resources_per_worker={"CPU": res.cpus_per_worker} if not res.use_gpu else None,
-        ),
-        run_config=ray.train.RunConfig(
-            name=spec.trial_id,
-            storage_path=config["ray_storage"],
-            storage_filesystem=ray_fs,
-            callbacks=[TuneReportCallback()],
-            # A dead worker restarts the whole worker group; run_trial resumes from the checkpoint.
-            failure_config=ray.train.FailureConfig(max_failures=res.max_retries),
-        ),
-    )
-    trainer.fit()
+    for attempt in range(res.max_retries + 1):
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config=config,
+            torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=res.num_workers,
+                use_gpu=res.use_gpu,
+                resources_per_worker={"CPU": res.cpus_per_worker} if not res.use_gpu else None,
+            ),
+            run_config=ray.train.RunConfig(
+                name=spec.trial_id,
+                storage_path=config["ray_storage"],
+                storage_filesystem=ray_fs,
+                callbacks=[TuneReportCallback()],
+                # Retries are ours (below): Ray Train's would also restart a permanent error.
+                failure_config=ray.train.FailureConfig(max_failures=0),
+            ),
+        )
+        try:
+            trainer.fit()  # returns after the controller released the worker group's resources
+            return
+        except WorkerGroupError as exc:
+            permanent = permanent_error(exc.worker_failures)
+            if permanent is not None:
+                raise PermanentTrialError(f"not retried: {permanent}") from None
+            if attempt == res.max_retries:
+                raise
 
 
 def concurrent_trials(res, cluster: dict[str, float] | None = None) -> int:
@@ -245,7 +299,9 @@ def run_trials(
     on_event: Callable[[TrialEvent], None] | None = None,
 ) -> dict[str, str]:
     """Run ``trials`` on the connected Ray cluster; returns trial_id → error text for trials that
-    Ray reports as errored (their workers may not have written a result row).
+    Ray reports as errored (their workers may not have written a result row), and for every
+    unfinished trial when the stall guard stopped the sweep. The guard's messages reach
+    ``on_event`` as ``notice`` events (stderr without a sink).
 
     ``storage`` is a path (made absolute: workers run elsewhere) or an object-store URI, which
     the workers mirror themselves (:mod:`bench.results.remote`); Ray's own bookkeeping then goes
@@ -254,6 +310,7 @@ def run_trials(
     from ray import tune
 
     from bench.results import remote
+    from launchers import tune_hooks
 
     mirror = remote.mirror_for(storage)
     if mirror is not None:
@@ -262,26 +319,6 @@ def run_trials(
     else:
         storage_arg, ray_fs = str(Path(storage).resolve()), None
         ray_storage = str(Path(storage_arg) / cfg.name / "_ray")
-
-    class _Events(tune.Callback):
-        # Tune pickles its callbacks with the experiment state; the sink (a live progress display
-        # holding locks) is therefore looked up in a module global instead of stored here.
-        def _emit(self, kind: str, trial, result: dict[str, Any] | None = None) -> None:
-            if _EVENT_SINK is not None:
-                tid = trial.config["trial"]["trial_id"]
-                _EVENT_SINK(TrialEvent(kind, tid, dict(result or {})))
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self._emit("start", trial)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self._emit("result", trial, result)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._emit("complete", trial)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._emit("error", trial)
 
     param_space = {
         "trial": tune.grid_search([t.model_dump(mode="json") for t in trials]),
@@ -299,25 +336,29 @@ def run_trials(
             storage_path=ray_storage,
             storage_filesystem=ray_fs,
             verbose=0,
-            callbacks=[_Events()],
+            callbacks=[tune_hooks.SweepEvents()],
+            stop=tune_hooks.GuardStop(),
         ),
     )
-    global _EVENT_SINK
-    _EVENT_SINK = on_event
+    live = tune_hooks.LIVE = tune_hooks.Live.start(on_event)
     try:
         grid = tuner.fit()
     finally:
-        _EVENT_SINK = None
+        tune_hooks.LIVE = None
     errors: dict[str, str] = {}
     for result in grid:
         if result.error is not None:
             tid = result.config["trial"]["trial_id"] if result.config else "?"
-            errors[tid] = _short_error(result.error)
+            errors[tid] = short_error(result.error)
+    if live.guard.failure is not None:
+        for spec in trials:
+            if spec.trial_id not in live.finished and spec.trial_id not in errors:
+                errors[spec.trial_id] = f"not finished: the sweep was stopped ({live.guard.failure})"
     return errors
 
 
-def _short_error(exc: BaseException) -> str:
-    """The innermost message of a Ray error chain, on one line."""
+def short_error(exc: BaseException | str) -> str:
+    """The innermost message of a Ray error chain (or of its text), on one line."""
     text = str(exc).strip().splitlines()
     tail = [line for line in text if line.strip()][-1:] or [type(exc).__name__]
     return tail[0][:500]

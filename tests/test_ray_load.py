@@ -1,0 +1,113 @@
+"""A sweep never hangs and never retries what cannot succeed (issue #12).
+
+- Under CPU load (one busy process per core, started here) with more trials than fit at once,
+  the sweep completes, each trial's Ray Train controller shut its worker group down itself, and
+  the stall guard never had to release a placement group (its message in the output would mean
+  a Ray Train run outlived its trial again).
+- A trial whose dataset cannot be loaded fails at once: one Ray Train attempt (counted in Ray's
+  own controller logs), a ``failed`` runs row carrying the error, exit status 1.
+Both start Ray: run them under the shared lock (`flock /tmp/specbench-ray.lock ...`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, tiny_sweep
+
+from bench.errors import PermanentTrialError
+from launchers.ray_runner import permanent_error, tune_safe
+
+
+def test_progress_reports_never_carry_tunes_control_keys():
+    # Tune stops a trial whose result says done=True while trainer.fit() still runs in it; that
+    # killed the Ray Train controller before it released its worker group (the hang of #12).
+    out = tune_safe({"step": 8, "steps": 8, "done": True, "should_checkpoint": True, "train_loss": 0.5})
+    assert out == {"step": 8, "steps": 8, "trial_done": True, "trial_should_checkpoint": True, "train_loss": 0.5}
+
+
+def test_only_a_set_up_error_without_a_dead_worker_is_permanent():
+    from ray.exceptions import ActorDiedError
+
+    setup = PermanentTrialError("dataset x: ArrowInvalid")
+    assert permanent_error({0: setup, 1: setup}) is setup
+    assert permanent_error({0: RuntimeError("nan"), 1: setup}) is setup
+    assert permanent_error({0: RuntimeError("gloo: connection reset")}) is None
+    # A killed peer makes the survivor fail inside set-up collectives: worth a retry.
+    assert permanent_error({0: setup, 1: ActorDiedError()}) is None
+
+
+@pytest.fixture
+def busy_cores():
+    """One spinning process per core for the duration of the test."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    yield len(procs)
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def ray_tmp():
+    """A Ray temp dir of this test's own, so Ray's logs can be read afterwards (short: Ray's
+    socket paths must stay under the OS limit)."""
+    path = Path(tempfile.mkdtemp(prefix="sbray", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _sweep(config: Path, storage: Path, timeout: float, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launchers.cli", "sweep", str(config), "--storage", str(storage)],
+        capture_output=True, text=True, cwd=REPO, timeout=timeout, env={**os.environ, **env},
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_sweep_completes_while_every_core_is_busy(write_yaml, tmp_path, busy_cores, ray_tmp):
+    # Two 2-worker trials, each needing 1.21 of the 2 CPUs: the second can start only once the
+    # first has given its workers' placement group back. Before the fix of #12 that release
+    # lost a race under load and the second trial waited forever.
+    doc = tiny_sweep(name="loaded", seeds=2)
+    doc["training"].update(steps=2, eval_every=2, log_every=1)
+    doc["resources"]["cpus_per_worker"] = 0.6
+    t0 = time.time()
+    proc = _sweep(write_yaml(doc), tmp_path / "results", timeout=840, RAY_TMPDIR=str(ray_tmp))
+    out = proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"{busy_cores} busy processes, sweep took {time.time() - t0:.0f} s")
+    assert proc.returncode == 0, out
+    runs = pd.concat(pd.read_parquet(p) for p in (tmp_path / "results" / "loaded").glob("trials/*/runs.parquet"))
+    assert len(runs) == 2 and (runs["status"] == "completed").all()
+    assert "placement group" not in out, out  # the stall guard never had to step in
+    # Each trial's Ray Train controller tore its worker group down itself.
+    logs = list(ray_tmp.glob("ray/session_2*/logs/train/ray-train-sys-controller-*.log"))
+    assert len(logs) == 2 and all("Worker group shutdown successful" in p.read_text() for p in logs)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_set_up_error_is_not_retried(write_yaml, tmp_path, ray_tmp):
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"this is not a parquet file\n" * 64)
+    doc = tiny_sweep(name="broken", workloads=[{
+        "model": "builtin:cnn", "dataset": str(bad), "dataset_args": {"cache_dir": str(tmp_path / "hf")}}])
+    doc["resources"]["max_retries"] = 2  # would restart a killed worker twice; not this error
+    proc = _sweep(write_yaml(doc), tmp_path / "results", timeout=540, RAY_TMPDIR=str(ray_tmp))
+    out = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1, out
+    runs = pd.concat(pd.read_parquet(p) for p in (tmp_path / "results" / "broken").glob("trials/*/runs.parquet"))
+    assert list(runs["status"]) == ["failed"]
+    assert "PermanentTrialError" in runs["error"].iloc[0] and "broken.parquet" in runs["error"].iloc[0]
+    # Ray Train logs each worker-group start of each run; one run, one start.
+    logs = list(ray_tmp.glob("ray/session_2*/logs/train/ray-train-sys-controller-*.log"))  # not session_latest
+    starts = sum(p.read_text().count("Attempting to start training worker group") for p in logs)
+    assert (len(logs), starts) == (1, 1), out
