@@ -50,7 +50,7 @@ def results(tmp_path):
     tdir = root / "amap" / "trials" / "adamw-0"
     write_table(tdir / "runs.parquet", [{**LM, "sweep_name": "amap", "trial_id": "adamw-0", "optimizer": "adamw",
                                     "optimizer_label": "adamw", "optimizer_entry": "adamw", "status": "completed",
-                                    "seed_index": 0, "tuning_index": -1, "tokens_seen": 400_000}])  # fmt: skip
+                                    "seed_index": 0, "tuning_index": -1, "tuning_stage": 0, "tokens_seen": 400_000}])  # fmt: skip
     fits = [{"sweep_name": "amap", "trial_id": "adamw-0", "step": step, "layer": f"h.{i}.{t}", "layer_type": t,
              "depth": i, "alpha": a + (0.5 if step == 50 else 0.0), "gamma": 0.5, "s": a * 0.5, "pr_h": 3.0,
              "beta": 1.0, "phi": a - 1.0}
@@ -67,7 +67,7 @@ def results(tmp_path):
                 write_table(root / "opt" / "trials" / tid / "runs.parquet", [{
                     **LM, "sweep_name": "opt", "trial_id": tid, "optimizer": opt, "optimizer_entry": entry,
                     "optimizer_label": f"{entry}(lr={lr})", "optimizer_settings": json.dumps({"lr": lr}),
-                    "tuning_index": tidx, "search_space": json.dumps({"lr": {"values": list(settings)}}),
+                    "tuning_index": tidx, "tuning_stage": 0, "search_space": json.dumps({"lr": {"values": list(settings)}}),
                     "seed_index": seed, "seed": seed, "status": "completed", "best_eval_metric": val,
                     "final_eval_metric": val, "test_loss": test, "test_metric": float(pd.Series([test]).map(
                         lambda x: 2.718281828459045 ** x).iloc[0]),

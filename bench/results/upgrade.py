@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from bench.results.schema import METADATA_KEY, REQUIRED, SCHEMA_VERSION, TABLES
 from bench.results.writer import to_table, write_atomic
 
+
 def _tuning_stage(table: pa.Table, name: str) -> pa.Table:
     """Upgrade step ``tuning_stage``: 0 (one stage) in a ``runs`` file that predates the column."""
     if name != "runs" or ("tuning_stage" in table.column_names and table["tuning_stage"].null_count < table.num_rows):
