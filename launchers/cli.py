@@ -534,10 +534,17 @@ def cmd_config(args: argparse.Namespace) -> int:
             ray.shutdown()
     if args.show:
         print(json.dumps(checked.cfg.model_dump(mode="json"), indent=2))
-    print(f"config OK: {len(checked.trials)} trials", file=sys.stderr)
+    tuning = checked.cfg.tuning
+    later = ""
+    if tuning.finalists:
+        screened = len({(t.workload.model_dump_json(), t.optimizer_entry) for t in checked.trials if t.tuning_stage == 1})
+        later = (f" (stage 1 and unscreened entries; stage 2 adds up to {screened * tuning.finalists * checked.cfg.seeds} "
+                 "trials: the finalists chosen from stage 1's results)")
+    print(f"config OK: {len(checked.trials)} trials{later}", file=sys.stderr)
     for t in checked.trials:
         print(f"  [{t.trial_index}] {t.trial_id}  {t.optimizer_label}  {_with_args(t.workload.model, t.workload.model_args)}"
-              f" / {_with_args(t.workload.dataset, t.workload.dataset_args)}  seed {t.seed_index}")
+              f" / {_with_args(t.workload.dataset, t.workload.dataset_args)}  seed {t.seed_index}"
+              + (f"  stage {t.tuning_stage}" if t.tuning_stage else ""))
     return 0
 
 
