@@ -6,8 +6,8 @@ outside it, and an axis the budget barely touched says the verdict may rest on o
 setting. This module reads the ``runs`` table only.
 
 - :func:`final_rows`: the rows a comparison uses. In a two-stage sweep (``tuning_stage`` 1
-  screening on one seed, 2 finalists on fresh seeds) the screening rows are left out once the
-  sweep has finalists: its seed was the one the finalists were selected on, so its results are
+  screening on one seed, 2 finalists on fresh seeds) an entry's screening rows are left out once
+  it has finalists: its seed was the one the finalists were selected on, so its results are
   biased upward (the winner's curse).
 - :func:`axis_table`: per optimizer and searched axis, the values tried (both stages), the
   fraction of the axis they cover — for a ``low``/``high`` axis the span of the tried values over
@@ -39,12 +39,14 @@ AXIS_COLUMNS = [
 
 
 def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` without the screening rows of sweeps that have finalists rows."""
+    """``runs`` without the screening rows of the optimizer entries that have finalists rows
+    (an entry whose stage 2 has not run yet keeps its screening rows: its only results)."""
     if runs.empty or "tuning_stage" not in runs.columns:
         return runs
     stage = runs["tuning_stage"].astype(int)
-    with_final = set(runs.loc[stage == FINAL, "sweep_name"])
-    return runs[~((stage == SCREEN) & runs["sweep_name"].isin(with_final))]
+    key = runs[[*WORKLOAD, "optimizer_entry"]].astype(str).agg("\0".join, axis=1)
+    with_final = set(key[stage == FINAL])
+    return runs[~((stage == SCREEN) & key.isin(with_final))]
 
 
 def _numeric(value: Any) -> bool:
