@@ -781,6 +781,10 @@ def comparison_section(
     every = prepare_runs(runs, by)
     runs = final_rows(runs)  # a two-stage sweep is compared on its finalists (analysis.tuning)
     best = best_settings(runs, by)
+    # "settings tried" is the whole budget, both stages, not the finalists the ranking saw.
+    tried = every.drop_duplicates([*WORKLOAD, "_opt", *SETTING]).groupby([*WORKLOAD, "_opt"]).size()
+    best["n_settings"] = [int(tried.get((r.sweep_name, r.model, r.dataset, r.optimizer), r.n_settings))
+                          for r in best.itertuples()]
     paired = paired_table(prepare_runs(runs, by), best)
     axes = axis_table(every, best)
     sensitivity = plot_sensitivity(every, best, out / "plots")
