@@ -89,8 +89,9 @@ import pandas as pd
 
 from analysis.clock import TRAIN_WALL, train_wall_time
 from analysis.dataset import TRIAL_PATH
-from analysis.summary import NONNEGATIVE, WORKLOAD, metric_range, t_interval
-from analysis.tables import CLIPPED_NOTE, format_interval, format_number, grid
+from analysis.paired import format_paired, paired_table, range_interval
+from analysis.summary import NONNEGATIVE, WORKLOAD, t_interval
+from analysis.tables import CLIPPED_NOTE, format_interval, format_number, frame_grid, grid
 
 SETTING = ["optimizer_label", "tuning_index"]
 #: The column that names an optimizer by default: the config entry.
@@ -254,8 +255,9 @@ def best_settings(runs: pd.DataFrame, by: str = ENTRY) -> pd.DataFrame:
     ``best_eval_metric``, a diverged or failed seed counting as the worst possible value);
     ``val_metric_mean`` is its selection score and ``final_eval_metric_mean`` its mean final
     validation metric (the default time-to-target rule uses it). ``test_metric_mean`` /
-    ``_low`` / ``_high`` are the mean and 95 % Student-t interval over its completed seeds
-    (bounds NaN with fewer than two; clipped to the metric's range, ``test_metric_clipped``).
+    ``_low`` / ``_high`` are the mean and 95 % Student-t interval over its completed seeds,
+    inside the metric's range by construction (:func:`analysis.paired.range_interval`; bounds
+    NaN with fewer than two seeds; clipped, ``test_metric_clipped``, when a seed sits on a bound).
     ``n_seeds`` and ``n_completed`` / ``n_diverged`` / ``n_failed`` describe that setting's
     seeds. ``n_settings`` is the tuning budget used (distinct settings tried),
     ``n_settings_lost`` how many of them lost a seed. ``search_space`` is the recorded search
@@ -280,7 +282,7 @@ def best_settings(runs: pd.DataFrame, by: str = ENTRY) -> pd.DataFrame:
             (group["optimizer_label"] == pick["optimizer_label"])
             & (group["tuning_index"] == pick["tuning_index"])
         ]
-        test = t_interval(mine.loc[mine["status"] == "completed", "_test"], bounds=metric_range(pick["metric_name"]))
+        test = range_interval(mine.loc[mine["status"] == "completed", "_test"], pick["metric_name"])
         opt_settings = settings[
             (settings["sweep_name"] == sweep) & (settings["model"] == model)
             & (settings["dataset"] == dataset) & (settings["optimizer"] == opt)
@@ -716,6 +718,8 @@ class ComparisonSection:
         plot_paths: the performance profiles and best-setting curves written.
         markdown: lines of report.md.
         text: the terminal version (best settings and time to target).
+        paired: :func:`analysis.paired.paired_table` (each optimizer against the top-ranked).
+        axes: :func:`analysis.tuning.axis_table` (coverage and edge choices per searched axis).
     """
 
     best: pd.DataFrame
@@ -725,6 +729,8 @@ class ComparisonSection:
     plot_paths: list[Path] = field(default_factory=list)
     markdown: list[str] = field(default_factory=list)
     text: str = ""
+    paired: pd.DataFrame = field(default_factory=pd.DataFrame)
+    axes: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def n_optimizers(runs: pd.DataFrame, by: str = ENTRY) -> int:
@@ -768,9 +774,20 @@ def comparison_section(
     if runs.empty or n_optimizers(runs, by) < 2:
         return None
     from analysis.comparison_plots import plot_best_setting_curves, plot_performance_profile
+    from analysis.tuning import axis_table, final_rows, format_axis_table, stage_counts
+    from analysis.tuning_plots import plot_sensitivity
 
     out = Path(out_dir)
+    every = prepare_runs(runs, by)
+    runs = final_rows(runs)  # a two-stage sweep is compared on its finalists (analysis.tuning)
     best = best_settings(runs, by)
+    # "settings tried" is the whole budget, both stages, not the finalists the ranking saw.
+    tried = every.drop_duplicates([*WORKLOAD, "_opt", *SETTING]).groupby([*WORKLOAD, "_opt"]).size()
+    best["n_settings"] = [int(tried.get((r.sweep_name, r.model, r.dataset, r.optimizer), r.n_settings))
+                          for r in best.itertuples()]
+    paired = paired_table(prepare_runs(runs, by), best)
+    axes = axis_table(every, best)
+    sensitivity = plot_sensitivity(every, best, out / "plots")
     ttt = time_to_target(steps, runs, targets, by)
     summary = summarize_time_to_target(ttt)
     profiles = performance_profiles(summary)
@@ -785,7 +802,7 @@ def comparison_section(
         plots += [png] if png is not None else []
         performance_profile_md += _performance_profile_lines(sweep, perf, png, link, len(profiles) > 1)
     curves = plot_best_setting_curves(steps, runs, best, out / "plots", ttt.attrs.get("targets"), by=by, colors=colors)
-    plots += curves
+    plots += curves + sensitivity
 
     targets_used = ttt.attrs.get("targets", {})
     sources = set(ttt["target_source"].dropna()) if not ttt.empty else set()
@@ -823,6 +840,7 @@ def comparison_section(
         md += ["No target: no optimizer has a completed validation metric.", ""]
     else:
         md += [format_time_to_target(summary, "markdown"), ""]
+    md += _fairness_lines(paired, axes, stage_counts(every), sensitivity, link, format_axis_table)
     md += [
         "### Performance profile",
         "",
@@ -850,9 +868,46 @@ def comparison_section(
             format_best_settings(best, "plain"),
             "time to target:",
             format_time_to_target(summary, "plain"),
+            *(["paired per-seed differences of the test metric against the top-ranked optimizer:",
+                format_paired(paired, "plain")] if not paired.empty else []),
+            *(["searched axes (coverage, chosen value, EDGE = chosen at an extreme of the range):",
+                format_axis_table(axes, "plain")] if not axes.empty else []),
         ]
     )
     return ComparisonSection(
         best=best, ttt=ttt, ttt_summary=summary, performance_profiles=profiles, plot_paths=plots, markdown=md,
-        text=text,
+        text=text, paired=paired, axes=axes,
     )
+
+
+def _fairness_lines(paired: pd.DataFrame, axes: pd.DataFrame, stages: pd.DataFrame, sensitivity: list[Path],
+                    link: Callable[[Path, str], str], format_axes: Callable[[pd.DataFrame, str], str]) -> list[str]:
+    """The report's paired-test and tuning subsections (analysis.paired, analysis.tuning)."""
+    md = ["### Paired per-seed differences", "",
+          "Seed index i gives every optimizer the same initial weights and data order, so each "
+          "optimizer's chosen setting is compared with the top-ranked one seed by seed: mean of "
+          "the per-seed differences of the test metric (optimizer − reference) with its 95 % "
+          "interval, the paired Student-t statistic, its two-sided p-value and the Holm-adjusted "
+          "p-value over the workload's comparisons. Only seeds both completed are paired.", ""]
+    md += [format_paired(paired, "markdown") if not paired.empty else "No pair of optimizers shares two seeds.", ""]
+    md += ["### Tuning budget: stages, coverage and edge choices", "",
+           "Settings, trials and seeds per optimizer and stage (0: one stage, every setting on every "
+           "seed; 1: screening, every setting on one seed; 2: the finalists on fresh seeds, which "
+           "alone enter the comparison above).", "",
+           frame_grid(stages, style="markdown"), ""]
+    if not axes.empty:
+        edges = axes[axes["edge"] == True]  # noqa: E712 - the column holds True/False/None
+        md += ["Per searched axis: the values tried (both stages), the fraction of the axis they "
+               "cover (log span for a log axis; the share of listed values for a categorical one), "
+               "and the chosen value; **EDGE** marks a choice at an extreme of a numeric axis, "
+               "which is not an answer: widen the range and run again.", "",
+               format_axes(axes, "markdown"), ""]
+        md += ([f"**Edge choices: {len(edges)}** ("
+                + ", ".join(f"{r.optimizer} {r.axis}={r.chosen_value}" for r in edges.itertuples()) + ").", ""]
+               if not edges.empty else ["No chosen setting sits at the edge of its searched range.", ""])
+    if sensitivity:
+        md += ["Validation metric of every setting tried against each tuned hyperparameter "
+               "(hollow: screening seed; filled: finalists; star: chosen).", ""]
+        md += [item for p in sensitivity for item in (link(p, p.stem.rpartition("__")[2]), "")]
+    return md
+

@@ -33,14 +33,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 #: The schema version this reader reads (same value as ``bench.results.schema.SCHEMA_VERSION``).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Parquet key-value metadata key holding the schema version of a file.
 METADATA_KEY = b"specbench.schema_version"
 #: Per table, the columns a file must hold, non-null (``bench.results.schema.REQUIRED``).
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "runs": (
         "sweep_name", "trial_id", "optimizer", "optimizer_label", "optimizer_entry", "tuning_index",
-        "model", "dataset", "task", "metric_name", "metric_goal", "seed_index", "status",
+        "tuning_stage", "model", "dataset", "task", "metric_name", "metric_goal", "seed_index", "status",
     ),
     "steps": ("trial_id", "step"),
     "curvature": ("trial_id", "step", "layer", "layer_type", "k"),

@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.comparison import best_settings, prepare_runs, summarize_time_to_target, time_to_target
+from analysis.comparison import SETTING, best_settings, prepare_runs, summarize_time_to_target, time_to_target
 from analysis.curvature import attach_run_info, load_layer_fits, select_step
 from analysis.dataset import TRIAL_PATH, load_table, locate
+from analysis.paired import range_interval
 from analysis.plots import entry_colors
-from analysis.summary import metric_range, t_interval
 from analysis.tables import CLIPPED_NOTE, format_interval, format_number, frame_grid
+from analysis.tuning import final_rows
 
 #: docs/science/fits.md#published-numbers, Table 2 (mini GPT-2): median α per layer type.
 PAPER_TABLE2 = {"attn_qkv": 1.43, "attn_out": 1.17, "mlp_up": 0.84, "mlp_down": 1.15}
@@ -188,12 +189,16 @@ def optimizer_sweeps(runs: pd.DataFrame) -> list[str]:
 
 def optimizer_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     """One row per (sweep, model, optimizer entry): the registry optimizer, the best setting
-    (chosen on validation), its seeds' test loss (mean, 95 % t-interval clipped at 0) and test
+    (chosen on validation among the finalists of a two-stage sweep), its seeds' test loss (mean,
+95 % t-interval on the log scale, so above 0) and test
     metric, tokens, wall-clock, median tokens/s and MFU, the optimizer's share of the step time,
     and time to the target."""
     rows = []
     for sweep in optimizer_sweeps(runs):
-        sruns = runs[runs["sweep_name"] == sweep]
+        every = prepare_runs(runs[runs["sweep_name"] == sweep])
+        # The budget counts both stages; the comparison uses the finalists (analysis.tuning).
+        budget = every.drop_duplicates(["_opt", "model", *SETTING]).groupby(["_opt", "model"]).size()
+        sruns = final_rows(runs[runs["sweep_name"] == sweep])
         best = best_settings(sruns)
         ttt = summarize_time_to_target(time_to_target(steps, sruns))
         frame = prepare_runs(sruns)
@@ -201,12 +206,12 @@ def optimizer_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
             seeds = frame[(frame["_opt"] == b.optimizer) & (frame["optimizer_label"] == b.best_setting)
                           & (frame["tuning_index"] == b.tuning_index) & (frame["model"] == b.model)]
             done = seeds[seeds["status"] == "completed"]
-            loss = t_interval(pd.to_numeric(done["test_loss"], errors="coerce"), bounds=metric_range("loss"))
+            loss = range_interval(pd.to_numeric(done["test_loss"], errors="coerce"), "loss")
             mine = steps[steps[TRIAL_PATH].isin(done[TRIAL_PATH])] if not steps.empty else steps
             t = ttt[(ttt["optimizer"] == b.optimizer) & (ttt["model"] == b.model)]
             rows.append({
                 "sweep": sweep, "model": b.model, "optimizer": b.optimizer, "registry": seeds["optimizer"].iloc[0],
-                "rank": b.rank, "best_setting": b.best_setting, "n_settings": b.n_settings,
+                "rank": b.rank, "best_setting": b.best_setting, "n_settings": int(budget.get((b.optimizer, b.model), b.n_settings)),
                 "n_seeds": b.n_seeds, "n_completed": b.n_completed, "n_diverged": b.n_diverged,
                 "test_loss": loss.mean, "test_loss_low": loss.low, "test_loss_high": loss.high,
                 "test_loss_clipped": loss.clipped, "metric_name": b.metric_name, "test_metric": b.test_metric_mean,

@@ -232,15 +232,33 @@ class SearchDim(_Strict):
         return self
 
 
+#: ``TrialSpec.tuning_stage`` values: a sweep without the two-stage protocol; its screening stage
+#: (every setting on one seed); its finalists stage (the best settings on fresh seeds).
+STAGE_SINGLE, STAGE_SCREEN, STAGE_FINAL = 0, 1, 2
+
+
 class TuningConfig(_Strict):
     """Equal tuning budgets: every optimizer with a ``search`` space gets ``budget`` settings,
     sampled by a scrambled Halton sequence (quasi-random, seeded) or taken from a full grid of
-    its ``values`` axes. Every setting runs with every seed; reports pick the best setting per
-    optimizer on the validation metric and report its seeds on the test metric."""
+    its ``values`` axes; reports pick the best setting per optimizer on the validation metric
+    and report its seeds on the test metric.
+
+    With ``finalists: 0`` every setting runs with every seed. With ``finalists: N`` the sweep
+    runs two stages (the usual protocol when seeds × budget does not fit): stage 1 runs every
+    setting on seed index 0; the sweep driver then reads stage 1's Parquet results and runs each
+    entry's N best settings (validation metric; diverged or failed settings are never
+    finalists) on ``seeds`` fresh seed indices 1..seeds, which every entry shares, so stage 2
+    gives paired per-seed comparisons free of the screening seed's selection bias. An entry with
+    at most N settings (a fixed setting, a small grid) skips stage 1.
+    """
 
     method: Literal["halton", "grid"] = Field("halton", description="halton (quasi-random) or grid (values axes only)")
     budget: int = Field(0, ge=0, description="settings per optimizer with a search space (0: no tuning)")
     seed: int | None = Field(None, description="seed of the Halton sequence (default: the sweep seed)")
+    finalists: int = Field(
+        0, ge=0, description="two-stage protocol: settings per entry re-run on `seeds` fresh seeds after a "
+        "one-seed screening of the whole budget (0: one stage, every setting on every seed)"
+    )
 
 
 class OptimizerEntry(_Strict):
@@ -315,6 +333,9 @@ class SweepConfig(_Strict):
     @model_validator(mode="after")
     def _budget_matches_search(self) -> SweepConfig:
         searching = [e.name for e in self.optimizers if e.search]
+        if self.tuning.finalists and searching and self.tuning.finalists >= self.tuning.budget:
+            raise ValueError(f"tuning.finalists ({self.tuning.finalists}) must be below tuning.budget "
+                             f"({self.tuning.budget}): stage 2 re-runs a selection of stage 1's settings")
         if searching and self.tuning.budget == 0:
             raise ValueError(f"optimizers {', '.join(searching)} have a search space but tuning.budget is 0")
         if self.tuning.method == "grid":
@@ -364,6 +385,8 @@ class TrialSpec(_Strict):
     probes: ProbeSchedule = Field(default_factory=ProbeSchedule)
     tuning_index: int = -1
     search_space: dict[str, Any] = Field(default_factory=dict)
+    #: STAGE_SINGLE, STAGE_SCREEN or STAGE_FINAL (:class:`TuningConfig`).
+    tuning_stage: int = STAGE_SINGLE
 
 
 def semantic_problems(cfg: SweepConfig) -> list[str]:

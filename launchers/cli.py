@@ -160,6 +160,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep_dir = storage / cfg.name
     record = sweep_state.read_record(sweep_dir)
     replacing = record is not None and record.get("fingerprint") != fingerprint  # --force-new (gate-checked)
+    if not replacing:
+        trials = _with_finalists(cfg, trials, sweep_dir)  # a resumed two-stage sweep's stage 2
     before = (dict.fromkeys((t.trial_id for t in trials), "pending") if replacing
               else sweep_state.states(sweep_dir, [t.trial_id for t in trials]))
     pending = [t for t in trials if before[t.trial_id] not in sweep_state.FINISHED]
@@ -170,8 +172,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _print_report(sweep_dir)
 
     _prepare_data(cfg, pending)
-    from launchers import ray_runner
-
     _start_ray(args.address, verbose=args.verbose)
     try:
         if args.address:
@@ -182,29 +182,61 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 remote.activate(cfg.storage).move(cfg.name, moved.name)
             print(f"previous results moved to {moved}", file=sys.stderr)
         _writable_dir(sweep_dir)
-        _write_sweep_record(sweep_dir, cfg, trials, fingerprint)
-        print(f"sweep '{cfg.name}': {len(pending)} trials → {sweep_dir.resolve()}", file=sys.stderr)
-        from launchers.progress import SweepProgress
-
-        with SweepProgress(len(pending)) as progress:
-            errors = ray_runner.run_trials(cfg, pending, cfg.storage, on_event=progress.handle)
+        errors: dict[str, str] = {}
+        while pending:  # one pass, or two with the two-stage protocol (stage 2 from stage 1's results)
+            _write_sweep_record(sweep_dir, cfg, trials, fingerprint)
+            print(f"sweep '{cfg.name}': {len(pending)} trials → {sweep_dir.resolve()}", file=sys.stderr)
+            errors.update(_run_batch(cfg, pending, trials))
+            if errors or not cfg.tuning.finalists:
+                break
+            _pull_results(cfg.storage, cfg.name)
+            more = _with_finalists(cfg, trials, sweep_dir)
+            pending = [t for t in more[len(trials):]
+                       if sweep_state.trial_state(sweep_dir, t.trial_id) not in sweep_state.FINISHED]
+            trials = more
+            if pending:
+                print(f"stage 2: the finalists of stage 1, {len(pending)} trials", file=sys.stderr)
     finally:
         import ray
 
         ray.shutdown()
+    code = _print_report(sweep_dir)
+    if errors:
+        print(f"{len(errors)} trial(s) failed: {', '.join(sorted(errors))}", file=sys.stderr)
+        if cfg.tuning.finalists:
+            print("stage 2 starts once every stage-1 trial has finished: run the sweep again to retry them",
+                  file=sys.stderr)
+        return 1
+    return code
 
+
+def _with_finalists(cfg, trials: list, sweep_dir: Path) -> list:
+    """``trials`` plus the stage-2 trials of the finalists chosen from stage 1's Parquet results
+    (unchanged without the two-stage protocol or while stage 1 is unfinished)."""
+    if not cfg.tuning.finalists:
+        return trials
+    from launchers import stages
+    from launchers.sweep import expand
+
+    finalists = stages.choose_finalists(cfg, trials, sweep_dir)
+    return trials if finalists is None else expand(cfg, finalists)
+
+
+def _run_batch(cfg, pending: list, trials: list) -> dict[str, str]:
+    """Run ``pending`` on the started Ray; a failure row for every trial Ray reports as errored.
+    Returns trial_id → error."""
     from bench.trial import record_failure
+    from launchers import ray_runner
+    from launchers.progress import SweepProgress
 
+    with SweepProgress(len(pending)) as progress:
+        errors = ray_runner.run_trials(cfg, pending, cfg.storage, on_event=progress.handle)
     _pull_results(cfg.storage, cfg.name)  # what the workers uploaded, possibly from other nodes
     by_id = {t.trial_id: t for t in trials}
     for tid, err in errors.items():
         if tid in by_id:
             record_failure(by_id[tid], cfg.storage, err)
-    code = _print_report(sweep_dir)
-    if errors:
-        print(f"{len(errors)} trial(s) failed: {', '.join(sorted(errors))}", file=sys.stderr)
-        return 1
-    return code
+    return errors
 
 
 def _prepare_data(cfg, pending: list) -> None:
@@ -530,10 +562,17 @@ def cmd_config(args: argparse.Namespace) -> int:
             ray.shutdown()
     if args.show:
         print(json.dumps(checked.cfg.model_dump(mode="json"), indent=2))
-    print(f"config OK: {len(checked.trials)} trials", file=sys.stderr)
+    tuning = checked.cfg.tuning
+    later = ""
+    if tuning.finalists:
+        screened = len({(t.workload.model_dump_json(), t.optimizer_entry) for t in checked.trials if t.tuning_stage == 1})
+        later = (f" (stage 1 and unscreened entries; stage 2 adds up to {screened * tuning.finalists * checked.cfg.seeds} "
+                 "trials: the finalists chosen from stage 1's results)")
+    print(f"config OK: {len(checked.trials)} trials{later}", file=sys.stderr)
     for t in checked.trials:
         print(f"  [{t.trial_index}] {t.trial_id}  {t.optimizer_label}  {_with_args(t.workload.model, t.workload.model_args)}"
-              f" / {_with_args(t.workload.dataset, t.workload.dataset_args)}  seed {t.seed_index}")
+              f" / {_with_args(t.workload.dataset, t.workload.dataset_args)}  seed {t.seed_index}"
+              + (f"  stage {t.tuning_stage}" if t.tuning_stage else ""))
     return 0
 
 

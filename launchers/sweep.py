@@ -5,7 +5,8 @@ names, incompatible settings) into one :class:`ConfigError` so the user fixes th
 the CLI prints it and exits with status 2 before anything starts.
 
 Expansion is the Cartesian product workloads × optimizer entries × grid points × seeds, in that
-nesting order. A trial id is ``<optimizer>-<8 hex of the resolved trial's hash>``: the hash
+nesting order (with the two-stage tuning protocol, stage 1's part of it; stage 2 is added by
+the driver from stage 1's results, :mod:`launchers.stages`). A trial id is ``<optimizer>-<8 hex of the resolved trial's hash>``: the hash
 covers everything that changes what the trial computes (workload, optimizer and settings,
 training, resources, seed) and nothing else, so the same trial keeps its id when unrelated
 entries are added to the sweep.
@@ -114,63 +115,104 @@ def _label(name: str, entry_label: str | None, point: dict[str, Any]) -> str:
     return base + "(" + ",".join(f"{k}={v}" for k, v in point.items()) + ")"
 
 
-def expand(cfg: SweepConfig) -> list[TrialSpec]:
-    """Every trial of the sweep, in a stable order."""
-    trials: list[TrialSpec] = []
+#: A (workload index, optimizer entry index) of a sweep: the unit stage 2 selects finalists in.
+EntryKey = tuple[int, int]
+
+
+def entry_points(cfg: SweepConfig) -> dict[EntryKey, list[tuple[int, dict[str, Any]]]]:
+    """Every (tuning index, setting point) of every entry on every workload, in sweep order:
+    ``budget`` points of a search space (tuning index 0..budget-1), else the grid points (-1)."""
     tuning_seed = cfg.tuning.seed if cfg.tuning.seed is not None else cfg.seed
-    for workload in cfg.workloads:
-        for entry in cfg.optimizers:
+    out: dict[EntryKey, list[tuple[int, dict[str, Any]]]] = {}
+    for w in range(len(cfg.workloads)):
+        for e, entry in enumerate(cfg.optimizers):
             if entry.search:
                 points = search_points(entry.search, cfg.tuning.method, cfg.tuning.budget,
                                        derive_seed(tuning_seed, "tuning", entry.name))
-                indices = list(range(len(points)))
+                out[(w, e)] = list(enumerate(points))
             else:
-                points = grid_points(entry.grid) or [{}]
-                indices = [-1] * len(points)
-            space = {k: v.model_dump(exclude_none=True) for k, v in entry.search.items()}
-            probes = entry.probe_schedule(cfg.probes)
-            for tuning_index, point in zip(indices, points, strict=True):
-                settings = resolved_settings(entry.name, {**entry.settings, **point})
-                for seed_index in range(cfg.seeds):
-                    seed = trial_seed(cfg.seed, seed_index)
-                    identity = {
-                        "workload": workload.model_dump(mode="json"),
-                        "optimizer": entry.name,
-                        "settings": settings,
-                        "training": cfg.training.model_dump(mode="json", exclude=set(cfg.training.NON_IDENTITY)),
-                        "world_size": cfg.resources.num_workers,
-                        "use_gpu": cfg.resources.use_gpu,
-                        "seed": seed,
-                        "probes": probes.model_dump(mode="json") if probes.enabled else None,
-                    }
-                    digest = _hash(identity)
-                    trials.append(
-                        TrialSpec(
-                            sweep_name=cfg.name,
-                            # A plug-in's module.path:Class would put a colon in a directory name.
-                            trial_id=f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', entry.name)}-{digest[:8]}",
-                            trial_index=len(trials),
-                            seed_index=seed_index,
-                            seed=seed,
-                            optimizer=entry.name,
-                            optimizer_label=_label(entry.name, entry.label, {k: settings[k] for k in point}),
-                            optimizer_settings=settings,
-                            optimizer_entry=entry.label or entry.name,
-                            workload=workload,
-                            training=cfg.training,
-                            resources=cfg.resources,
-                            config_hash=digest,
-                            tuning_index=tuning_index,
-                            search_space=space,
-                            probes=probes,
-                        )
-                    )
+                out[(w, e)] = [(-1, p) for p in grid_points(entry.grid) or [{}]]
+    return out
+
+
+def expand(cfg: SweepConfig, finalists: dict[EntryKey, list[int]] | None = None) -> list[TrialSpec]:
+    """The trials the sweep can run before any result exists, in a stable order.
+
+    One stage (``tuning.finalists: 0``): every setting × seed indices 0..seeds-1. Two stages:
+    stage 1, every setting of an entry with more than ``finalists`` settings on seed index 0;
+    any other entry goes straight to stage 2. ``finalists`` (entry → positions in its
+    :func:`entry_points` list, chosen from stage 1's results by the driver) adds their stage-2
+    trials: seed indices 1..seeds, fresh for every entry alike.
+    """
+    from bench.config import STAGE_FINAL, STAGE_SCREEN, STAGE_SINGLE
+
+    final_seeds = range(1, cfg.seeds + 1)
+    every = entry_points(cfg)
+    trials: list[TrialSpec] = []
+    for key, points in every.items():
+        if cfg.tuning.finalists == 0:
+            trials += _trials(cfg, key, points, range(cfg.seeds), STAGE_SINGLE, len(trials))
+        elif len(points) > cfg.tuning.finalists:
+            trials += _trials(cfg, key, points, [0], STAGE_SCREEN, len(trials))
+        else:
+            trials += _trials(cfg, key, points, final_seeds, STAGE_FINAL, len(trials))
+    for key, positions in (finalists or {}).items():
+        chosen = [every[key][i] for i in positions]
+        trials += _trials(cfg, key, chosen, final_seeds, STAGE_FINAL, len(trials))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         # Identical trials (e.g. a duplicated optimizer entry) would overwrite each other's files.
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise ConfigError(cfg.name, [f"optimizers: the sweep contains identical trials ({', '.join(dupes)}); remove duplicates"])
     return trials
+
+
+def _trials(cfg: SweepConfig, key: EntryKey, points: list[tuple[int, dict[str, Any]]], seed_indices,
+            stage: int, first_index: int) -> list[TrialSpec]:
+    """The trials of one entry's ``points`` × ``seed_indices`` in ``stage``; trial indices from
+    ``first_index``."""
+    workload, entry = cfg.workloads[key[0]], cfg.optimizers[key[1]]
+    space = {k: v.model_dump(exclude_none=True) for k, v in entry.search.items()}
+    probes = entry.probe_schedule(cfg.probes)
+    out: list[TrialSpec] = []
+    for tuning_index, point in points:
+        settings = resolved_settings(entry.name, {**entry.settings, **point})
+        for seed_index in seed_indices:
+            seed = trial_seed(cfg.seed, seed_index)
+            identity = {
+                "workload": workload.model_dump(mode="json"),
+                "optimizer": entry.name,
+                "settings": settings,
+                "training": cfg.training.model_dump(mode="json", exclude=set(cfg.training.NON_IDENTITY)),
+                "world_size": cfg.resources.num_workers,
+                "use_gpu": cfg.resources.use_gpu,
+                "seed": seed,
+                "probes": probes.model_dump(mode="json") if probes.enabled else None,
+            }
+            digest = _hash(identity)
+            out.append(
+                TrialSpec(
+                    sweep_name=cfg.name,
+                    # A plug-in's module.path:Class would put a colon in a directory name.
+                    trial_id=f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', entry.name)}-{digest[:8]}",
+                    trial_index=first_index + len(out),
+                    seed_index=seed_index,
+                    seed=seed,
+                    optimizer=entry.name,
+                    optimizer_label=_label(entry.name, entry.label, {k: settings[k] for k in point}),
+                    optimizer_settings=settings,
+                    optimizer_entry=entry.label or entry.name,
+                    workload=workload,
+                    training=cfg.training,
+                    resources=cfg.resources,
+                    config_hash=digest,
+                    tuning_index=tuning_index,
+                    search_space=space,
+                    probes=probes,
+                    tuning_stage=stage,
+                )
+            )
+    return out
 
 
 def sweep_fingerprint(cfg: SweepConfig) -> str:

@@ -16,7 +16,7 @@ from bench.results.writer import write_frame, write_rows
 #: The required ``runs`` columns of one completed trial; tests override what they are about.
 RUN = {
     "sweep_name": "sweep", "optimizer": "adamw", "optimizer_label": "adamw", "optimizer_entry": "adamw",
-    "tuning_index": -1, "model": "builtin:cnn", "dataset": "sklearn:digits", "task": "classification",
+    "tuning_index": -1, "tuning_stage": 0, "model": "builtin:cnn", "dataset": "sklearn:digits", "task": "classification",
     "metric_name": "accuracy", "metric_goal": "max", "seed_index": 0, "status": "completed",
 }  # fmt: skip
 

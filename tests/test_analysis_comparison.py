@@ -86,7 +86,7 @@ def write_sweep(root, trials=TRIALS, sweep: str = "cmp"):
             better = max if workload["metric_goal"] == "max" else min
             run = {
                 "sweep_name": sweep, "trial_id": tid, "optimizer": opt, "optimizer_label": label,
-                "optimizer_entry": opt, "tuning_index": tidx, "search_space": space,
+                "optimizer_entry": opt, "tuning_index": tidx, "tuning_stage": 0, "search_space": space,
                 "optimizer_settings": json.dumps({"lr": float(label.split("=")[1][:-1]) if "=" in label else 0.01,
                                                   "weight_decay": 0.0}),
                 "seed_index": seed, "seed": 100 + seed, "status": "completed" if done else traj,
@@ -137,9 +137,11 @@ def test_best_setting_is_chosen_on_validation_and_reported_on_test(tables):
     assert adamw["best_setting"] == "adamw(lr=0.01)" and adamw["tuning_index"] == 1
     assert adamw["n_settings"] == 3 and adamw["n_settings_lost"] == 1
     assert adamw["val_metric_mean"] == pytest.approx(0.91)
-    ci = t_interval([0.85, 0.87])
+    # The interval is computed on the logit scale (accuracy lives in [0, 1]) and mapped back.
+    ci = t_interval([math.log(v / (1 - v)) for v in (0.85, 0.87)])
     assert adamw["test_metric_mean"] == pytest.approx(0.86)
-    assert (adamw["test_metric_low"], adamw["test_metric_high"]) == pytest.approx((ci.low, ci.high))
+    expected = (1 / (1 + math.exp(-ci.low)), 1 / (1 + math.exp(-ci.high)))
+    assert (adamw["test_metric_low"], adamw["test_metric_high"]) == pytest.approx(expected)
     assert adamw["n_seeds"] == 2 and adamw["n_completed"] == 2
     assert json.loads(adamw["search_space"]) == json.loads(ADAMW_SPACE)
     assert json.loads(adamw["settings_varied"]) == {"lr": [0.001, 0.01, 0.1]}

@@ -70,7 +70,7 @@ def _runs_row(
         "optimizer": label.split("-")[0],
         "optimizer_label": label,
         "optimizer_entry": label,
-        "tuning_index": -1,
+        "tuning_index": -1, "tuning_stage": 0,
         "seed_index": seed,
         "seed": 1000 + seed,
         "status": status,

@@ -8,9 +8,11 @@ numbers written in this file.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from analysis_fixtures import write_table
@@ -50,7 +52,7 @@ def results(tmp_path):
     tdir = root / "amap" / "trials" / "adamw-0"
     write_table(tdir / "runs.parquet", [{**LM, "sweep_name": "amap", "trial_id": "adamw-0", "optimizer": "adamw",
                                     "optimizer_label": "adamw", "optimizer_entry": "adamw", "status": "completed",
-                                    "seed_index": 0, "tuning_index": -1, "tokens_seen": 400_000}])  # fmt: skip
+                                    "seed_index": 0, "tuning_index": -1, "tuning_stage": 0, "tokens_seen": 400_000}])  # fmt: skip
     fits = [{"sweep_name": "amap", "trial_id": "adamw-0", "step": step, "layer": f"h.{i}.{t}", "layer_type": t,
              "depth": i, "alpha": a + (0.5 if step == 50 else 0.0), "gamma": 0.5, "s": a * 0.5, "pr_h": 3.0,
              "beta": 1.0, "phi": a - 1.0}
@@ -74,7 +76,7 @@ def results(tmp_path):
                 write_table(root / "opt" / "trials" / tid / "runs.parquet", [{
                     **LM, "sweep_name": "opt", "trial_id": tid, "optimizer": opt, "optimizer_entry": entry,
                     "optimizer_label": f"{entry}(lr={lr})", "optimizer_settings": json.dumps({"lr": lr}),
-                    "tuning_index": tidx, "search_space": json.dumps({"lr": {"values": list(settings)}}),
+                    "tuning_index": tidx, "tuning_stage": 0, "search_space": json.dumps({"lr": {"values": list(settings)}}),
                     "seed_index": seed, "seed": seed, "status": "completed", "best_eval_metric": val,
                     "final_eval_metric": val, "test_loss": test, "test_metric": float(pd.Series([test]).map(
                         lambda x: 2.718281828459045 ** x).iloc[0]),
@@ -114,9 +116,11 @@ def test_optimizer_table_picks_on_validation_and_reports_test_intervals(results)
     assert table.loc["spectral_newton[fixed α=2]", "best_setting"] == "spectral_newton[fixed α=2](lr=0.03)"
     assert table.loc["spectral_newton[measured α]", "best_setting"] == "spectral_newton[measured α](lr=0.01)"
     tests = [2.50, 2.52, 2.51]
-    half = stats.t.ppf(0.975, 2) * pd.Series(tests).std(ddof=1) / 3**0.5
+    # The loss interval is a t-interval of log(loss) mapped back (a loss is > 0).
+    logs = np.log(tests)
+    half = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / 3**0.5
     assert table.loc["adamw", "test_loss"] == pytest.approx(2.51)
-    assert table.loc["adamw", "test_loss_high"] == pytest.approx(2.51 + half)
+    assert table.loc["adamw", "test_loss_high"] == pytest.approx(math.exp(logs.mean() + half))
     assert table.loc["adamw", "n_settings"] == 2
     assert table.loc["adamw", "optimizer_share"] == pytest.approx(0.2)
     assert table.loc["spectral_newton[fixed α=2]", "optimizer_share"] == pytest.approx(0.4)

@@ -30,13 +30,16 @@ History:
   for input, inside ``step_time_s``) and ``runs.data_cache_key`` (the token-cache entry a trial
   read its corpus from, ``""`` when it tokenized in memory or its data is not a text corpus);
   a file upgraded from 2 holds nulls there (not measured).
+- 4: ``runs.tuning_stage``, required: 0 for a sweep without the two-stage tuning protocol
+  (every earlier file), 1 for its screening stage, 2 for its finalists
+  (``bench.config.TuningConfig``; issue 16).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 METADATA_KEY = b"specbench.schema_version"
 
 #: One row per trial. ``config.*`` columns (the flattened resolved trial config) are added
@@ -53,6 +56,7 @@ RUNS = pa.schema(
         ("optimizer_settings", pa.string()),  # JSON of the resolved settings
         ("tuning_index", pa.int32()),  # setting index within the tuning budget; -1 without tuning
         ("search_space", pa.string()),  # JSON of the optimizer's search space ('{}' without tuning)
+        ("tuning_stage", pa.int32()),  # 0 one stage; 1 screening (one seed); 2 finalists (fresh seeds)
         ("model", pa.string()),
         ("dataset", pa.string()),
         ("task", pa.string()),  # classification | lm
@@ -271,7 +275,7 @@ TABLES: dict[str, pa.Schema] = {
 REQUIRED: dict[str, tuple[str, ...]] = {
     "runs": (
         "sweep_name", "trial_id", "optimizer", "optimizer_label", "optimizer_entry", "tuning_index",
-        "model", "dataset", "task", "metric_name", "metric_goal", "seed_index", "status",
+        "tuning_stage", "model", "dataset", "task", "metric_name", "metric_goal", "seed_index", "status",
     ),
     "steps": ("trial_id", "step"),
     "curvature": ("trial_id", "step", "layer", "layer_type", "k"),

@@ -15,6 +15,8 @@ One function per version step (:data:`STEPS`; see :mod:`bench.results.schema` fo
   mode ``full``, which is written as their ``probe_mode`` (a fact of the old version, not a
   guess); the other new columns are null, as are the input-pipeline columns of issue 19
   (``steps.data_time_s``, ``runs.data_cache_key``), which an old file did not measure.
+- 3 → 4 (:func:`_from_v3`): ``runs.tuning_stage`` = 0, the one-stage protocol every sweep used
+  before the two-stage protocol existed (a fact of the old version).
 
 A file is rewritten only when it holds every column of
 :data:`~bench.results.schema.REQUIRED` non-null; declared columns it lacks are written as null
@@ -23,6 +25,10 @@ missing from an old file can only come from what the user knows about the run, s
 ``--set COLUMN=VALUE`` (one value for every row, only for a column that is absent or entirely
 null), e.g. ``--set optimizer_entry=adamw`` for a sweep whose config had the single, unlabelled
 entry ``adamw``. Anything else is refused with the list of what is missing.
+
+Step ``tuning_stage`` (to version 3): ``runs.tuning_stage`` became required. Every file written
+before it comes from a sweep without the two-stage tuning protocol, which is what value 0 says,
+so an absent (or entirely null) column is filled with 0; nothing is guessed.
 """
 
 from __future__ import annotations
@@ -94,7 +100,14 @@ def _from_v2(table: pa.Table, name: str) -> pa.Table:
 
 
 #: Version v → v + 1, per v: what an upgrade from v applies, in order, up to :data:`SCHEMA_VERSION`.
-STEPS: dict[int, Callable[[pa.Table, str], pa.Table]] = {1: _from_v1, 2: _from_v2}
+def _from_v3(table: pa.Table, name: str) -> pa.Table:
+    """3 → 4: ``runs.tuning_stage`` is 0 (one stage) in a file that predates the column."""
+    if name != "runs" or ("tuning_stage" in table.column_names and table["tuning_stage"].null_count < table.num_rows):
+        return table
+    return _filled(table, name, {"tuning_stage": "0"})
+
+
+STEPS: dict[int, Callable[[pa.Table, str], pa.Table]] = {1: _from_v1, 2: _from_v2, 3: _from_v3}
 #: Versions this module upgrades from.
 UPGRADABLE = tuple(sorted(STEPS))
 

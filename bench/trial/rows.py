@@ -80,6 +80,7 @@ def run_row(spec: TrialSpec, state: TrialState, world: int) -> dict[str, Any]:
         "optimizer_settings": json.dumps(spec.optimizer_settings, sort_keys=True),
         "tuning_index": spec.tuning_index,
         "search_space": json.dumps(spec.search_space, sort_keys=True),
+        "tuning_stage": spec.tuning_stage,
         "model": spec.workload.model,
         "dataset": spec.workload.dataset,
         # Unknown ("") when the trial failed before its data was loaded.

@@ -1,0 +1,219 @@
+"""The two-stage tuning protocol and the fair-comparison statistics, without Ray.
+
+- the paired Student-t test against an independent float64 oracle (mpmath's incomplete beta
+  function and a root of the t CDF, not scipy);
+- range-respecting intervals (perplexity never below 1, accuracy inside [0, 1]);
+- stage 2 chosen from stage 1's Parquet files (validation metric, direction, diverged settings
+  excluded, nothing before stage 1 finished, the same choice on every re-run), fresh shared seeds;
+- the edge flag and the coverage of a search axis; the report's use of finalists only;
+- the ``tuning_stage`` upgrade step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import mpmath
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from analysis_fixtures import run_row, write_table
+
+from analysis.comparison import best_settings, prepare_runs
+from analysis.paired import holm, paired_table, paired_test, range_interval
+from analysis.tuning import axis_table, final_rows
+from bench.config import STAGE_FINAL, STAGE_SCREEN, STAGE_SINGLE
+from bench.results.schema import METADATA_KEY
+from bench.results.upgrade import upgrade_file
+from launchers.stages import choose_finalists, screening
+from launchers.sweep import expand, parse_config
+
+mpmath.mp.dps = 40
+
+
+# ---------------------------------------------------------------------------- paired test
+def _oracle(a: list[float], b: list[float]) -> tuple[float, float, float, float]:
+    """t, two-sided p and the 95 % interval of the mean difference, in 40-digit arithmetic."""
+    d = [mpmath.mpf(x) - mpmath.mpf(y) for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = mpmath.fsum(d) / n
+    sd = mpmath.sqrt(mpmath.fsum((x - mean) ** 2 for x in d) / (n - 1))
+    nu = n - 1
+    t = mean / (sd / mpmath.sqrt(n))
+    p = mpmath.betainc(nu / mpmath.mpf(2), mpmath.mpf(1) / 2, 0, nu / (nu + t**2), regularized=True)
+
+    def cdf(x):  # Student-t CDF for x > 0
+        return 1 - mpmath.betainc(nu / mpmath.mpf(2), mpmath.mpf(1) / 2, 0, nu / (nu + x**2), regularized=True) / 2
+
+    q = mpmath.findroot(lambda x: cdf(x) - mpmath.mpf("0.975"), 2.5)
+    half = q * sd / mpmath.sqrt(n)
+    return float(t), float(p), float(mean - half), float(mean + half)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 12])
+def test_paired_test_matches_a_float64_oracle(n):
+    rng = np.random.default_rng(n)
+    a = list(3.0 + rng.normal(0, 0.1, n))
+    b = [x - 0.05 + e for x, e in zip(a, rng.normal(0, 0.04, n), strict=True)]
+    got = paired_test(a, b)
+    t, p, low, high = _oracle(a, b)
+    assert got["n"] == n and got["mean_diff"] == pytest.approx(float(np.mean(np.subtract(a, b))), rel=1e-13)
+    assert got["t_stat"] == pytest.approx(t, rel=1e-10)
+    assert got["p_value"] == pytest.approx(p, rel=1e-8)
+    assert (got["diff_low"], got["diff_high"]) == pytest.approx((low, high), rel=1e-9)
+
+
+def test_paired_test_drops_unpaired_seeds_and_refuses_degenerate_input():
+    got = paired_test([1.0, 2.0, math.nan, 4.0], [0.5, 1.0, 3.0, 5.0])
+    assert got["n"] == 3
+    assert math.isnan(paired_test([1.0], [0.0])["p_value"])
+    assert math.isnan(paired_test([1.0, 2.0], [0.0, 1.0])["t_stat"])  # identical differences
+
+
+def test_holm_adjustment():
+    # Sorted p = 0.01, 0.02, 0.04 → 3·0.01, max(0.03, 2·0.02), max(0.04, 1·0.04).
+    assert holm([0.04, 0.01, math.nan, 0.02]) == pytest.approx([0.04, 0.03, math.nan, 0.04], nan_ok=True)
+
+
+def test_intervals_stay_inside_the_metric_range():
+    ppl = [1.02, 1.30, 1.05]
+    ci = range_interval(ppl, "perplexity")
+    z = np.log(np.subtract(ppl, 1.0))
+    half = 4.302652729911275 * z.std(ddof=1) / math.sqrt(3)  # t_{0.975, 2}
+    assert ci.low == pytest.approx(1 + math.exp(z.mean() - half)) and ci.low > 1.0
+    assert ci.high == pytest.approx(1 + math.exp(z.mean() + half))
+    assert ci.mean == pytest.approx(np.mean(ppl)) and not ci.clipped
+    acc = range_interval([0.97, 0.999], "accuracy")
+    assert 0.0 < acc.low < acc.high < 1.0
+    on_bound = range_interval([0.9, 1.0], "accuracy")  # logit(1) does not exist: clip instead
+    assert on_bound.high == 1.0 and on_bound.clipped
+
+
+# ------------------------------------------------------------------------- stage selection
+def _two_stage(**tuning) -> object:
+    doc = {
+        "name": "fair", "seed": 0, "seeds": 3,
+        "workloads": [{"model": "builtin:cnn", "dataset": "sklearn:digits"}],
+        "optimizers": [
+            {"name": "adamw", "search": {"lr": {"low": 1e-4, "high": 1e-1, "log": True}}},
+            {"name": "muon", "search": {"lr": {"values": [0.01, 0.03, 0.1, 0.3]}}},
+            {"name": "adamw", "label": "fixed", "settings": {"lr": 0.01}},
+        ],
+        "tuning": {"budget": 4, "finalists": 2, **tuning},
+    }
+    return parse_config(doc)
+
+
+def _write_stage1(sweep_dir, cfg, trials, vals, statuses=None):
+    for key, ts in screening(cfg, trials).items():
+        for i, t in enumerate(ts):
+            status = (statuses or {}).get((key, i), "completed")
+            write_table(sweep_dir / "trials" / t.trial_id / "runs.parquet", [run_row(
+                sweep_name=cfg.name, trial_id=t.trial_id, optimizer=t.optimizer, optimizer_label=t.optimizer_label,
+                optimizer_entry=t.optimizer_entry, tuning_index=t.tuning_index, tuning_stage=t.tuning_stage,
+                seed_index=t.seed_index, status=status, best_eval_metric=vals[key][i],
+                optimizer_settings=json.dumps(t.optimizer_settings))])  # fmt: skip
+
+
+def test_stage_two_is_chosen_from_stage_one_parquet(tmp_path):
+    cfg = _two_stage()
+    trials = expand(cfg)
+    by_stage = {s: [t for t in trials if t.tuning_stage == s] for s in (STAGE_SCREEN, STAGE_FINAL)}
+    # Screening: 4 settings × seed 0 for the two searched entries; the fixed entry (1 setting ≤ 2
+    # finalists) goes straight to stage 2 on seeds 1..3.
+    assert len(by_stage[STAGE_SCREEN]) == 8 and {t.seed_index for t in by_stage[STAGE_SCREEN]} == {0}
+    assert [t.seed_index for t in by_stage[STAGE_FINAL]] == [1, 2, 3]
+    sweep = tmp_path / "fair"
+    assert choose_finalists(cfg, trials, sweep) is None  # nothing screened yet
+
+    vals = {(0, 0): [0.5, 0.9, 0.8, 0.95], (0, 1): [0.7, 0.6, 0.99, 0.2]}
+    _write_stage1(sweep, cfg, trials, vals, statuses={((0, 0), 3): "diverged"})
+    chosen = choose_finalists(cfg, trials, sweep)
+    # Accuracy is maximised; adamw's 0.95 diverged and is never a finalist.
+    assert chosen == {(0, 0): [1, 2], (0, 1): [2, 0]}
+    assert choose_finalists(cfg, trials, sweep) == chosen  # a re-run resumes to the same choice
+
+    full = expand(cfg, chosen)
+    assert full[: len(trials)] == trials
+    stage2 = full[len(trials):]
+    assert len(stage2) == 4 * 3 and all(t.tuning_stage == STAGE_FINAL for t in stage2)
+    assert {t.seed_index for t in stage2} == {1, 2, 3}
+    screened_ids = {t.trial_id for t in by_stage[STAGE_SCREEN]}
+    assert not screened_ids & {t.trial_id for t in stage2}  # fresh seeds: no screening trial reused
+    seeds = {t.seed_index: t.seed for t in full}
+    assert all(t.seed == seeds[t.seed_index] for t in full)  # one seed per index for every entry
+    muon_screen = screening(cfg, trials)[(0, 1)]
+    muon = [t for t in stage2 if t.optimizer == "muon"]
+    assert {t.optimizer_settings["lr"] for t in muon} == {muon_screen[i].optimizer_settings["lr"] for i in (2, 0)}
+
+
+def test_stage_two_waits_for_every_screening_trial(tmp_path):
+    cfg = _two_stage()
+    trials = expand(cfg)
+    vals = {(0, 0): [0.5] * 4, (0, 1): [0.5] * 4}
+    _write_stage1(tmp_path / "fair", cfg, trials, vals, statuses={((0, 1), 0): "failed"})
+    assert choose_finalists(cfg, trials, tmp_path / "fair") is None  # a failed trial is retried first
+
+
+def test_one_stage_sweeps_are_unchanged_and_finalists_must_be_below_budget():
+    cfg = _two_stage(finalists=0)
+    trials = expand(cfg)
+    assert len(trials) == (4 + 4 + 1) * 3 and {t.tuning_stage for t in trials} == {STAGE_SINGLE}
+    with pytest.raises(Exception, match="finalists .* must be below tuning.budget"):
+        _two_stage(finalists=4)
+
+
+# ------------------------------------------------------------------- edge flag, coverage
+def _tuned_runs(chosen_lr: float) -> pd.DataFrame:
+    rows = []
+    space = json.dumps({"lr": {"low": 1e-4, "high": 1e-1, "log": True}, "normalize": {"values": ["none", "frobenius"]},
+                        "k": {"values": [5, 10, 20]}})
+    for i, (lr, norm, k) in enumerate([(1e-3, "none", 5), (1e-2, "frobenius", 10), (3e-2, "none", 10)]):
+        val = 0.9 if lr == chosen_lr else 0.5
+        stage = STAGE_SCREEN
+        rows.append(run_row(trial_id=f"a{i}", optimizer_label=f"adamw({i})", tuning_index=i, tuning_stage=stage,
+                            search_space=space, optimizer_settings=json.dumps({"lr": lr, "normalize": norm, "k": k}),
+                            best_eval_metric=val, test_metric=val))
+        if lr == chosen_lr:
+            for s in (1, 2):
+                rows.append(run_row(trial_id=f"a{i}s{s}", optimizer_label=f"adamw({i})", tuning_index=i,
+                                    tuning_stage=STAGE_FINAL, seed_index=s, search_space=space,
+                                    optimizer_settings=json.dumps({"lr": lr, "normalize": norm, "k": k}),
+                                    best_eval_metric=val, test_metric=val + 0.01 * s))
+    rows.append(run_row(trial_id="m", optimizer="muon", optimizer_label="muon", optimizer_entry="muon",
+                        tuning_stage=STAGE_FINAL, seed_index=1, test_metric=0.8, best_eval_metric=0.8))
+    rows.append(run_row(trial_id="m2", optimizer="muon", optimizer_label="muon", optimizer_entry="muon",
+                        tuning_stage=STAGE_FINAL, seed_index=2, test_metric=0.85, best_eval_metric=0.8))
+    return pd.DataFrame(rows)
+
+
+def test_an_edge_choice_is_flagged_and_coverage_is_measured():
+    runs = _tuned_runs(chosen_lr=3e-2)
+    final = final_rows(runs)
+    assert set(final["tuning_stage"]) == {STAGE_FINAL}  # the screening rows leave the comparison
+    best = best_settings(final)
+    axes = axis_table(prepare_runs(runs), best).set_index("axis")
+    assert bool(axes.loc["lr", "edge"]) is True  # 0.03 is the largest lr tried
+    assert axes.loc["lr", "coverage"] == pytest.approx(math.log(30) / math.log(1000))
+    assert axes.loc["normalize", "edge"] is None and axes.loc["normalize", "coverage"] == 1.0
+    assert bool(axes.loc["k", "edge"]) is False and axes.loc["k", "coverage"] == pytest.approx(2 / 3)
+    mid = axis_table(prepare_runs(runs := _tuned_runs(chosen_lr=1e-2)), best_settings(final_rows(runs)))
+    assert not bool(mid.set_index("axis").loc["lr", "edge"])
+
+    paired = paired_table(prepare_runs(final), best)
+    (row,) = paired.itertuples()
+    assert (row.optimizer, row.reference, row.n_pairs) == ("muon", "adamw", 2)
+    assert row.mean_diff == pytest.approx(((0.8 - 0.91) + (0.85 - 0.92)) / 2)
+
+
+# ----------------------------------------------------------------------------- upgrade
+def test_the_tuning_stage_upgrade_step_fills_zero(tmp_path):
+    path = write_table(tmp_path / "runs.parquet", [run_row(trial_id="t")])
+    table = pq.read_table(path).drop_columns(["tuning_stage"])
+    table = table.set_column(table.column_names.index("schema_version"), "schema_version", pa.array([2], pa.int32()))
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: b"2"}), path)
+    assert upgrade_file(path) is True
+    assert pq.read_table(path)["tuning_stage"].to_pylist() == [0]
