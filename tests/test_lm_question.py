@@ -62,7 +62,7 @@ def results(tmp_path):
     kdir = root / "amap" / "trials" / "adamw-1"
     write_table(kdir / "runs.parquet", [{**LM, "sweep_name": "amap", "trial_id": "adamw-1", "optimizer": "adamw",
                                     "optimizer_label": "adamw", "optimizer_entry": "adamw", "status": "completed",
-                                    "seed_index": 1, "tuning_index": -1, "tokens_seen": 400_000}])  # fmt: skip
+                                    "seed_index": 1, "tuning_index": -1, "tuning_stage": 0, "tokens_seen": 400_000}])  # fmt: skip
     write_table(kdir / "layer_fits.parquet", [{**f, "trial_id": "adamw-1", "probe_mode": "kronecker", "alpha": None,
                                                "phi": 100.0} for f in fits])  # fmt: skip
     # The optimizer sweep.
