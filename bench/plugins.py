@@ -200,6 +200,26 @@ class SpecResolver:
                 problems.append(f"{what}: unknown arg {shown(key)}{hint}; allowed: {listing or '(none)'}")
         return problems
 
+    def args_problems(self, spec: str, args: Any, spec_problem: str | None,
+                      allowed: Callable[[str], Mapping[str, str] | None],
+                      builtin_values: Callable[[str, str, dict[str, Any]], list[str]]) -> list[str]:
+        """Every problem of ``args`` for ``spec``, checked in order: the spec itself
+        (``spec_problem``, from the registry's ``check_spec``), unknown names (``allowed(spec)``,
+        with a close match), then the values: a plug-in checks its own, a built-in scheme through
+        ``builtin_values(scheme, name, args)``. Each value problem names the spec."""
+        if spec_problem:
+            return [spec_problem]
+        problems = self.arg_problems(spec, args, allowed(spec))
+        if problems:
+            return problems
+        parsed = self.parse(spec)
+        if isinstance(parsed, PluginFactory):
+            found = parsed.value_problems(args)
+        else:
+            scheme, name = parsed  # type: ignore[misc]
+            found = builtin_values(scheme, name, args)
+        return [f"{self.kind.name} {shown(spec)}: {p}" for p in found]
+
     def installed(self) -> list[tuple[str, str, PluginFactory | str]]:
         """``(name, origin, plug-in or why it does not load)`` of every entry point of this kind."""
         out: list[tuple[str, str, PluginFactory | str]] = []

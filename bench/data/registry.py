@@ -79,18 +79,8 @@ def allowed_args(spec: str) -> dict[str, str]:
 
 def check_args(spec: str, args: dict[str, Any]) -> list[str]:
     """Problems with ``args`` for ``spec``: unknown names (with a suggestion) and bad values."""
-    problem = check_spec(spec)
-    if problem:
-        return [problem]
-    problems = RESOLVER.arg_problems(spec, args, allowed_args(spec))
-    if problems:
-        return problems
-    parsed = RESOLVER.parse(spec)
-    if isinstance(parsed, PluginFactory):
-        found = parsed.value_problems(args)
-    else:
-        found = RESOLVER.module(parsed[0]).validate_args(args)  # type: ignore[index]
-    return [f"dataset {shown(spec)}: {p}" for p in found]
+    return RESOLVER.args_problems(spec, args, check_spec(spec), allowed_args,
+                                  lambda scheme, _name, a: RESOLVER.module(scheme).validate_args(a))
 
 
 def load_dataset(spec: str, args: dict[str, Any] | None = None, seed: int = 0,

@@ -69,19 +69,8 @@ def allowed_args(spec: str) -> dict[str, str] | None:
 
 def check_args(spec: str, args: dict[str, Any]) -> list[str]:
     """Problems with ``args`` for ``spec``: unknown names (with a suggestion) and bad values."""
-    problem = check_spec(spec)
-    if problem:
-        return [problem]
-    problems = RESOLVER.arg_problems(spec, args, allowed_args(spec))
-    if problems:
-        return problems
-    parsed = RESOLVER.parse(spec)
-    if isinstance(parsed, PluginFactory):
-        found = parsed.value_problems(args)
-    else:
-        scheme, name = parsed  # type: ignore[misc]
-        found = RESOLVER.module(scheme).validate_args(name, args)
-    return [f"model {shown(spec)}: {p}" for p in found]
+    return RESOLVER.args_problems(spec, args, check_spec(spec), allowed_args,
+                                  lambda scheme, name, a: RESOLVER.module(scheme).validate_args(name, a))
 
 
 def build_model(spec: str, task: TaskInfo, args: dict[str, Any] | None = None) -> nn.Module:

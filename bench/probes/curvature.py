@@ -304,11 +304,7 @@ def _gradient_pass(passes: _Passes) -> tuple[dict[str, torch.Tensor], torch.Tens
             count += torch.tensor([x.shape[0], loss_terms(y)], dtype=F64, device=device)
             del s, grads
     finally:
-        for h in handles:
-            h.remove()
-        for f in ctx.factors.values():
-            f.inputs.clear()
-            f.outputs.clear()
+        _release(handles, ctx)
     with timer.measure(SHARED, "allreduce"):
         all_reduce_sum_([*gsum.values(), used, count] + [t for f in ctx.factors.values() for t in f.sketch_tensors()])
     samples, terms = (float(c) for c in count.tolist())
@@ -451,11 +447,7 @@ def _curvature_pass(passes: _Passes, spectra: dict[str, list[Spectrum]], counts:
             del graph
         _project(passes, rest)
     finally:
-        for h in handles:
-            h.remove()
-        for f in ctx.factors.values():
-            f.inputs.clear()
-            f.outputs.clear()
+        _release(handles, ctx)
     with timer.measure(SHARED, "allreduce"):
         all_reduce_sum_([block_terms] + [s.h_blocks for specs in spectra.values() for s in specs])  # type: ignore[misc]
     counts.h_terms = float(block_terms.sum())
@@ -509,6 +501,16 @@ class _BlockGraph:
         return loss
 
 
+
+def _release(handles: list, ctx: ProbeContext) -> None:
+    """Remove the probe's hooks and drop the activations and output gradients they captured, so
+    that nothing of the probe batch outlives a pass (also after a failure inside it)."""
+    for h in handles:
+        h.remove()
+    for f in ctx.factors.values():
+        f.inputs.clear()
+        f.outputs.clear()
+
 def _project(passes: _Passes, batch: ProbeBatch) -> None:
     """The projections of ``batch`` (this rank's shard): forward, backward to the probed layers'
     outputs only (no weight gradient, no graph kept), hooks."""
@@ -529,11 +531,7 @@ def _factor_pass(passes: _Passes, batch: ProbeBatch) -> None:
     try:
         _project(passes, batch)
     finally:
-        for h in handles:
-            h.remove()
-        for f in passes.ctx.factors.values():
-            f.inputs.clear()
-            f.outputs.clear()
+        _release(handles, passes.ctx)
 
 
 def finish_second_pass(ctx: ProbeContext, spectra: dict[str, list[Spectrum]], counts: Counts
