@@ -72,10 +72,15 @@ def _coverage(dim: dict[str, Any], tried: list[Any]) -> float:
 
 
 def _edge(dim: dict[str, Any], tried: list[Any], chosen: Any) -> bool | None:
-    """Whether ``chosen`` is an extreme of a numeric axis (None: unordered axis)."""
+    """Whether ``chosen`` is an extreme of a numeric axis (None: unordered axis).
+
+    A chosen 0 at the low end of an axis of non-negative values (weight decay 0, no damping) is
+    a hard bound, not an edge: there is nothing below it to search."""
     pool = dim["values"] if "values" in dim else tried
     if not _numeric(chosen) or not all(_numeric(v) for v in pool) or len(set(pool)) < 2:
         return None
+    if chosen == 0 and min(pool) == 0:
+        return False
     return chosen in (min(pool), max(pool))
 
 

@@ -24,7 +24,7 @@ from analysis_fixtures import run_row, write_table
 
 from analysis.comparison import best_settings, prepare_runs
 from analysis.paired import holm, paired_table, paired_test, range_interval
-from analysis.tuning import axis_table, final_rows
+from analysis.tuning import _edge, axis_table, final_rows
 from bench.config import STAGE_FINAL, STAGE_SCREEN, STAGE_SINGLE
 from bench.results.schema import METADATA_KEY
 from bench.results.upgrade import upgrade_file
@@ -202,6 +202,11 @@ def test_an_edge_choice_is_flagged_and_coverage_is_measured():
     assert bool(axes.loc["k", "edge"]) is False and axes.loc["k", "coverage"] == pytest.approx(2 / 3)
     mid = axis_table(prepare_runs(runs := _tuned_runs(chosen_lr=1e-2)), best_settings(final_rows(runs)))
     assert not bool(mid.set_index("axis").loc["lr", "edge"])
+    # 0 at the low end of a non-negative axis is a hard bound (nothing below to search), not an edge.
+    decay = {"values": [0.0, 0.01, 0.1]}
+    assert _edge(decay, decay["values"], 0.0) is False and _edge(decay, decay["values"], 0.1) is True
+    assert _edge({"values": [-0.1, 0.0, 0.1]}, [-0.1, 0.0, 0.1], 0.0) is False
+    assert _edge({"values": [-0.1, 0.0]}, [-0.1, 0.0], 0.0) is True
 
     paired = paired_table(prepare_runs(final), best)
     (row,) = paired.itertuples()
