@@ -44,6 +44,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 t0=$(date +%s)
 failed=()
 
+SCALE="${SCALE:-auto}"
+case "$SCALE" in auto|gpu|smoke) ;; *) echo "SCALE must be auto, gpu or smoke, not '$SCALE'" >&2; exit 2 ;; esac
+
 # --- packages (carried wheels only when something is missing; never Ray) ----------------------
 need='import torch, yaml, pyarrow, pandas, transformers, pydantic, deepspeed, pytorch_optimizer'
 if ! "$PY" -c "$need" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
@@ -54,7 +57,6 @@ fi
 "$PY" -c "$need" || { echo "FATAL: a package is missing (carry pydantic, deepspeed, pytorch-optimizer as .whl/)"; exit 3; }
 
 # --- scale --------------------------------------------------------------------------------------
-SCALE="${SCALE:-auto}"
 if [ "$SCALE" = auto ]; then
   SCALE=$("$PY" -c 'import torch; print("gpu" if torch.cuda.is_available() else "smoke")')
 fi
@@ -81,7 +83,6 @@ case "$SCALE" in
     done
     PROBE=(training.steps=2)
     SPECTRAL=configs/profile/spectral_step_smoke.yaml ;;
-  *) echo "SCALE must be auto, gpu or smoke, not '$SCALE'" >&2; exit 2 ;;
 esac
 mkdir -p "$REPORT"
 exec > >(tee "$REPORT/gpu_e2e.log") 2>&1
