@@ -81,6 +81,7 @@ case "$SCALE" in
       LM+=(optimizers.$entry.probes.settings.batch_size=8 optimizers.$entry.probes.settings.micro_batch_size=4
            optimizers.$entry.probes.settings.top_k=3)
     done
+    LM+=(optimizers.5.probes.settings.h_samples=4)
     PROBE=(training.steps=2)
     SPECTRAL=configs/profile/spectral_step_smoke.yaml ;;
 esac
