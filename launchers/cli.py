@@ -310,28 +310,32 @@ def _trial_of(args: argparse.Namespace, trials: list) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from launchers.derived_tables import write_layer_fits
     from launchers.local import run_local
 
     flags = ["--workers must be at least 1"] if args.workers is not None and args.workers < 1 else []
     # One trial's files go beside whatever the sweep directory holds (trial ids keep configs
     # apart), so another config's results under the name are no reason to refuse.
     checked = _checked(args, resources=False, resume=False, extra=flags)
-    cfg, spec = checked.cfg, _trial_of(args, checked.trials)
-    if args.workers is not None:
-        spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"num_workers": args.workers})})
+    cfg = checked.cfg
+    # Several --trial indices share one validation (seconds on a loaded machine); every index is
+    # checked before the first trial starts.
+    specs = [_trial_of(argparse.Namespace(trial=index), checked.trials) for index in args.trial]
     storage = _storage_root(cfg.storage)
     _writable_dir(storage / cfg.name)
-    print(f"trial {spec.trial_index}: {spec.trial_id} ({spec.optimizer_label}, {spec.workload.model} on "
-          f"{spec.workload.dataset}, {spec.resources.num_workers} worker(s), no Ray)", file=sys.stderr)
-    ok = run_local(spec, cfg.storage)
-    if not ok:
-        print(f"trial {spec.trial_id} failed (see the traceback above)", file=sys.stderr)
-        return 1
-    from launchers.derived_tables import write_layer_fits
-
-    write_layer_fits(storage / cfg.name / "trials" / spec.trial_id)
-    print(f"results in {(storage / cfg.name / 'trials' / spec.trial_id).resolve()}", file=sys.stderr)
-    return 0
+    failed = []
+    for spec in specs:
+        if args.workers is not None:
+            spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"num_workers": args.workers})})
+        print(f"trial {spec.trial_index}: {spec.trial_id} ({spec.optimizer_label}, {spec.workload.model} on "
+              f"{spec.workload.dataset}, {spec.resources.num_workers} worker(s), no Ray)", file=sys.stderr)
+        if not run_local(spec, cfg.storage):
+            print(f"trial {spec.trial_id} failed (see the traceback above)", file=sys.stderr)
+            failed.append(spec.trial_id)
+            continue
+        write_layer_fits(storage / cfg.name / "trials" / spec.trial_id)
+        print(f"results in {(storage / cfg.name / 'trials' / spec.trial_id).resolve()}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------------------- probe
@@ -617,7 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run one trial of a sweep without Ray (debugging)")
     p.add_argument("config", help="sweep YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
-    p.add_argument("--trial", type=int, default=0, help="trial index (see `specbench config CONFIG`; default 0)")
+    p.add_argument("--trial", type=int, nargs="+", default=[0], metavar="N",
+                   help="trial index, or several run one after another (see `specbench config CONFIG`; default 0)")
     p.add_argument("--workers", type=int, help="local worker processes over gloo (default: resources.num_workers)")
     _placement_flags(p)
     p.set_defaults(func=cmd_train)

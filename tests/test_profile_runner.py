@@ -25,7 +25,8 @@ def tiny(tmp_path, **overrides):
 
 def test_shipped_configs_are_valid():
     for name in ("tiny", "kernels_cpu", "kernels", "kernels_gpu", "optimizer_step_cpu", "distributed_cpu",
-                 "probe_overhead_cpu", "probe_modes_cpu", "probe_full_cpu", "scaling_tiny"):
+                 "probe_overhead_cpu", "probe_modes_cpu", "probe_full_cpu", "scaling_tiny",
+                 "spectral_step_gpu", "spectral_step_smoke"):
         load_profile_config(REPO / "configs" / "profile" / f"{name}.yaml")
 
 

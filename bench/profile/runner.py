@@ -29,6 +29,9 @@ Command line (no Ray; used on a lent GPU by scripts/gpu_kernels.sh; ``specbench 
 the same job on every Ray node, plus the sections that need a process group)::
 
     python -m bench.profile.runner --config configs/profile/kernels_gpu.yaml --out $OUT/profile.parquet
+
+The command line also measures a ``spectral_step`` section at P = 1 (:func:`spectral_step_here`;
+scripts/gpu_e2e.sh uses it on one GPU); P > 1 needs ``specbench profile``.
 """
 
 from __future__ import annotations
@@ -371,8 +374,51 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    run_profile_job(cfg, job_id=args.job_id, out_path=out_file, log=None if args.quiet else log)
+    rows = run_profile_job(cfg, job_id=args.job_id, out_path=out_file, log=None if args.quiet else log)
+    if cfg.spectral_step is not None:
+        spectral_step_here(cfg, rows, job_id=args.job_id, out_path=out_file, log=None if args.quiet else log)
     return 0
+
+
+def spectral_step_here(
+    cfg: ProfileConfig, rows: list[dict[str, Any]], *, job_id: str | None = None,
+    out_path: str | os.PathLike[str] | None = None, log: Log | None = None,
+) -> list[dict[str, Any]]:
+    """The ``spectral_step`` section at P = 1 in this process (no Ray, no process group), its rows
+    appended to ``rows`` and written with them; the job's kernel rows come first.
+
+    One process has one device, so only P = 1 is measured here: sharded and redundant then do the
+    same work, and the row pair measures the step itself (the sharding's overhead when alone).
+    P > 1 needs a process group per P, which ``specbench profile`` starts through Ray Train; the
+    P > 1 entries of ``ranks`` are reported as skipped in the log.
+    """
+    from bench.profile.spectral_step import measure_spectral_step
+    from bench.results.writer import trial_dir, write_rows
+
+    section = cfg.spectral_step
+    job_id = job_id or default_job_id(cfg.name)
+    others = [p for p in section.ranks if p != 1]
+    if log and others:
+        log(f"spectral_step: P = {others} need a process group each (`specbench profile`); only P = 1 here")
+    if 1 not in section.ranks:
+        return rows
+    device = resolve_device(cfg.device)
+    if log:
+        log(f"spectral_step at P = 1: {section.blocks} GPT-2 blocks of width {section.dim}, method {section.method}, "
+            f"on {device_name(device)}")
+    import torch
+
+    measured = measure_spectral_step(blocks=section.blocks, dim=section.dim, method=section.method,
+                                     warmup=section.warmup, repeats=section.repeats, seed=cfg.seed, device=device,
+                                     sweep_name=cfg.name, job_id=job_id)
+    where = {"device_name": device_name(device), "hostname": socket.gethostname(), "torch_version": torch.__version__}
+    rows = rows + [{**where, **r} for r in measured]
+    path = Path(out_path) if out_path is not None else trial_dir(cfg.storage, cfg.name, job_id) / "profile.parquet"
+    write_rows("profile", rows, path)
+    if log:
+        timed = ", ".join(f"{r['phase']} {r['seconds']:.4g} s" for r in measured)
+        log(f"spectral_step at P = 1: {timed} → {path}")
+    return rows
 
 
 if __name__ == "__main__":
