@@ -241,3 +241,44 @@ def zero_cli(model: str, ranks: int, device_costs: str, stage: int, optimizer: s
         return 2
     print(format_zero(pred))
     return 0
+
+
+def report(df: pd.DataFrame, fit: Mapping[str, Any] | None = None) -> str:
+    """Markdown: per model and P, memory per rank (MiB, measured; the model's prediction in
+    brackets) and step time against ZeRO-0 per optimizer and stage; the whole model's predicted
+    memory per rank (extrapolated per block); the communication check."""
+    check = check_rows(zero_rows(df), fit)
+    if check.empty:
+        return "no op = zero rows"
+    mib, gib = 2**20, 2**30
+    out = []
+    for (model, P), g in check.groupby(["model", "ranks"], sort=False):
+        first = g.iloc[0]
+        out += [f"**{model}** ({first['blocks']} of {first['full_blocks']} blocks measured: "
+                f"{first['params'] / 1e6:.1f} M parameters), P = {P}; MiB per rank (largest rank), predicted in "
+                "brackets; step = median seconds (slowest rank) and its ratio to ZeRO-0; the extra seconds' "
+                "prediction prices only the communication",
+                "", "| optimizer | ZeRO | params | grads | state | ZeRO-3 bucket | step s | × ZeRO-0 | "
+                "extra s over ZeRO-0: measured / comm. predicted | whole model ({first['full_params'] / 1e9:.2f} B) GiB/rank, predicted |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in g.sort_values(["label", "zero_stage"]).to_dict("records"):
+            out.append(f"| {r['label']} | {r['zero_stage']} | {r['param_bytes'] / mib:.0f} ({r['param_pred'] / mib:.0f}) | "
+                       f"{r['grad_bytes'] / mib:.0f} ({r['grad_pred'] / mib:.0f}) | "
+                       f"{r['state_bytes'] / mib:.0f} ({r['state_pred'] / mib:.0f}) | {r['bucket_bytes'] / mib:.0f} | "
+                       f"{r['step_s']:.2f} | {r['ratio_to_stage0']:.2f} | {r['extra_s_measured']:+.2f} / "
+                       f"{r['extra_comm_s_predicted']:+.2f} | {r['full_total_bytes'] / gib:.1f} |")
+        out.append("")
+    c = check.groupby("label")["matrix_state_c"].first()
+    out.append("Fitted client state per matrix element c (bytes): "
+               + ", ".join(f"{k} {v:.2f}" for k, v in c.items()))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from analysis.cost_model import load_device_costs
+
+    # The gloo broadcast constants fitted on this CPU (configs/profile/distributed_cpu.yaml).
+    print(report(pd.read_parquet(sys.argv[1]), load_device_costs(sys.argv[2] if len(sys.argv) > 2 else "cpu-2core")
+                 .get("broadcast")))

@@ -59,6 +59,8 @@ def test_memory_model_matches_the_measured_rows(rows):
     for kind in ("param", "state", "bucket"):
         measured, predicted = check[f"{kind}_bytes"], check[f"{kind}_pred"]
         assert ((measured - predicted).abs() <= 0.1 * predicted.clip(lower=1) + 4096).all(), kind
+    text = Z.report(rows, {"seconds_per_byte": 1e-9, "latency_s": 1e-4})
+    assert text.count("| adamw |") == 3 and "| muon | 3 |" in text
     c = dict(zip(check["label"], check["matrix_state_c"], strict=True))
     assert c["adamw"] == pytest.approx(8, abs=0.5) and c["muon"] == pytest.approx(4, abs=0.5)
 
