@@ -259,7 +259,7 @@ def report(df: pd.DataFrame, fit: Mapping[str, Any] | None = None) -> str:
                 "brackets; step = median seconds (slowest rank) and its ratio to ZeRO-0; the extra seconds' "
                 "prediction prices only the communication",
                 "", "| optimizer | ZeRO | params | grads | state | ZeRO-3 bucket | step s | × ZeRO-0 | "
-                "extra s over ZeRO-0: measured / comm. predicted | whole model ({first['full_params'] / 1e9:.2f} B) GiB/rank, predicted |",
+                f"extra s over ZeRO-0: measured / comm. predicted | whole model ({first['full_params'] / 1e9:.2f} B) GiB/rank, predicted |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in g.sort_values(["label", "zero_stage"]).to_dict("records"):
             out.append(f"| {r['label']} | {r['zero_stage']} | {r['param_bytes'] / mib:.0f} ({r['param_pred'] / mib:.0f}) | "

@@ -61,6 +61,8 @@ def test_memory_model_matches_the_measured_rows(rows):
         assert ((measured - predicted).abs() <= 0.1 * predicted.clip(lower=1) + 4096).all(), kind
     text = Z.report(rows, {"seconds_per_byte": 1e-9, "latency_s": 1e-4})
     assert text.count("| adamw |") == 3 and "| muon | 3 |" in text
+    whole = Z.full_model_params(Z.zero_rows(rows).iloc[0])[0]
+    assert f"whole model ({whole / 1e9:.2f} B)" in text  # the header names the extrapolated size
     c = dict(zip(check["label"], check["matrix_state_c"], strict=True))
     assert c["adamw"] == pytest.approx(8, abs=0.5) and c["muon"] == pytest.approx(4, abs=0.5)
 
@@ -120,3 +122,15 @@ def test_zero_section_refuses_bad_input(change, message):
     with pytest.raises(ProfileConfigError) as err:
         parse_profile_config(_tiny(**change), "bad.yaml")
     assert message in err.value.render()
+
+
+def test_one_process_group_per_model_ranks_and_optimizer():
+    # DeepSpeed keeps buffers of finished engines alive: each optimizer's stages get a fresh group,
+    # and a model's own ranks and optimizer list select the groups.
+    from bench.profile.zero import process_groups
+
+    cfg = parse_profile_config(_tiny(ranks=[2, 4], models=[
+        {"label": "a", "dim": 32, "heads": 2, "vocab": 96, "seq_len": 8},
+        {"label": "b", "dim": 32, "heads": 2, "vocab": 96, "seq_len": 8, "ranks": [2], "optimizers": ["muon"]}]),
+        "tiny").zero
+    assert process_groups(cfg) == [(2, [(0, 0)]), (2, [(0, 1)]), (2, [(1, 1)]), (4, [(0, 0)]), (4, [(0, 1)])]

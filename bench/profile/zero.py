@@ -149,8 +149,9 @@ def _case(spec: ZeroModel, opt_name: str, settings: dict[str, Any], stage: int, 
             "seconds_p75": sorted(times)[(3 * len(times)) // 4], "repeats": len(times)}
 
 
-def _rank_main(rank: int, world: int, port: int, cfg: ZeroConfig, seed: int, out: str) -> None:
-    """One rank of a process group: every case of every model at this P, in turn."""
+def _rank_main(rank: int, world: int, port: int, cfg: ZeroConfig, seed: int, out: str,
+               cases: list[tuple[int, int]]) -> None:
+    """One rank of a process group: every stage of the ``(model index, optimizer index)`` cases, in turn."""
     import torch
     import torch.distributed as dist
 
@@ -160,35 +161,46 @@ def _rank_main(rank: int, world: int, port: int, cfg: ZeroConfig, seed: int, out
     torch._dynamo.config.disable = True  # DeepSpeed's Muon compiles Newton–Schulz: eager on CPU, as in a trial
     init_process_group(rank, world, port)
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-    for spec in cfg.models:
-        if world not in (spec.ranks or cfg.ranks):
-            continue
-        for entry in cfg.optimizers:
-            if spec.optimizers is not None and entry.display() not in spec.optimizers:
-                continue
-            for stage in cfg.stages:
-                row = _case(spec, entry.name, dict(entry.settings), stage, cfg, seed, rank, world)
-                peaks = torch.tensor([row[k] for k in KINDS],
-                                     dtype=torch.float64)
-                per_rank = [torch.zeros_like(peaks) for _ in range(world)]
-                dist.all_gather(per_rank, peaks)
-                if rank == 0:
-                    record = {**row, "model": spec.label, "blocks": spec.blocks, "dim": spec.dim,
-                              "vocab": spec.vocab, "seq_len": spec.seq_len, "heads": spec.heads,
-                              "full_blocks": spec.full_blocks, "optimizer": entry.name, "label": entry.display(),
-                              "zero_stage": stage, "ranks": world, "state_bytes_by_rank": json.dumps(
-                                  [int(t[2]) for t in per_rank]),
-                              **{k: max(float(t[i]) for t in per_rank)
-                                 for i, k in enumerate(KINDS)}}
-                    with open(out, "a") as fh:  # at once: a kill loses nothing measured
-                        fh.write(json.dumps(record) + "\n")
+    for model_index, opt_index in cases:
+        spec, entry = cfg.models[model_index], cfg.optimizers[opt_index]
+        for stage in cfg.stages:
+            row = _case(spec, entry.name, dict(entry.settings), stage, cfg, seed, rank, world)
+            peaks = torch.tensor([row[k] for k in KINDS], dtype=torch.float64)
+            per_rank = [torch.zeros_like(peaks) for _ in range(world)]
+            dist.all_gather(per_rank, peaks)
+            if rank == 0:
+                record = {**row, "model": spec.label, "blocks": spec.blocks, "dim": spec.dim,
+                          "vocab": spec.vocab, "seq_len": spec.seq_len, "heads": spec.heads,
+                          "full_blocks": spec.full_blocks, "optimizer": entry.name, "label": entry.display(),
+                          "zero_stage": stage, "ranks": world, "state_bytes_by_rank": json.dumps(
+                              [int(t[2]) for t in per_rank]),
+                          **{k: max(float(t[i]) for t in per_rank) for i, k in enumerate(KINDS)}}
+                with open(out, "a") as fh:  # at once: a kill loses nothing measured
+                    fh.write(json.dumps(record) + "\n")
     dist.barrier()
     dist.destroy_process_group()
 
 
+def process_groups(cfg: ZeroConfig) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(P, cases) of each process group the job starts: one per model, P and optimizer, its stages in
+    turn. A fresh group per optimizer because DeepSpeed keeps buffers of a finished engine alive
+    (ZeRO-3's 5·10⁸-element reduce bucket among them): one group for all cases accumulated them
+    until the kernel killed a rank (observed at P = 4 on 24 GiB)."""
+    groups = []
+    for world in sorted({p for s in cfg.models for p in (s.ranks or cfg.ranks)}):
+        for m, spec in enumerate(cfg.models):
+            if world not in (spec.ranks or cfg.ranks):
+                continue
+            for o, entry in enumerate(cfg.optimizers):
+                if spec.optimizers is None or entry.display() in spec.optimizers:
+                    groups.append((world, [(m, o)]))
+    return groups
+
+
 def measure_zero(cfg: ZeroConfig, seed: int = 0, log: Log | None = None,
                  out_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """Every (model, P, optimizer, stage) of ``cfg``: one process group per P, one row per case
+    """Every (model, P, optimizer, stage) of ``cfg``: one process group per (model, P, optimizer)
+    (:func:`process_groups`), one row per case
     with the largest per-rank bytes of each kind (``state_bytes_by_rank`` lists every rank's
     state) and ``ratio_to_stage0``."""
     import torch.multiprocessing as mp
@@ -197,21 +209,22 @@ def measure_zero(cfg: ZeroConfig, seed: int = 0, log: Log | None = None,
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        for world in sorted({p for s in cfg.models for p in (s.ranks or cfg.ranks)}):
-            out = Path(tmp) / f"p{world}.jsonl"
+        for i, (world, cases) in enumerate(process_groups(cfg)):
+            out = Path(tmp) / f"group{i}.jsonl"
             out.touch()
+            names = [(cfg.models[m].label, cfg.optimizers[o].display()) for m, o in cases]
             if log:
-                log(f"zero: P = {world}, stages {cfg.stages}")
+                log(f"zero: P = {world}, {', '.join(f'{a} {b}' for a, b in names)}, stages {cfg.stages}")
             try:
-                mp.start_processes(_rank_main, args=(world, free_port(), cfg, seed, str(out)), nprocs=world,
+                mp.start_processes(_rank_main, args=(world, free_port(), cfg, seed, str(out), cases), nprocs=world,
                                    start_method="spawn", join=True)
-                status, error = "ok", None
+                error = None
             except Exception as exc:  # a failed group keeps the cases it finished
-                status, error = "error", f"{type(exc).__name__}: {exc}"[:500]
-            done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-            rows += done
+                error = f"{type(exc).__name__}: {exc}"[:500]
+            rows += [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
             if error is not None:
-                rows.append({"ranks": world, "status": status, "error": error})
+                rows.append({"ranks": world, "model": names[0][0], "label": names[0][1], "status": "error",
+                             "error": error})
     common = {"op": "zero", "phase": "step", "status": "ok", "device": "cpu", "dtype": "fp32", "batch": 1,
               "threads": cfg.threads, "warmup": cfg.warmup, "memory_kind": "live_storages_after_backward"}
     rows = [{**common, **r} for r in rows]
