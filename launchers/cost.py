@@ -7,6 +7,7 @@ it (:func:`bench.profile.collectives.plan_owner_sync`) and hands it to analysis 
 :data:`analysis.step_cost.Planner`, for the ``cost`` command and for the report::
 
     specbench cost --model llama-70b --ranks 1024 --device h200 [--method solve] [--probe-mode kronecker]
+    specbench cost --model llama-70b --ranks 8 --device h200 --zero-stage 3 [--optimizer muon]
     python -m launchers.cost fit RESULTS --name NAME [--out DIR] [--comm-results DIR] [--probe-results DIR]
 """
 
@@ -52,6 +53,11 @@ def cmd_cost(args: argparse.Namespace) -> int:
     """Body of ``specbench cost`` (arguments: see ``add_cost_arguments``)."""
     from analysis.cost_report import cost_cli
 
+    if args.zero_stage is not None:
+        from analysis.zero_cost import zero_cli
+
+        return zero_cli(args.model, args.ranks, args.device, args.zero_stage, args.optimizer, args.precision,
+                        args.device_memory_gb)
     if args.bucket_cap_mb is not None and not args.bucket_cap_mb > 0:
         print("specbench: error: --bucket-cap-mb must be > 0", file=sys.stderr)
         return 2
@@ -78,6 +84,14 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-batch", type=int, default=2048, help="probe batch in samples (default: the probe's 2048)")
     p.add_argument("--train-batch", type=int, default=1024, help="global training batch in samples (default 1024)")
     p.add_argument("--probe-interval", type=int, default=100, help="training steps between probes (default 100)")
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None,
+                   help="instead: memory per rank, communication and whether the model fits at this ZeRO stage")
+    p.add_argument("--optimizer", default="adamw",
+                   help="with --zero-stage: adamw, muon, muon_deepspeed or spectral_newton (default adamw)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                   help="with --zero-stage: training precision (default bf16, fp32 masters)")
+    p.add_argument("--device-memory-gb", type=float, default=None,
+                   help="with --zero-stage: device memory in GB (default: the device's datasheet value)")
     p.add_argument("--probe-mode", choices=("full", "kronecker", "online"), default="full",
                    help="curvature probe mode to price (default full: exact HVPs)")
 

@@ -230,7 +230,7 @@ def run_profile(
         start_ray(address, verbose=verbose)
     paths: list[Path] = []
     try:
-        if cfg.profiles or cfg.optimizer_step is not None or cfg.data is not None:
+        if cfg.profiles or cfg.optimizer_step is not None or cfg.data is not None or cfg.zero is not None:
             paths += _run_node_jobs(cfg, log)
         if cfg.probe_overhead is not None:
             job_id = f"{cfg.name}-probe-overhead"

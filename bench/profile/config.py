@@ -4,8 +4,9 @@ Sections (each optional, at least one given): ``profiles`` (the optimizers' per-
 on model shapes, :mod:`bench.profile.kernels`), ``optimizer_step`` (one whole step of every
 optimizer, :mod:`bench.profile.optimizer_step`), ``spectral_step`` (sharded vs redundant at P
 ranks), ``collectives`` (the owner sharding's bucketed broadcasts at P ranks),
-``probe_overhead`` (the curvature probe against the training step) and ``data`` (the input
-pipeline: the token cache and background image loaders, :mod:`bench.profile.data`).
+``probe_overhead`` (the curvature probe against the training step), ``data`` (the input
+pipeline: the token cache and background image loaders, :mod:`bench.profile.data`) and ``zero``
+(memory per rank and step time at ZeRO stages 0–3, :mod:`bench.profile.zero`).
 
 Pydantic models with ``extra="forbid"`` (a misspelt key is an error) and a description for
 every field. :func:`load_profile_config` returns a validated :class:`ProfileConfig` or raises
@@ -153,6 +154,40 @@ class CollectivesConfig(_Strict):
     threads_per_rank: int = Field(1, gt=0, description="torch threads per CPU worker")
 
 
+class ZeroModel(_Strict):
+    """A GPT-2-shaped model of the ZeRO benchmark: GPT-2's embedding, head and block shapes at
+    width ``dim``, ``blocks`` of its blocks (``full_blocks`` of the real model: the analysis
+    extrapolates per block)."""
+
+    label: str = Field(..., min_length=1, description="row label, e.g. gpt2-124m or gpt-1.3b")
+    blocks: int = Field(2, gt=0, description="transformer blocks instantiated")
+    full_blocks: int = Field(12, gt=0, description="blocks of the real model (GPT-2-124M: 12; 1.3B: 24)")
+    dim: int = Field(768, gt=0, description="model width")
+    heads: int = Field(12, gt=0, description="attention heads (must divide dim)")
+    vocab: int = Field(50257, gt=0, description="vocabulary size (GPT-2's)")
+    seq_len: int = Field(64, gt=0, description="tokens per sample (one sample per rank and step)")
+    ranks: list[int] | None = Field(None, description="process-group sizes P for this model (null: the section's)")
+    optimizers: list[str] | None = Field(None, description="labels of the section's optimizers to run (null: all)")
+
+
+class ZeroConfig(_Strict):
+    """Memory per rank and step time at ZeRO stages 0–3 (`bench.profile.zero`): the DeepSpeed engine
+    a trial builds, on P gloo ranks in processes the job starts."""
+
+    models: list[ZeroModel] = Field(default_factory=lambda: [ZeroModel(label="gpt2-124m")], min_length=1,
+                                    description="GPT-2-shaped models")
+    ranks: list[int] = Field(default_factory=lambda: [2], min_length=1, description="process-group sizes P")
+    stages: list[Literal[0, 1, 2, 3]] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1,
+                                              description="ZeRO stages (0 is the ratio's base: keep it)")
+    optimizers: list[StepOptimizer] = Field(
+        default_factory=lambda: [StepOptimizer(name=n) for n in ("adamw", "muon", "muon_deepspeed",
+                                                                  "spectral_newton")],
+        min_length=1, description="optimizers with their settings")
+    repeats: int = Field(4, gt=0, description="timed training steps per case (the median is reported)")
+    warmup: int = Field(2, ge=1, description="untimed steps first (state creation, buffers)")
+    threads: int = Field(1, gt=0, description="torch threads per rank")
+
+
 class SpectralStepConfig(_Strict):
     """The distributed spectral step (`bench.profile.spectral_step`): sharded vs redundant at P ranks."""
 
@@ -295,15 +330,21 @@ class ProfileConfig(_Strict):
     data: DataConfig | None = Field(
         None, description="also measure the input pipeline: token cache vs in-memory tokenization, image loaders"
     )
+    zero: ZeroConfig | None = Field(
+        None, description="also measure memory per rank and step time at ZeRO stages 0-3 (own process groups)"
+    )
 
 
 def semantic_problems(cfg: ProfileConfig) -> list[str]:
     """Problems pydantic cannot see: unknown names, entries that select nothing."""
     problems: list[str] = []
-    sections = (cfg.profiles, cfg.optimizer_step, cfg.spectral_step, cfg.collectives, cfg.probe_overhead, cfg.data)
+    sections = (cfg.profiles, cfg.optimizer_step, cfg.spectral_step, cfg.collectives, cfg.probe_overhead, cfg.data,
+                cfg.zero)
     if not any(sections):
         problems.append("nothing to measure: give profiles, optimizer_step, spectral_step, collectives, "
-                        "probe_overhead or data")
+                        "probe_overhead, data or zero")
+    if cfg.zero is not None:
+        problems += _zero_problems(cfg.zero)
     if cfg.data is not None:
         for i, corpus in enumerate(cfg.data.corpora):
             if (corpus.dataset is None) == (corpus.generate_mb is None):
@@ -348,22 +389,55 @@ def _optimizer_step_problems(cfg: OptimizerStepConfig) -> list[str]:
         if name not in shape_sets.INSTANTIABLE:
             problems.append(f"optimizer_step.models: {name!r} cannot be instantiated here; "
                             f"use one of {', '.join(shape_sets.INSTANTIABLE)}")
-    import optimizers  # imports torch: only when the section is there
-
     labels = [o.display() for o in cfg.optimizers]
-    for i, entry in enumerate(cfg.optimizers):
-        if entry.name not in optimizers.available():
-            problems.append(f"optimizer_step.optimizers.{i}.name: unknown optimizer {entry.name!r}; "
-                            f"known: {', '.join(optimizers.available())}")
-            continue
-        problems += [f"optimizer_step.optimizers.{i}.settings: {p}"
-                     for p in optimizers.validate_settings(entry.name, entry.settings)]
+    problems += _entry_problems("optimizer_step.optimizers", cfg.optimizers)
     if len(set(labels)) != len(labels):
         problems.append(f"optimizer_step.optimizers: labels must be unique (got {', '.join(labels)})")
     for key in ("baseline", "reference"):
         value = getattr(cfg, key)
         if value is not None and value not in labels:
             problems.append(f"optimizer_step.{key}: {value!r} is not one of the labels {', '.join(labels)}")
+    return problems
+
+
+def _entry_problems(where: str, entries: list[StepOptimizer]) -> list[str]:
+    """Unknown optimizer names and invalid settings of ``entries`` (``where``: their config path)."""
+    import optimizers  # imports torch: only when a section needs it
+
+    problems = []
+    for i, entry in enumerate(entries):
+        if entry.name not in optimizers.available():
+            problems.append(f"{where}.{i}.name: unknown optimizer {entry.name!r}; "
+                            f"known: {', '.join(optimizers.available())}")
+            continue
+        problems += [f"{where}.{i}.settings: {p}" for p in optimizers.validate_settings(entry.name, entry.settings)]
+    return problems
+
+
+def _zero_problems(cfg: ZeroConfig) -> list[str]:
+    """Unknown optimizers or settings, combinations a trial would refuse, heads not dividing the width,
+    no ZeRO-0 base for the ratio."""
+    import optimizers
+    from optimizers.deepspeed_zero import zero_stage_problems
+
+    problems = _entry_problems("zero.optimizers", cfg.optimizers)
+    if 0 not in cfg.stages:
+        problems.append("zero.stages: include 0 (every step time is reported relative to ZeRO-0)")
+    labels = [o.display() for o in cfg.optimizers]
+    for i, entry in enumerate(cfg.optimizers):
+        for stage in cfg.stages if entry.name in optimizers.available() else []:
+            problems += [f"zero.optimizers.{i} at stage {stage}: {p}"
+                         for p in zero_stage_problems(entry.name, entry.settings, stage)]
+    for i, m in enumerate(cfg.models):
+        if m.dim % m.heads:
+            problems.append(f"zero.models.{i}: heads {m.heads} do not divide dim {m.dim}")
+        for name in m.optimizers or []:
+            if name not in labels:
+                problems.append(f"zero.models.{i}.optimizers: {name!r} is not one of {', '.join(labels)}")
+        if any(p < 1 for p in m.ranks or cfg.ranks):
+            problems.append(f"zero.models.{i}.ranks: every P must be at least 1")
+    if any(p < 1 for p in cfg.ranks):
+        problems.append("zero.ranks: every P must be at least 1")
     return problems
 
 

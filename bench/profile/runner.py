@@ -3,7 +3,8 @@
 The job measures what needs one process: the optimizers' per-matrix routes (``profiles``) and,
 when configured, one whole step of every optimizer (``optimizer_step``,
 :mod:`bench.profile.optimizer_step`) and the input pipeline (``data``, :mod:`bench.profile.data`,
-which starts its own rank processes). It expands the ``profiles`` into kernel tasks — (shape,
+which starts its own rank processes) and ZeRO stages' memory and step time (``zero``,
+:mod:`bench.profile.zero`, in process groups of its own). It expands the ``profiles`` into kernel tasks — (shape,
 dtype, method) with equal shapes of different models measured once — and times them in a fixed
 order: shapes by increasing size, and for each shape and dtype all its methods together,
 interleaved round by round (:func:`bench.profile.kernels.measure_interleaved`). On a shared
@@ -283,6 +284,12 @@ def run_profile_job(
         if write and rows:
             write_rows("profile", rows, path)
         rows += [{**common, **r} for r in measure_data(cfg.data, cfg.seed, log)]
+    if cfg.zero is not None:
+        from bench.profile.zero import measure_zero
+
+        if write and rows:
+            write_rows("profile", rows, path)
+        rows += [{**common, **r} for r in measure_zero(cfg.zero, cfg.seed, log)]
     if write:
         write_rows("profile", rows, path)
         if log:
