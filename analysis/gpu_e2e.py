@@ -13,7 +13,7 @@ Tables:
 
 1. per optimizer: median step time, tokens/s and MFU (model FLOPs/s per device over the
    datasheet dense peak at the training precision, ``runs.peak_flops_source`` names it), and the
-   step time relative to Muon's. The paper (docs/science/spectral_newton.md, PAPER.md §5) quotes
+   step time relative to Muon's. The paper (docs/science/spectral_newton.md, its §5) quotes
    about 1.8× for Spectral Newton against Muon at this size;
 2. per probe mode and phase: seconds summed over the probed layers (the phases of one layer are
    disjoint and add up to its ``total``, :mod:`bench.probes.phase_timer`) and the peak memory;
