@@ -50,6 +50,13 @@ WORKER_ENV = {
     # Trials with fractional CPU start more worker processes than cores; that is intended here,
     # so the raylet's "N worker processes started" warning is noise.
     "RAY_worker_maximum_startup_concurrency": "64",
+    # Ray starts its worker processes at niceness 15, so any ordinary process on the machine takes
+    # their CPU first: with two busy loops on 2 cores the trials' workers got ~4 % of a core each
+    # and `make demo` had not finished one step after 7 minutes (issue #12). The training workers
+    # are the job; they run at normal priority, as `specbench train` does without Ray. Read by
+    # the raylet this process starts (embedded Ray); a cluster's own `ray start` decides for its
+    # nodes (README "Running on a cluster").
+    "RAY_worker_niceness": "0",
 }
 
 #: Ray's switch for single-machine mode (named for the platforms where it is the default).
