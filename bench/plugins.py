@@ -150,6 +150,14 @@ class SpecResolver:
             return f"{what}: {exc}"
         return self._plugins[spec]
 
+    def parse_valid(self, spec: Any, problems: list[str]) -> Parsed:
+        """``parse(spec)`` where a build or load needs it: ValueError naming every problem (the
+        caller's args check ``problems``, else the spec's own) instead of a message to collect."""
+        parsed = None if problems else self.parse(spec)
+        if parsed is None or isinstance(parsed, str):
+            raise ValueError("; ".join(problems) or str(parsed))
+        return parsed
+
     def _load(self, spec: str, scheme: str, has_colon: bool) -> Plugin:
         kind, usage = self.kind, self.kind.usage
         if has_colon:

@@ -92,10 +92,7 @@ def load_dataset(spec: str, args: dict[str, Any] | None = None, seed: int = 0,
     Raises ValueError with every problem found by `check_spec` / `check_args` before loading.
     """
     args = dict(args or {})
-    problems = check_args(spec, args)
-    if problems:
-        raise ValueError("; ".join(problems))
-    parsed = RESOLVER.parse(spec)
+    parsed = RESOLVER.parse_valid(spec, check_args(spec, args))
     if isinstance(parsed, PluginFactory):
         return parsed.build(seed, args)
     scheme, name = parsed  # type: ignore[misc]
@@ -113,10 +110,7 @@ def prepare_tokens(spec: str, args: dict[str, Any] | None, cache: TokenCache) ->
     anything else; returns its key, or None when ``spec`` is not a tokenized corpus (images,
     plug-ins). Raises ValueError like `load_dataset`."""
     args = dict(args or {})
-    problems = check_args(spec, args)
-    if problems:
-        raise ValueError("; ".join(problems))
-    parsed = RESOLVER.parse(spec)
+    parsed = RESOLVER.parse_valid(spec, check_args(spec, args))
     if isinstance(parsed, PluginFactory):
         return None
     scheme, name = parsed  # type: ignore[misc]

@@ -80,10 +80,7 @@ def build_model(spec: str, task: TaskInfo, args: dict[str, Any] | None = None) -
     initialisation. ``forward(input)`` returns logits (B×classes, or B×T×vocab for LMs).
     """
     args = dict(args or {})
-    problems = check_args(spec, args)
-    if problems:
-        raise ValueError("; ".join(problems))
-    parsed = RESOLVER.parse(spec)
+    parsed = RESOLVER.parse_valid(spec, check_args(spec, args))
     if isinstance(parsed, PluginFactory):
         return parsed.build(task, args)
     scheme, name = parsed  # type: ignore[misc]
