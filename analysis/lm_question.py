@@ -35,6 +35,7 @@ from analysis.curvature import attach_run_info, load_layer_fits, select_step
 from analysis.dataset import TRIAL_PATH, load_table, locate
 from analysis.paired import range_interval
 from analysis.plots import entry_colors
+from analysis.provenance import provenance_line
 from analysis.tables import CLIPPED_NOTE, format_interval, format_number, frame_grid
 from analysis.tuning import final_rows
 
@@ -448,6 +449,8 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
         "",
         f"_{scale_statement(runs)}_",
         "",
+        f"_{provenance_line(runs)}._",
+        "",
         "## Answer at this scale",
         "",
     ]
@@ -460,8 +463,9 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
         "",
         "**What a cluster run of the same configs would add.** `configs/lm/alpha_map.yaml` and "
         "`configs/lm/optimizer_question.yaml` run the same experiments on 10M–350M-parameter GPT-2 and "
-        "Llama models over WikiText-103 with a GPT-2 tokenizer, 3 seeds and 8 Halton-sampled learning "
-        "rates per optimizer: models in the regime the paper's Table 2 speaks about, "
+        "Llama models over WikiText-103 with a GPT-2 tokenizer, under the same two-stage protocol with a "
+        "larger budget (16 Halton settings per entry over each method's defining hyperparameters, the 3 "
+        "best on 3 seeds): models in the regime the paper's Table 2 speaks about, "
         "a tuning budget wide enough that a loss is not an artefact of a missed learning rate, and "
         "enough seeds for intervals narrow enough to separate optimizers that differ by a few percent.",
         "",

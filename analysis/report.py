@@ -21,6 +21,7 @@ from analysis.curvature_report import CurvatureSection, curvature_section
 from analysis.dataset import INCOMPLETE, TRIAL_PATH, load_table, locate, trial_states
 from analysis.input_bound import InputSection, input_section
 from analysis.plots import entry_colors, plot_loss_curves, workload_prefix, workload_title
+from analysis.provenance import provenance_line
 from analysis.summary import WORKLOAD, format_table, optimizer_table
 from analysis.tables import MISSING, frame_grid
 
@@ -173,9 +174,11 @@ def render_markdown(
     curvature_lines: list[str] | None = None,
     comparison_lines: list[str] | None = None,
     input_lines: list[str] | None = None,
+    provenance: str | None = None,
 ) -> str:
     """The text of ``report.md`` (``curvature_lines`` / ``comparison_lines`` / ``input_lines``:
-    the optional Curvature, Comparisons and Input pipeline sections). Paths are relative: the results directory to the
+    the optional Curvature, Comparisons and Input pipeline sections; ``provenance``: the
+    :func:`analysis.provenance.provenance_line` of the runs). Paths are relative: the results directory to the
     report's, trial directories to the results directory."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -184,6 +187,7 @@ def render_markdown(
         f"- results: `{Path(os.path.relpath(results_path, out_dir)).as_posix()}` (relative to this report)",
         f"- generated: {now}",
         f"- {_counts_line(counts)}",
+        *([f"- {provenance}"] if provenance else []),
         "",
         "## Optimizer comparison",
         "",
@@ -264,7 +268,8 @@ def build_report(
 
     table = optimizer_table(runs)
     plot_paths = plot_loss_curves(steps, runs, out / "plots", colors)
-    text = f"{format_table(table, style='plain')}\n\n{_counts_line(counts)}"
+    code = provenance_line(runs)
+    text = f"{format_table(table, style='plain')}\n\n{_counts_line(counts)}\n{code}"
     curvature = curvature_section(res, out, runs)
     if curvature is not None:
         text += f"\n\n{curvature.text}"
@@ -280,6 +285,7 @@ def build_report(
         curvature.markdown if curvature is not None else None,
         comparison.markdown if comparison is not None else None,
         pipeline.markdown if pipeline is not None else None,
+        code,
     )  # fmt: skip
     if curvature is not None:
         plot_paths = [*plot_paths, *curvature.plot_paths]

@@ -35,11 +35,13 @@ from analysis.dataset import (
     ResultsReadError,
     trial_states,
 )
+from analysis.provenance import provenance, provenance_line
 from analysis.summary import format_mean_std, format_table, t_interval
 from bench.results import schema as writer_schema
 
 N_STEPS = 10
 EVAL_EVERY = 5
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
 FAILED_ERROR = "RuntimeError: CUDA out of memory | tried to allocate 2.00 GiB"
 
 
@@ -73,6 +75,7 @@ def _runs_row(
         "tuning_index": -1, "tuning_stage": 0,
         "seed_index": seed,
         "seed": 1000 + seed,
+        "git_commit": COMMIT,
         "status": status,
         "error": None if done else FAILED_ERROR,
         "steps_completed": N_STEPS if done else 0,
@@ -372,6 +375,7 @@ def test_build_report_on_sweep(results: Path):
     assert "adamw-running" in md and INCOMPLETE in md
     assert report.state_counts == {"completed": 4, "failed": 1, INCOMPLETE: 1}
     assert "0.9" in report.text and "6 trials" in report.text
+    assert "code: all 5 trials ran at commit `0123456789` (clean tree)" in md
 
     assert len(report.plot_paths) == 3  # one workload × (loss/step, loss/wall, eval/step)
     for path in report.plot_paths:
@@ -430,3 +434,20 @@ def test_no_absolute_path_of_the_machine_in_the_report(results: Path, tmp_path: 
     assert "- directory (relative to the results): vision/trials/spectral_newton-failed" in md
     assert "cannot open <results>/vision/trials/spectral_newton-failed/ckpt" in md
     assert "| lm/trials/adamw-running " in md  # the incomplete trial, with its relative path
+
+
+def test_provenance_names_every_way_trials_can_disagree_on_code():
+    def runs(*commits):
+        return pd.DataFrame({"git_commit": list(commits)})
+
+    assert provenance(runs(COMMIT, COMMIT)).clean_single_commit
+    mixed = provenance_line(runs(COMMIT, COMMIT, "f" * 40 + "+dirty", None))
+    assert mixed.startswith("**code: NOT one clean commit**")
+    assert "3 different code versions" in mixed and "1 with uncommitted changes" in mixed
+    assert "1 from code of unknown commit" in mixed and "`0123456789` × 2" in mixed
+    assert "`ffffffffff+dirty` × 1" in mixed
+    # One commit, but dirty: still not a clean comparison.
+    assert not provenance(runs(COMMIT + "+dirty")).clean_single_commit
+    # Files written without the column (or an installed wheel) count as unknown.
+    assert provenance(pd.DataFrame({"x": [1]})).unknown == 1
+    assert provenance_line(pd.DataFrame()) == "code: no trials recorded"

@@ -257,7 +257,7 @@ FAKE_TOOLS = {
           if [ -n "${FAKE_HEAD_FAILS:-}" ] && [ "$2" = "--head" ]; then echo "head failed" >> "$FAKE_LOG"; exit 1; fi
           child=""
           trap '[ -n "$child" ] && kill $child; echo "stopped $FAKE_NODE" >> "$FAKE_LOG"; exit 0' TERM
-          echo "ray $* auth=$RAY_AUTH_MODE token=${#RAY_AUTH_TOKEN} metrics=$DASHBOARD_METRIC_PORT,$AUTOSCALER_METRIC_PORT" >> "$FAKE_LOG"
+          echo "ray $* auth=$RAY_AUTH_MODE token=${#RAY_AUTH_TOKEN} metrics=$DASHBOARD_METRIC_PORT,$AUTOSCALER_METRIC_PORT niceness=${RAY_worker_niceness:-unset}" >> "$FAKE_LOG"
           sleep 1000 >/dev/null 2>&1 & child=$!
           wait $child
         elif [ "$1" = "status" ]; then
@@ -360,6 +360,8 @@ def test_sbatch_runs_on_a_fake_allocation(tmp_path, sweep_rc):
     )
     # Every Ray process (and the sweep) got token auth; the token is a 64-hex-digit secret.
     assert all("auth=token token=64" in line for line in [*starts, log[sweep[0]]])
+    # Every node starts its Ray workers at niceness 0, not Ray's default 15.
+    assert all(line.endswith("niceness=0") for line in starts)
     # The sweep ran only after all 3 nodes had started, and Ray was stopped after it on all nodes.
     assert max(log.index(s) for s in starts) < sweep[0]
     stopped = [line for line in log if line.startswith("stopped")]
@@ -632,6 +634,9 @@ def test_rayjob_manifest_structure():
     assert worker["resources"] == {"requests": expected, "limits": expected}
     assert {m["mountPath"] for m in worker["volumeMounts"]} >= {"/results"}
     assert config_map["metadata"]["namespace"] == "research"
+    # Head and workers start Ray's worker processes at niceness 0, not Ray's default 15.
+    for container in (head_pod["containers"][0], worker):
+        assert {"name": "RAY_worker_niceness", "value": "0"} in container["env"]
 
 
 RAYJOB_SCHEMA = json.loads((REPO / "tests" / "data" / "rayjob_schema.json").read_text())

@@ -49,6 +49,8 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
 NODE_TIMEOUT_S = 180
+#: Seconds a node gets to stop after SIGTERM before it is killed.
+STOP_GRACE_S = 10
 
 
 def _free_port() -> int:
@@ -177,9 +179,11 @@ class LocalRayCluster:
                     os.killpg(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+        # A graceful `ray start --block` shutdown took ~30 s here (the worker node waits out the
+        # head's absence); nothing is measured after the test, so ten seconds, then SIGKILL.
         for proc in self.procs:
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)

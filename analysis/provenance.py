@@ -1,0 +1,85 @@
+"""Which code produced a set of trials: the one line every report states about its provenance.
+
+A comparison is only as trustworthy as the claim that every trial ran the same code. Each trial
+records ``runs.git_commit`` (``bench.metadata.git_commit``: the commit of the specbench tree,
+``+dirty`` when tracked files had uncommitted changes, ``unknown`` outside a checkout). A report
+built from trials at several commits, or from a dirty tree, may compare an optimizer before a fix
+with another after it; the report says so in its header instead of leaving it to the reader to
+check the Parquet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+#: Suffix ``bench.metadata.git_commit`` appends when tracked files had uncommitted changes.
+DIRTY = "+dirty"
+#: What ``bench.metadata.git_commit`` records outside a git checkout.
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The commits a set of trials ran at.
+
+    Attributes:
+        trials: number of trials (runs rows) considered.
+        commits: trials per recorded commit string, most frequent first.
+    """
+
+    trials: int
+    commits: dict[str, int]
+
+    @property
+    def dirty(self) -> int:
+        """Trials that ran with uncommitted changes to tracked files."""
+        return sum(n for c, n in self.commits.items() if c.endswith(DIRTY))
+
+    @property
+    def unknown(self) -> int:
+        """Trials whose commit is not known (run from an installed package, or not recorded)."""
+        return sum(n for c, n in self.commits.items() if c == UNKNOWN)
+
+    @property
+    def clean_single_commit(self) -> bool:
+        """True when every trial ran at one known commit with no uncommitted changes."""
+        return len(self.commits) == 1 and self.dirty == 0 and self.unknown == 0
+
+
+def provenance(runs: pd.DataFrame) -> Provenance:
+    """:class:`Provenance` of the ``runs`` table (missing or null ``git_commit`` counts as unknown)."""
+    if runs.empty:
+        return Provenance(0, {})
+    commits = runs["git_commit"] if "git_commit" in runs else pd.Series(UNKNOWN, index=runs.index)
+    counts = commits.fillna(UNKNOWN).astype(str).value_counts()
+    return Provenance(len(runs), {str(c): int(n) for c, n in counts.items()})
+
+
+def _short(commit: str) -> str:
+    sha, dirty = (commit[: -len(DIRTY)], DIRTY) if commit.endswith(DIRTY) else (commit, "")
+    return (sha if sha == UNKNOWN else sha[:10]) + dirty
+
+
+def provenance_line(runs: pd.DataFrame) -> str:
+    """One Markdown sentence: the commit every trial ran at, or a warning naming how the trials
+    disagree (several commits, uncommitted changes, unknown code)."""
+    p = provenance(runs)
+    if p.trials == 0:
+        return "code: no trials recorded"
+    if p.clean_single_commit:
+        return f"code: all {p.trials} trials ran at commit `{_short(next(iter(p.commits)))}` (clean tree)"
+    listed = ", ".join(f"`{_short(c)}` × {n}" for c, n in p.commits.items())
+    problems = []
+    if len(p.commits) > 1:
+        problems.append(f"{len(p.commits)} different code versions")
+    if p.dirty:
+        problems.append(f"{p.dirty} with uncommitted changes")
+    if p.unknown:
+        problems.append(f"{p.unknown} from code of unknown commit")
+    return (
+        f"**code: NOT one clean commit** ({'; '.join(problems)}): {listed}. Trials of one comparison "
+        "should run at one clean commit; re-run the sweep from a clean checkout (`--force-new`) before "
+        "quoting its numbers"
+    )
