@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import optimizers
+from optimizers.shampoo import _eigh, inverse_root
 
 MATRIX_OPTIMIZERS = ("muon", "shampoo", "soap")
 
@@ -235,6 +236,61 @@ def test_shampoo_extensions_follow_the_documented_algorithm() -> None:
         graft="adagrad", graft_eps=delta,
     )
     np.testing.assert_allclose(run_optimizer(model, opt, 7), W, atol=1e-12, rtol=0)
+
+
+def test_shampoo_roots_a_conv_whose_input_is_one_pixel() -> None:
+    """A 3×3 conv on a 1×1 input gets gradient only at the centre tap: 8 of every 9 rows of the
+    (in·kh·kw)-sided factor are exactly zero, on which LAPACK's eigh does not converge on this
+    machine (the vision comparison's Shampoo trials all died at their first root). In float32 the
+    step must succeed and equal Gupta's Algorithm 1 computed in float64."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+    x = torch.randn(16, 32, 1, 1)
+    W0 = conv.weight.detach().reshape(32, -1).double().numpy().copy()
+    # ε = 10 (~1 % of λ_max) keeps float32's rounding of the roots ~1e-6 of the step; the eigh
+    # that failed is of the statistic alone, before the ridge.
+    opt = optimizers.build("shampoo", conv, adamw_types=[], lr=0.05, **{**GUPTA, "epsilon": 10.0})
+    conv(x).square().sum().backward()
+    G = conv.weight.grad.reshape(32, -1).double().numpy().copy()
+    assert (np.abs(G).sum(axis=0) == 0).sum() == 8 * 32  # only the centre tap has gradient
+    opt.step()
+    L, R = 10.0 * np.eye(32) + G @ G.T, 10.0 * np.eye(288) + G.T @ G
+    expected = W0 - 0.05 * mpow(L, -0.25) @ G @ mpow(R, -0.25)
+    got = conv.weight.detach().reshape(32, -1).double().numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-5 * np.abs(expected - W0).max(), rtol=0)
+
+
+@pytest.mark.parametrize(("epsilon", "relative"), [(1e-3, False), (1e-2, True), (0.0, False)])
+def test_inverse_root_splits_off_zero_rows_exactly(epsilon: float, relative: bool) -> None:
+    """(S + eI)^(−1/4) in float64 for a PSD S with exactly zero rows and columns, against numpy's
+    eigendecomposition of the whole matrix (e = 0: the pseudo-inverse root, zero rows get 0)."""
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((10, 12))  # a full-rank block: e = 0 is then well posed
+    S = np.zeros((30, 30))
+    rows = np.arange(1, 30, 3)  # every third row carries the statistic, the rest are zero
+    S[np.ix_(rows, rows)] = A @ A.T
+    got = inverse_root(torch.from_numpy(S), 4, epsilon, relative).numpy()
+    lam, V = np.linalg.eigh(S)
+    lam = np.clip(lam, 0, None)
+    lam[lam < 1e-12 * lam.max()] = 0  # numpy's rounding of the exact zeros
+    shifted = lam + (epsilon * lam.max() if relative else epsilon)
+    w = np.where(shifted > 0, np.where(shifted > 0, shifted, 1) ** -0.25, 0)
+    np.testing.assert_allclose(got, (V * w) @ V.T, atol=1e-10, rtol=0)
+    assert np.all(got[np.setdiff1d(np.arange(30), rows)][:, rows] == 0)
+
+
+def test_eigh_retries_in_float64_where_float32_does_not_converge() -> None:
+    """A float32 PSD matrix that is zero outside every ninth row and column (a 1×1-input conv's
+    factor): float32 eigh did not converge on it on this machine; the retry's eigenpairs, cast
+    back to float32, must reconstruct it."""
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.arange(4, 256, 9)
+    A = torch.randn(len(idx), len(idx), generator=gen)
+    S = torch.zeros(256, 256)
+    S[idx.unsqueeze(-1), idx] = A @ A.T
+    evals, evecs = _eigh(S)
+    assert evals.dtype == evecs.dtype == torch.float32
+    torch.testing.assert_close((evecs * evals) @ evecs.T, S, atol=1e-4 * float(S.abs().max()), rtol=0)
 
 
 # --- SOAP: Vyas et al. 2024, Algorithm 3 -------------------------------------------------------
