@@ -179,8 +179,8 @@ class LocalRayCluster:
                     os.killpg(proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        # A graceful `ray start --block` shutdown took ~30 s here (the worker node waits out the
-        # head's absence); nothing is measured after the test, so ten seconds, then SIGKILL.
+        # A graceful stop of the two `ray start --block` nodes took ~34 s here; nothing is measured
+        # after the test, so each gets STOP_GRACE_S, then SIGKILL.
         for proc in self.procs:
             try:
                 proc.wait(timeout=STOP_GRACE_S)
