@@ -89,7 +89,7 @@ import pandas as pd
 
 from analysis.clock import TRAIN_WALL, train_wall_time
 from analysis.dataset import TRIAL_PATH
-from analysis.paired import format_paired, paired_table, range_interval
+from analysis.paired import format_paired, paired_table, range_interval, separation_lines
 from analysis.summary import NONNEGATIVE, WORKLOAD, t_interval
 from analysis.tables import CLIPPED_NOTE, format_interval, format_number, frame_grid, grid
 
@@ -840,7 +840,7 @@ def comparison_section(
         md += ["No target: no optimizer has a completed validation metric.", ""]
     else:
         md += [format_time_to_target(summary, "markdown"), ""]
-    md += _fairness_lines(paired, axes, stage_counts(every), sensitivity, link, format_axis_table)
+    md += _fairness_lines(paired, best, axes, stage_counts(every), sensitivity, link, format_axis_table)
     md += [
         "### Performance profile",
         "",
@@ -869,7 +869,8 @@ def comparison_section(
             "time to target:",
             format_time_to_target(summary, "plain"),
             *(["paired per-seed differences of the test metric against the top-ranked optimizer:",
-                format_paired(paired, "plain")] if not paired.empty else []),
+                format_paired(paired, "plain"), *filter(None, separation_lines(paired, best))] if not paired.empty
+              else []),
             *(["searched axes (coverage, chosen value, EDGE = chosen at an extreme of the range):",
                 format_axis_table(axes, "plain")] if not axes.empty else []),
         ]
@@ -880,8 +881,9 @@ def comparison_section(
     )
 
 
-def _fairness_lines(paired: pd.DataFrame, axes: pd.DataFrame, stages: pd.DataFrame, sensitivity: list[Path],
-                    link: Callable[[Path, str], str], format_axes: Callable[[pd.DataFrame, str], str]) -> list[str]:
+def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame, stages: pd.DataFrame,
+                    sensitivity: list[Path], link: Callable[[Path, str], str],
+                    format_axes: Callable[[pd.DataFrame, str], str]) -> list[str]:
     """The report's paired-test and tuning subsections (analysis.paired, analysis.tuning)."""
     md = ["### Paired per-seed differences", "",
           "Seed index i gives every optimizer the same initial weights and data order, so each "
@@ -890,6 +892,7 @@ def _fairness_lines(paired: pd.DataFrame, axes: pd.DataFrame, stages: pd.DataFra
           "interval, the paired Student-t statistic, its two-sided p-value and the Holm-adjusted "
           "p-value over the workload's comparisons. Only seeds both completed are paired.", ""]
     md += [format_paired(paired, "markdown") if not paired.empty else "No pair of optimizers shares two seeds.", ""]
+    md += separation_lines(paired, best)
     md += ["### Tuning budget: stages, coverage and edge choices", "",
            "Settings, trials and seeds per optimizer and stage (0: one stage, every setting on every "
            "seed; 1: screening, every setting on one seed; 2: the finalists on fresh seeds, which "

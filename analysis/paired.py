@@ -117,6 +117,60 @@ def format_paired(table: pd.DataFrame, style: str = "markdown") -> str:
     return grid(headers, body, style)
 
 
+#: Family-wise level of the separation verdict (Holm-adjusted p-values).
+ALPHA = 0.05
+#: A bounded metric is "at its ceiling" when every entry's mean test value lies within this
+#: fraction of the metric's range from the better bound (accuracy ≥ 0.95 for accuracy in [0, 1]).
+CEILING_FRACTION = 0.05
+
+
+def separation_lines(paired: pd.DataFrame, best: pd.DataFrame) -> list[str]:
+    """The report's verdict, by fixed rules, on whether a workload separates its optimizers.
+
+    Per workload: the entries whose test metric differs from the top-ranked one's at family-wise
+    level :data:`ALPHA` (Holm-adjusted paired t-test, :func:`paired_table`); when none does, the
+    best-setting ranking is not evidence of an order. For a metric bounded on its better side
+    (accuracy ≤ 1) the distance of the entries' means from that bound is stated, and the workload
+    is called *at its ceiling* when every mean lies within :data:`CEILING_FRACTION` of the range
+    from it: there is too little headroom left for the final metric to order the optimizers, and
+    time to target is the measure that can still differ. ``best`` is
+    :func:`analysis.comparison.best_settings`."""
+    lines: list[str] = []
+    for (_, model, dataset), group in best.groupby(WORKLOAD, sort=True):
+        group = group.sort_values("rank")
+        top, metric = group.iloc[0], str(group.iloc[0]["metric_name"])
+        mine = paired[(paired["model"] == model) & (paired["dataset"] == dataset)] if not paired.empty else paired
+        tested = mine[mine["p_holm"].notna()] if not mine.empty else mine
+        apart = tested[tested["p_holm"] < ALPHA] if not tested.empty else tested
+        text = f"**{model} on {dataset}**: "
+        if tested.empty:
+            text += "no paired test was possible (fewer than two shared seeds, or no spread)."
+        elif apart.empty:
+            text += (f"**not separated**: no entry's test {metric} differs from the top-ranked "
+                     f"{top['optimizer']}'s at {ALPHA:.0%} (Holm, {len(tested)} test{'s' * (len(tested) > 1)}); "
+                     "the ranking above "
+                     "is not evidence of an order.")
+        else:
+            names = ", ".join(f"{r.optimizer} (p = {format_number(r.p_holm)})" for r in apart.itertuples())
+            text += (f"{len(apart)} of {len(tested)} entries differ from the top-ranked {top['optimizer']} at "
+                     f"{ALPHA:.0%} (Holm): {names}.")
+        lo, hi = metric_range(metric)
+        means = pd.to_numeric(group["test_metric_mean"], errors="coerce").dropna()
+        goal = str(top["metric_goal"])
+        bound = hi if goal == "max" else lo
+        if not means.empty and math.isfinite(lo) and math.isfinite(hi):
+            gap = (bound - means).abs()
+            text += (f" Distance of the entries' mean test {metric} from its bound {format_number(bound)}: "
+                     f"{format_number(gap.min())}–{format_number(gap.max())}")
+            if bool((gap <= CEILING_FRACTION * (hi - lo)).all()):
+                text += (f"; every entry is within {CEILING_FRACTION:.0%} of the range of it: **at its ceiling**, "
+                         "the final metric cannot order these optimizers (time to target still can).")
+            else:
+                text += "."
+        lines += [text, ""]
+    return lines
+
+
 def range_interval(values: Iterable[float], metric_name: object, confidence: float = 0.95) -> Interval:
     """A t-interval for the mean of ``values`` that lies inside the metric's range by
     construction (see the module doc); ``mean`` is the arithmetic mean either way."""

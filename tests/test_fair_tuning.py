@@ -6,6 +6,7 @@
 - stage 2 chosen from stage 1's Parquet files (validation metric, direction, diverged settings
   excluded, nothing before stage 1 finished, the same choice on every re-run), fresh shared seeds;
 - the edge flag and the coverage of a search axis; the report's use of finalists only;
+- the separation verdict (Holm-significant entries, a bounded metric at its ceiling);
 - the ``tuning_stage`` upgrade step.
 """
 
@@ -23,7 +24,7 @@ import pytest
 from analysis_fixtures import run_row, write_table
 
 from analysis.comparison import best_settings, prepare_runs
-from analysis.paired import holm, paired_table, paired_test, range_interval
+from analysis.paired import holm, paired_table, paired_test, range_interval, separation_lines
 from analysis.tuning import _edge, axis_table, final_rows
 from bench.config import STAGE_FINAL, STAGE_SCREEN, STAGE_SINGLE
 from bench.results.schema import METADATA_KEY
@@ -212,6 +213,39 @@ def test_an_edge_choice_is_flagged_and_coverage_is_measured():
     (row,) = paired.itertuples()
     assert (row.optimizer, row.reference, row.n_pairs) == ("muon", "adamw", 2)
     assert row.mean_diff == pytest.approx(((0.8 - 0.91) + (0.85 - 0.92)) / 2)
+
+
+# -------------------------------------------------------------------------- separation
+def _finalists(tests: dict[str, list[float]]) -> pd.DataFrame:
+    """Finalist rows (one setting per entry, seeds 1..n) with the given test accuracies."""
+    return pd.DataFrame([
+        run_row(trial_id=f"{opt}{s}", optimizer=opt, optimizer_label=opt, optimizer_entry=opt, tuning_stage=STAGE_FINAL,
+                seed_index=s + 1, test_metric=v, best_eval_metric=v)
+        for opt, values in tests.items() for s, v in enumerate(values)
+    ])  # fmt: skip
+
+
+def _verdict(tests: dict[str, list[float]]) -> str:
+    runs = prepare_runs(final_rows(_finalists(tests)))
+    best = best_settings(final_rows(_finalists(tests)))
+    (text, blank) = separation_lines(paired_table(runs, best), best)
+    assert blank == ""
+    return text
+
+
+def test_the_separation_verdict_names_significant_entries_and_a_saturated_metric():
+    apart = _verdict({"adamw": [0.80, 0.82, 0.81], "muon": [0.70, 0.715, 0.705], "soap": [0.79, 0.825, 0.80]})
+    # muon is far below adamw with a small spread of differences; soap's differences straddle 0.
+    assert "1 of 2 entries differ from the top-ranked adamw" in apart and "muon (p = " in apart
+    assert "soap (p" not in apart and "at its ceiling" not in apart
+    # Both entries within 0.05 of accuracy 1, differences of both signs: not separated, saturated.
+    ceiling = _verdict({"adamw": [0.99, 0.985, 0.992], "muon": [0.981, 0.99, 0.975]})
+    assert "**not separated**" in ceiling and "**at its ceiling**" in ceiling
+    # distances from 1: 1 − mean(0.99, 0.985, 0.992) = 0.011 (adamw) to 1 − mean(0.981, 0.99, 0.975) = 0.018
+    assert "from its bound 1.00: 0.0110–0.0180" in ceiling
+    # Far from the bound and not separated: no ceiling claim.
+    low = _verdict({"adamw": [0.80, 0.70, 0.75], "muon": [0.78, 0.72, 0.74]})
+    assert "**not separated**" in low and "at its ceiling" not in low
 
 
 # ----------------------------------------------------------------------------- upgrade
