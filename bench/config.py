@@ -179,6 +179,12 @@ class ResourcesConfig(_Strict):
     max_retries: int = Field(
         2, ge=0, description="times a trial whose worker died is restarted (from its last checkpoint)"
     )
+    # Long enough for the slowest silent stretch of a healthy trial (start-up, a checkpoint, a
+    # probe between two progress reports), short enough that a stuck sweep frees its cluster.
+    stall_timeout_s: float | None = Field(
+        1800.0, gt=0, description="seconds without any trial starting, reporting or finishing after which "
+        "the sweep stops with a description of what it waits for (a rerun resumes); null waits forever"
+    )
     # One thread by default: workers share the node's cores, and oversubscribed intra-op threads
     # slow a CPU DeepSpeed step several-fold (about 4x with torch's default count, measured on
     # 2 cores with 2 workers).

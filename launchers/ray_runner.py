@@ -16,7 +16,8 @@ Shape (STACK.md, measured on Ray 2.60 with Train V2):
   ``resources.max_retries`` times (it resumes from its checkpoint), a set-up error that repeats
   on every attempt (:class:`bench.errors.PermanentTrialError`) fails the trial at once;
 - a :class:`launchers.watchdog.StallGuard`, hooked into Tune's loop (:mod:`launchers.tune_hooks`),
-  releases placement groups that outlive their run anyway.
+  releases placement groups that outlive their run anyway, says what a stalled sweep waits for,
+  and stops it after ``resources.stall_timeout_s`` seconds without a trial event.
 """
 
 from __future__ import annotations
@@ -347,7 +348,7 @@ def run_trials(
             stop=tune_hooks.GuardStop(),
         ),
     )
-    live = tune_hooks.LIVE = tune_hooks.Live.start(on_event)
+    live = tune_hooks.LIVE = tune_hooks.Live.start(on_event, cfg.resources.stall_timeout_s)
     try:
         grid = tuner.fit()
     finally:

@@ -219,5 +219,6 @@ def sweep_fingerprint(cfg: SweepConfig) -> str:
     """Hash of what the user wrote (minus storage), stored with the results to recognise the
     same sweep on a re-run. Only keys set in the file count, so a specbench upgrade that adds a
     setting with a default does not orphan existing results (trial ids still change whenever
-    what a trial computes changes)."""
-    return _hash(cfg.model_dump(mode="json", exclude_unset=True, exclude={"storage"}))
+    what a trial computes changes). ``resources.stall_timeout_s`` does not count either: a user
+    whose sweep stopped on it may rerun with a longer one and resume."""
+    return _hash(cfg.model_dump(mode="json", exclude_unset=True, exclude={"storage": True, "resources": {"stall_timeout_s"}}))

@@ -31,10 +31,12 @@ class Live:
     finished: set[str] = field(default_factory=set)
 
     @classmethod
-    def start(cls, sink: Callable[[TrialEvent], None] | None) -> Live:
-        """A sink (stderr for the guard's notices when None) and a guard that speaks through it."""
+    def start(cls, sink: Callable[[TrialEvent], None] | None, stall_timeout_s: float | None = None) -> Live:
+        """A sink (stderr for the guard's notices when None) and a guard that speaks through it
+        and gives up after ``stall_timeout_s`` seconds without a trial event."""
         out = sink or _print_notices
-        return cls(out, StallGuard(notify=lambda text: out(TrialEvent("notice", "", {"message": text}))))
+        notify = lambda text: out(TrialEvent("notice", "", {"message": text}))  # noqa: E731
+        return cls(out, StallGuard(notify=notify, timeout_s=stall_timeout_s))
 
 
 LIVE: Live | None = None

@@ -6,7 +6,7 @@ import pytest
 from conftest import tiny_sweep
 
 from bench.config import grid_points
-from launchers.sweep import ConfigError, expand, parse_config
+from launchers.sweep import ConfigError, expand, parse_config, sweep_fingerprint
 
 
 def problems_of(doc) -> list[str]:
@@ -263,3 +263,20 @@ def problems_of_assign(doc, assignments) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(doc, "test.yaml", assignments=assignments)
     return info.value.problems
+
+
+def test_stall_timeout_is_validated_and_changing_it_keeps_the_sweep_resumable():
+    base = tiny_sweep()
+    assert parse_config(base).resources.stall_timeout_s == 1800  # the default: never wait forever
+    longer = tiny_sweep()
+    longer["resources"]["stall_timeout_s"] = 7200
+    never = tiny_sweep()
+    never["resources"]["stall_timeout_s"] = None
+    assert sweep_fingerprint(parse_config(base)) == sweep_fingerprint(parse_config(longer)) == sweep_fingerprint(parse_config(never))
+    other = tiny_sweep()
+    other["resources"]["max_retries"] = 5  # any other setting still tells sweeps apart
+    assert sweep_fingerprint(parse_config(other)) != sweep_fingerprint(parse_config(base))
+    bad = tiny_sweep()
+    bad["resources"]["stall_timeout_s"] = 0
+    with pytest.raises(ConfigError, match="stall_timeout_s"):
+        parse_config(bad)

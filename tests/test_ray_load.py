@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,15 +68,40 @@ def ray_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _sweep(config: Path, storage: Path, timeout: float, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "launchers.cli", "sweep", str(config), "--storage", str(storage)],
-        capture_output=True, text=True, cwd=REPO, timeout=timeout, env={**os.environ, **env},
-    )
+def _sweep(config: Path, storage: Path, timeout: float, ray_tmp: Path, **env: str) -> subprocess.CompletedProcess:
+    """``specbench sweep`` in a subprocess with Ray's files under ``ray_tmp``. Past ``timeout`` the
+    whole process group is killed (Ray's daemons share the driver's fate) and the test fails with
+    what the sweep printed and the tails of Ray's own logs, so a hang on CI can be diagnosed."""
+    cmd = [sys.executable, "-m", "launchers.cli", "sweep", str(config), "--storage", str(storage)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, "RAY_TMPDIR": str(ray_tmp), **env}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"sweep still running after {timeout:.0f} s\n--- its stdout/stderr (tails)\n"
+                    f"{out[-3000:]}\n{err[-5000:]}\n{_ray_log_tails(ray_tmp)}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _ray_log_tails(ray_tmp: Path, lines: int = 25) -> str:
+    """The last lines of the logs that say where a Ray sweep waits: raylet and GCS (placement,
+    worker start-up), Ray Train's controllers (worker-group start and shutdown), the workers'
+    errors."""
+    wanted = ("raylet.out", "gcs_server.out", "train/ray-train-sys-controller-*.log", "worker-*.err")
+    parts = []
+    for folder in ray_tmp.glob("ray/session_2*/logs"):
+        for pattern in wanted:
+            for path in sorted(folder.glob(pattern))[-4:]:
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                if text:
+                    parts.append(f"--- {path.relative_to(ray_tmp)}\n" + "\n".join(text))
+    return "\n".join(parts) or f"(no Ray logs under {ray_tmp})"
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(540)
+@pytest.mark.timeout(720)
 def test_sweep_completes_while_every_core_is_busy(write_yaml, tmp_path, busy_cores, ray_tmp):
     # Two 2-worker trials, each needing 1.21 of the 2 CPUs: the second can start only once the
     # first has given its workers' placement group back. Before the fix of #12 that release
@@ -83,12 +109,14 @@ def test_sweep_completes_while_every_core_is_busy(write_yaml, tmp_path, busy_cor
     doc = tiny_sweep(name="loaded", seeds=2)
     doc["training"].update(steps=2, eval_every=2, log_every=1)
     doc["resources"]["cpus_per_worker"] = 0.6
+    # A stall shows as the guard's description of what waits (exit 1), not as a silent timeout.
+    doc["resources"]["stall_timeout_s"] = 240
     t0 = time.time()
-    # ~2 minutes on 2 busy cores; with Ray's default worker niceness (15) it took over 14.
-    proc = _sweep(write_yaml(doc), tmp_path / "results", timeout=420, RAY_TMPDIR=str(ray_tmp))
+    # 1.5–4 minutes on 2 busy cores; with Ray's default worker niceness (15) it took over 14.
+    proc = _sweep(write_yaml(doc), tmp_path / "results", timeout=600, ray_tmp=ray_tmp)
     out = proc.stdout[-3000:] + proc.stderr[-3000:]
     print(f"{busy_cores} busy processes, sweep took {time.time() - t0:.0f} s")
-    assert proc.returncode == 0, out
+    assert proc.returncode == 0, out + "\n" + _ray_log_tails(ray_tmp)
     runs = pd.concat(pd.read_parquet(p) for p in (tmp_path / "results" / "loaded").glob("trials/*/runs.parquet"))
     assert len(runs) == 2 and (runs["status"] == "completed").all()
     assert "placement group" not in out, out  # the stall guard never had to step in
@@ -97,22 +125,32 @@ def test_sweep_completes_while_every_core_is_busy(write_yaml, tmp_path, busy_cor
     assert len(logs) == 2 and all("Worker group shutdown successful" in p.read_text() for p in logs)
 
 
+def _worker_model_sweep(folder: Path, name: str, on_worker: str) -> dict:
+    """A one-trial sweep of a model (module ``<name>model`` written to ``folder``) that builds
+    normally where the sweep is validated and runs the statement ``on_worker`` inside a trial's
+    process group, where the gate cannot see it."""
+    (folder / f"{name}model.py").write_text(
+        "import torch.distributed as dist\nimport torch.nn as nn\n\n\n"
+        "def build(task) -> nn.Module:\n"
+        "    if dist.is_initialized():\n"
+        f"        {on_worker}\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, task.num_classes))\n")
+    return tiny_sweep(name=name, workloads=[{"model": f"{name}model:build", "dataset": "sklearn:digits"}])
+
+
+def _path_with(folder: Path) -> str:
+    return os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_set_up_error_is_not_retried(write_yaml, tmp_path, ray_tmp):
     # A model that builds where the sweep is validated but not inside a trial's process group (as a
     # file or device missing on the worker would): the gate cannot see it, the trial's set-up can.
     # (An unreadable dataset no longer gets this far: the sweep prepares data before any trial.)
-    (tmp_path / "workermodel.py").write_text(
-        "import torch.distributed as dist\nimport torch.nn as nn\n\n\n"
-        "def build(task) -> nn.Module:\n"
-        "    if dist.is_initialized():\n"
-        "        raise RuntimeError('the worker cannot build this model')\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, task.num_classes))\n")
-    doc = tiny_sweep(name="broken", workloads=[{"model": "workermodel:build", "dataset": "sklearn:digits"}])
+    doc = _worker_model_sweep(tmp_path, "broken", "raise RuntimeError('the worker cannot build this model')")
     doc["resources"]["max_retries"] = 2  # would restart a killed worker twice; not this error
-    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    proc = _sweep(write_yaml(doc), tmp_path / "results", timeout=540, RAY_TMPDIR=str(ray_tmp), PYTHONPATH=path)
+    proc = _sweep(write_yaml(doc), tmp_path / "results", timeout=540, ray_tmp=ray_tmp, PYTHONPATH=_path_with(tmp_path))
     out = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 1, out
     runs = pd.concat(pd.read_parquet(p) for p in (tmp_path / "results" / "broken").glob("trials/*/runs.parquet"))
@@ -123,3 +161,22 @@ def test_set_up_error_is_not_retried(write_yaml, tmp_path, ray_tmp):
     logs = list(ray_tmp.glob("ray/session_2*/logs/train/ray-train-sys-controller-*.log"))  # not session_latest
     starts = sum(p.read_text().count("Attempting to start training worker group") for p in logs)
     assert (len(logs), starts) == (1, 1), out
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_a_sweep_silent_past_its_stall_timeout_stops_and_says_so(write_yaml, tmp_path, ray_tmp):
+    # A trial whose workers hang inside set-up (as a collective that never returns would): no
+    # trial event arrives, and the sweep stops once resources.stall_timeout_s has passed (at the
+    # guard's first look, STALL_S = 60 s after the trial started), instead of waiting forever.
+    doc = _worker_model_sweep(tmp_path, "silent", "__import__('time').sleep(3600)")
+    doc["resources"]["stall_timeout_s"] = 1
+    t0 = time.time()
+    proc = _sweep(write_yaml(doc), tmp_path / "results", timeout=480, ray_tmp=ray_tmp, PYTHONPATH=_path_with(tmp_path))
+    out = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1, out
+    assert "(resources.stall_timeout_s: 1)" in proc.stderr and "stopping the sweep" in proc.stderr, out
+    assert time.time() - t0 < 400, out  # stopped by the guard, not by the test's own timeout
+    runs = pd.concat(pd.read_parquet(p) for p in (tmp_path / "results" / "silent").glob("trials/*/runs.parquet"))
+    assert list(runs["status"]) == ["failed"]
+    assert runs["error"].iloc[0].startswith("not finished: the sweep was stopped (no trial started, reported")
