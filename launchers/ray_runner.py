@@ -243,6 +243,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from bench.results import remote
+    from bench.trial import record_failure
 
     spec = TrialSpec.model_validate(config["trial"])
     res = spec.resources
@@ -273,7 +274,10 @@ def _trial_fn(config: dict[str, Any]) -> None:
         except WorkerGroupError as exc:
             permanent = permanent_error(exc.worker_failures)
             if permanent is not None:
-                raise PermanentTrialError(f"not retried: {permanent}") from None
+                # Rank 0 writes a trial's rows, but Ray Train stops the whole worker group at
+                # the first rank's failure: when another rank failed first, the row is ours.
+                record_failure(spec, config["storage"], permanent.reason)
+                raise PermanentTrialError(f"not retried: {permanent}", permanent.reason) from None
             if attempt == res.max_retries:
                 raise
 

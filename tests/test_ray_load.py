@@ -46,6 +46,26 @@ def test_only_a_set_up_error_without_a_dead_worker_is_permanent():
     assert permanent_error({0: setup, 1: ActorDiedError()}) is None
 
 
+def test_a_set_up_error_keeps_its_reason_across_processes():
+    # Ray pickles a worker's error for the trial's coordinator, which records the runs row when
+    # the failing rank was not rank 0; pickling drops __cause__, so the reason is an attribute.
+    import pickle
+
+    import ray.cloudpickle
+
+    try:
+        try:
+            raise ValueError("no such file")
+        except ValueError as exc:
+            raise PermanentTrialError("building the model failed: ValueError: no such file", "ValueError: no such file") from exc
+    except PermanentTrialError as exc:
+        for dumps, loads in ((pickle.dumps, pickle.loads), (ray.cloudpickle.dumps, ray.cloudpickle.loads)):
+            back = loads(dumps(exc))
+            assert back.__cause__ is None  # what a launcher cannot rely on
+            assert (type(back), str(back), back.reason) == (PermanentTrialError, str(exc), "ValueError: no such file")
+    assert PermanentTrialError("plain").reason == "plain"
+
+
 @pytest.fixture
 def busy_cores():
     """One spinning process per core, at normal priority, for the duration of the test. (Ray
@@ -149,7 +169,11 @@ def test_set_up_error_is_not_retried(write_yaml, tmp_path, ray_tmp):
     # A model that builds where the sweep is validated but not inside a trial's process group (as a
     # file or device missing on the worker would): the gate cannot see it, the trial's set-up can.
     # (An unreadable dataset no longer gets this far: the sweep prepares data before any trial.)
-    doc = _worker_model_sweep(tmp_path, "broken", "raise RuntimeError('the worker cannot build this model')")
+    # Rank 0 fails 20 s after rank 1: Ray Train stops the worker group at the first failure, so
+    # rank 0, the rank that writes a trial's rows, never gets to (as CI once saw by chance); the
+    # row must still carry the cause.
+    doc = _worker_model_sweep(tmp_path, "broken", "__import__('time').sleep(20 * (dist.get_rank() == 0)); "
+                              "raise RuntimeError('the worker cannot build this model')")
     doc["resources"]["max_retries"] = 2  # would restart a killed worker twice; not this error
     proc = _sweep(write_yaml(doc), tmp_path / "results", timeout=540, ray_tmp=ray_tmp, PYTHONPATH=_path_with(tmp_path))
     out = proc.stdout[-3000:] + proc.stderr[-3000:]

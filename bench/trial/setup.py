@@ -77,7 +77,8 @@ def _permanent(stage: str, build: Callable[..., T], /, *args: Any, **kwargs: Any
     except dist.DistError:
         raise
     except Exception as exc:
-        raise PermanentTrialError(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
+        cause = f"{type(exc).__name__}: {exc}"
+        raise PermanentTrialError(f"{stage} failed: {cause}", cause) from exc
 
 
 def setup(spec: TrialSpec, out_dir: Path, device: torch.device, rank: int, world: int, state: TrialState,

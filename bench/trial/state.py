@@ -74,8 +74,8 @@ class TrialState:
     def fail(self, exc: BaseException) -> None:
         """Record a failure; a set-up failure is recorded by its cause (the data, model,
         optimizer or engine error), the wrapper only tells the launcher not to retry."""
-        cause = exc.__cause__ if isinstance(exc, PermanentTrialError) and exc.__cause__ else exc
-        self.status, self.error = "failed", f"{type(cause).__name__}: {cause}"
+        error = exc.reason if isinstance(exc, PermanentTrialError) else f"{type(exc).__name__}: {exc}"
+        self.status, self.error = "failed", error
 
     def client_state(self) -> dict[str, Any]:
         """The part of the state a checkpoint carries (DeepSpeed's ``client_state``)."""
