@@ -902,8 +902,11 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
         edges = axes[axes["edge"] == True]  # noqa: E712 - the column holds True/False/None
         md += ["Per searched axis: the values tried (both stages), the fraction of the axis they "
                "cover (log span for a log axis; the share of listed values for a categorical one), "
-               "and the chosen value; **EDGE** marks a choice at an extreme of a numeric axis, "
-               "which is not an answer: widen the range and run again.", "",
+               "and the chosen value; **EDGE** marks a choice at an end of the searched range (the "
+               "first or last listed value; on a range, the extreme value tried within the outer 1/n "
+               "of the span, n values tried), which is not an answer: widen the range and run again. "
+               "A hard end of the setting's own domain (weight decay 0, preconditioning every step) "
+               "is not an edge: nothing lies beyond it.", "",
                format_axes(axes, "markdown"), ""]
         md += ([f"**Edge choices: {len(edges)}** ("
                 + ", ".join(f"{r.optimizer} {r.axis}={r.chosen_value}" for r in edges.itertuples()) + ").", ""]

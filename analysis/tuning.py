@@ -12,8 +12,9 @@ setting. This module reads the ``runs`` table only.
 - :func:`axis_table`: per optimizer and searched axis, the values tried (both stages), the
   fraction of the axis they cover — for a ``low``/``high`` axis the span of the tried values over
   the searched span (in log space for a log axis), for a ``values`` axis the fraction of values
-  tried — and the chosen setting's value with an **edge** flag when it is the smallest or
-  largest value of a numeric axis that was tried (a ``values`` axis: listed). Unordered axes
+  tried — and the chosen setting's value with an **edge** flag when it sits at an end of the
+  searched range (see :func:`_edge`: a listed extreme, or the extreme tried value within the
+  outer 1/n of a range; never a hard end of the setting's domain). Unordered axes
   (``normalize: none | frobenius``) have no edge.
 """
 
@@ -72,16 +73,39 @@ def _coverage(dim: dict[str, Any], tried: list[Any]) -> float:
 
 
 def _edge(dim: dict[str, Any], tried: list[Any], chosen: Any) -> bool | None:
-    """Whether ``chosen`` is an extreme of a numeric axis (None: unordered axis).
+    """Whether ``chosen`` sits at an end of its searched range, so that the optimum may lie
+    beyond it (None: an unordered axis, or too few values to say).
 
-    A chosen 0 at the low end of an axis of non-negative values (weight decay 0, no damping) is
-    a hard bound, not an edge: there is nothing below it to search."""
-    pool = dim["values"] if "values" in dim else tried
-    if not _numeric(chosen) or not all(_numeric(v) for v in pool) or len(set(pool)) < 2:
+    - A ``values`` axis: the smallest or largest listed value.
+    - A ``low``/``high`` axis: the smallest (largest) value tried *and* within the outer 1/n of
+      the searched span on that side (log span on a log axis), n the number of distinct values
+      tried: n quasi-random points leave gaps of about 1/n, so the next point out would fall
+      beyond the range. A best value that is merely the largest tried, far inside the range, is
+      not at its edge: that gap lies inside what was searched (coverage and the sensitivity
+      plots show it).
+    - Never at a hard end of the setting's domain, recorded with the search space from the
+      settings model (``domain_min``/``domain_max``: weight decay 0, preconditioning every step):
+      nothing beyond it can be searched. A chosen 0 at the low end of an axis of non-negative
+      values counts as one too (results recorded before the domains were).
+    """
+    if not _numeric(chosen):
         return None
-    if chosen == 0 and min(pool) == 0:
-        return False
-    return chosen in (min(pool), max(pool))
+    if "values" in dim:
+        pool = list(dim["values"])
+        if not all(_numeric(v) for v in pool) or len(set(pool)) < 2:
+            return None
+        low_end, high_end = chosen == min(pool), chosen == max(pool)
+    else:
+        pool = sorted({float(v) for v in tried if _numeric(v)})
+        if len(pool) < 2:
+            return None
+        f = math.log if dim.get("log") else float
+        where = (f(chosen) - f(float(dim["low"]))) / (f(float(dim["high"])) - f(float(dim["low"])))
+        low_end = chosen == pool[0] and where <= 1 / len(pool)
+        high_end = chosen == pool[-1] and where >= 1 - 1 / len(pool)
+    hard_low = chosen == dim.get("domain_min") or (chosen == 0 and min(pool) == 0)
+    hard_high = chosen == dim.get("domain_max")
+    return bool((low_end and not hard_low) or (high_end and not hard_high))
 
 
 def axis_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:

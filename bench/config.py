@@ -505,6 +505,34 @@ def resolved_settings(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     return _strict_settings(name, settings).model_dump(mode="json", include=set(settings))
 
 
+def setting_domain(name: str, key: str) -> dict[str, float]:
+    """The values optimizer ``name``'s setting ``key`` can take at all, as ``domain_min`` /
+    ``domain_max`` (inclusive; only the ends its settings model states and a value can reach):
+    weight decay ``ge=0`` gives ``domain_min`` 0, an integer frequency ``ge=1`` gives 1, an
+    ``eps`` with ``gt=0`` gives nothing. Recorded with each trial's search space, so that a report
+    can tell a choice at a hard end of the domain (nothing beyond it to search) from one at the
+    end of a range the user chose."""
+    import annotated_types as at
+
+    import optimizers
+
+    field = optimizers.settings_model(name).model_fields.get(key)
+    if field is None:
+        return {}
+    integer = field.annotation is int
+    out: dict[str, float] = {}
+    for bound in field.metadata:
+        if isinstance(bound, at.Ge):
+            out["domain_min"] = bound.ge
+        elif isinstance(bound, at.Le):
+            out["domain_max"] = bound.le
+        elif isinstance(bound, at.Gt) and integer:
+            out["domain_min"] = bound.gt + 1
+        elif isinstance(bound, at.Lt) and integer:
+            out["domain_max"] = bound.lt - 1
+    return out
+
+
 def _search_corners(search: dict[str, SearchDim]) -> list[dict[str, Any]]:
     """One setting per axis extreme (or value), for validating a search space cheaply."""
     out = []

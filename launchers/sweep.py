@@ -31,6 +31,7 @@ from bench.config import (
     resolved_settings,
     search_points,
     semantic_problems,
+    setting_domain,
     validate_strict,
 )
 from bench.problems import ConfigProblems, pydantic_problems
@@ -172,7 +173,8 @@ def _trials(cfg: SweepConfig, key: EntryKey, points: list[tuple[int, dict[str, A
     """The trials of one entry's ``points`` × ``seed_indices`` in ``stage``; trial indices from
     ``first_index``."""
     workload, entry = cfg.workloads[key[0]], cfg.optimizers[key[1]]
-    space = {k: v.model_dump(exclude_none=True) for k, v in entry.search.items()}
+    # What the report needs to judge a choice: the searched range and the setting's own domain.
+    space = {k: {**v.model_dump(exclude_none=True), **setting_domain(entry.name, k)} for k, v in entry.search.items()}
     probes = entry.probe_schedule(cfg.probes)
     out: list[TrialSpec] = []
     for tuning_index, point in points:

@@ -126,6 +126,9 @@ def test_halton_tuning_gives_every_optimizer_the_same_budget_within_bounds():
         assert len(lrs) == 4  # quasi-random points are distinct
         assert mine[0].search_space["lr"]["log"] is True
     adamw = [t for t in trials if t.optimizer == "adamw"]
+    # The setting's own domain travels with the searched range (the report's hard ends).
+    assert adamw[0].search_space["weight_decay"] == {"values": [0.0, 0.1], "log": False, "integer": False, "domain_min": 0}
+    assert adamw[0].search_space["lr"] == {"low": 1e-4, "high": 1e-1, "log": True, "integer": False}
     assert all(1e-4 <= t.optimizer_settings["lr"] <= 1e-1 for t in adamw)
     assert {t.optimizer_settings["weight_decay"] for t in adamw} <= {0.0, 0.1}
     # The sample is a function of the seed: same config, same points; another seed, others.

@@ -208,11 +208,33 @@ def test_an_edge_choice_is_flagged_and_coverage_is_measured():
     assert _edge(decay, decay["values"], 0.0) is False and _edge(decay, decay["values"], 0.1) is True
     assert _edge({"values": [-0.1, 0.0, 0.1]}, [-0.1, 0.0, 0.1], 0.0) is False
     assert _edge({"values": [-0.1, 0.0]}, [-0.1, 0.0], 0.0) is True
+    # A hard end of the setting's domain, recorded from its settings model, is no edge either
+    # (preconditioning every step: there is no more often); the other end of the list is.
+    freq = {"values": [1, 5, 20], "domain_min": 1}
+    assert _edge(freq, [1, 5, 20], 1) is False and _edge(freq, [1, 5, 20], 20) is True
+    assert _edge({"values": [0.9, 0.99], "domain_max": 0.99}, [0.9, 0.99], 0.99) is False
 
     paired = paired_table(prepare_runs(final), best)
     (row,) = paired.itertuples()
     assert (row.optimizer, row.reference, row.n_pairs) == ("muon", "adamw", 2)
     assert row.mean_diff == pytest.approx(((0.8 - 0.91) + (0.85 - 0.92)) / 2)
+
+
+def test_a_range_edge_is_the_outer_gap_of_the_searched_range_not_the_largest_value_tried():
+    # Ten values tried over [1e-4, 1e-1] (log): one gap is a tenth of the log span. The best
+    # value is at the edge when it is the extreme tried and no further than that from the bound.
+    lr = {"low": 1e-4, "high": 1e-1, "log": True}
+    tried = list(np.logspace(-4, -1, 10))
+    assert _edge(lr, tried, tried[-1]) is True and _edge(lr, tried, tried[0]) is True
+    assert _edge(lr, tried, tried[5]) is False  # interior
+    inside = list(np.logspace(-4, -2, 10))  # the largest tried, 1e-2, is 2/3 of the way up
+    assert _edge(lr, inside, 1e-2) is False
+    assert _edge(lr, [*inside[:-1], 0.09], 0.09) is True  # within the outer tenth (log 0.09 at 0.98)
+    # On a linear axis the position is linear: α ∈ [1, 3], the best α 2.9 of five tried.
+    alpha = {"low": 1.0, "high": 3.0}
+    assert _edge(alpha, [1.2, 1.6, 2.0, 2.4, 2.9], 2.9) is True
+    assert _edge(alpha, [1.2, 1.6, 2.0, 2.4, 2.5], 2.5) is False  # 0.75 of the span, gap 0.2
+    assert _edge(lr, [0.01], 0.01) is None  # one value tried says nothing
 
 
 # -------------------------------------------------------------------------- separation
