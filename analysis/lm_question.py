@@ -33,7 +33,8 @@ import pandas as pd
 from analysis.comparison import SETTING, best_settings, prepare_runs, summarize_time_to_target, time_to_target
 from analysis.curvature import attach_run_info, load_layer_fits, select_step
 from analysis.dataset import TRIAL_PATH, load_table, locate
-from analysis.paired import range_interval
+from analysis.paired import ALPHA as SEPARATION_ALPHA
+from analysis.paired import holm, paired_test, range_interval
 from analysis.plots import entry_colors
 from analysis.provenance import provenance_line
 from analysis.tables import CLIPPED_NOTE, format_interval, format_number, frame_grid
@@ -191,7 +192,8 @@ def optimizer_sweeps(runs: pd.DataFrame) -> list[str]:
 def optimizer_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     """One row per (sweep, model, optimizer entry): the registry optimizer, the best setting
     (chosen on validation among the finalists of a two-stage sweep), its seeds' test loss (mean,
-95 % t-interval on the log scale, so above 0) and test
+    95 % t-interval on the log scale, so above 0; ``seed_loss``: seed index → test loss, for the
+    paired tests of the conclusions) and test
     metric, tokens, wall-clock, median tokens/s and MFU, the optimizer's share of the step time,
     and time to the target."""
     rows = []
@@ -207,7 +209,8 @@ def optimizer_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
             seeds = frame[(frame["_opt"] == b.optimizer) & (frame["optimizer_label"] == b.best_setting)
                           & (frame["tuning_index"] == b.tuning_index) & (frame["model"] == b.model)]
             done = seeds[seeds["status"] == "completed"]
-            loss = range_interval(pd.to_numeric(done["test_loss"], errors="coerce"), "loss")
+            seed_loss = pd.to_numeric(done["test_loss"], errors="coerce")
+            loss = range_interval(seed_loss, "loss")
             mine = steps[steps[TRIAL_PATH].isin(done[TRIAL_PATH])] if not steps.empty else steps
             t = ttt[(ttt["optimizer"] == b.optimizer) & (ttt["model"] == b.model)]
             rows.append({
@@ -215,7 +218,8 @@ def optimizer_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
                 "rank": b.rank, "best_setting": b.best_setting, "n_settings": int(budget.get((b.optimizer, b.model), b.n_settings)),
                 "n_seeds": b.n_seeds, "n_completed": b.n_completed, "n_diverged": b.n_diverged,
                 "test_loss": loss.mean, "test_loss_low": loss.low, "test_loss_high": loss.high,
-                "test_loss_clipped": loss.clipped, "metric_name": b.metric_name, "test_metric": b.test_metric_mean,
+                "test_loss_clipped": loss.clipped, "seed_loss": seed_loss.groupby(done["_seed"]).mean().to_dict(),
+                "metric_name": b.metric_name, "test_metric": b.test_metric_mean,
                 "tokens": _mean(done, "tokens_seen"), "wall_time_s": _mean(done, "wall_time_s"),
                 "tokens_per_s": _mean(done, "median_tokens_per_s"), "mfu": _mean(done, "median_mfu"),
                 "optimizer_share": _optimizer_share(mine),
@@ -250,8 +254,12 @@ def _optimizer_share(steps: pd.DataFrame) -> float:
 def optimizer_conclusions(table: pd.DataFrame) -> list[str]:
     """Sentences that follow from the optimizer table by fixed rules.
 
-    Two entries "differ" only when their test-loss 95 % intervals do not overlap; otherwise the
-    data cannot order them at this number of seeds, and the sentence says so.
+    Per (sweep, model), the comparisons the answer states — the best Spectral Newton variant
+    against AdamW and against the best entry, each other α policy against the best one — are
+    paired per-seed tests of the test loss (seed index i: the same initial weights and data
+    order for every entry; ``analysis.paired.paired_test``), Holm-adjusted over those
+    comparisons. Two entries "differ" only when the adjusted p-value is below
+    ``analysis.paired.ALPHA``; otherwise the sentence says the data cannot order them.
     """
     out: list[str] = []
     for (sweep, model), group in table.groupby(["sweep", "model"], sort=True):
@@ -267,19 +275,19 @@ def optimizer_conclusions(table: pd.DataFrame) -> list[str]:
         refs = [("AdamW", adamw)]
         if best.registry != ADAMW:
             refs.append(("the best optimizer", group.iloc[[0]]))
-        for ref_name, ref in refs:
-            if ref.empty or ref.iloc[0].optimizer == top_sn.optimizer:
-                continue
-            r = ref.iloc[0]
-            verdict = _compare(top_sn, r)
+        pairs = [(name, ref.iloc[0]) for name, ref in refs if not ref.empty and ref.iloc[0].optimizer != top_sn.optimizer]
+        others = [r for _, r in sn.iloc[1:].iterrows()]
+        tests = [_paired(top_sn, r) for _, r in pairs] + [_paired(r, top_sn) for r in others]
+        adjusted = holm([t["p_value"] for t in tests])
+        for (ref_name, r), test, p_adj in zip(pairs, tests, adjusted, strict=False):
             out.append(f"Best Spectral Newton variant ({top_sn.optimizer}, {format_number(top_sn.test_loss)} "
                        f"[{_ci(top_sn)}]) vs {ref_name} ({r.optimizer}, {format_number(r.test_loss)} "
-                       f"[{_ci(r)}]): {verdict}.")
-        policies = sn.set_index("optimizer")["test_loss"]
-        if len(policies) > 1:
-            ordered = ", ".join(f"{k} {format_number(v)}" for k, v in policies.sort_values().items())
-            spread = _overlap_all(sn)
-            out.append(f"Among the α policies: {ordered} — {spread}.")
+                       f"[{_ci(r)}]): {_subject('Spectral Newton', _verdict_of(test, p_adj))}.")
+        if others:
+            ordered = ", ".join(f"{k} {format_number(v)}" for k, v in sn.set_index("optimizer")["test_loss"].items())
+            each = "; ".join(f"{r.optimizer}: {_verdict_of(t, p)}"
+                             for r, t, p in zip(others, tests[len(pairs):], adjusted[len(pairs):], strict=True))
+            out.append(f"Among the α policies: {ordered}. Against the best policy ({top_sn.optimizer}), paired: {each}.")
         lost = group[group["n_diverged"] > 0]
         for r in lost.itertuples():
             out.append(f"{r.optimizer}'s chosen setting lost {int(r.n_diverged)} seed(s) to divergence.")
@@ -292,24 +300,29 @@ def _ci(row) -> str:
     return f"{format_number(row.test_loss_low)}–{format_number(row.test_loss_high)}"
 
 
-def _compare(a, b) -> str:
-    if not all(np.isfinite([a.test_loss_low, a.test_loss_high, b.test_loss_low, b.test_loss_high])):
-        return "too few seeds for an interval; no conclusion"
-    if a.test_loss_high < b.test_loss_low:
-        return "Spectral Newton is better (the intervals do not overlap)"
-    if b.test_loss_high < a.test_loss_low:
-        return "Spectral Newton is worse (the intervals do not overlap)"
-    return "the intervals overlap: not distinguishable at this scale and number of seeds"
+def _paired(a, b) -> dict[str, float]:
+    """Paired test of ``a``'s per-seed test loss minus ``b``'s, over the seeds both completed."""
+    both = pd.concat([pd.Series(a.seed_loss, dtype=float), pd.Series(b.seed_loss, dtype=float)], axis=1, join="inner")
+    return paired_test(both.iloc[:, 0], both.iloc[:, 1])
 
 
-def _overlap_all(rows: pd.DataFrame) -> str:
-    low = pd.to_numeric(rows["test_loss_low"], errors="coerce")
-    high = pd.to_numeric(rows["test_loss_high"], errors="coerce")
-    if low.isna().any() or high.isna().any():
-        return "too few seeds to separate them"
-    if high.min() < low.max():
-        return "at least two of them are separated by non-overlapping intervals"
-    return "their intervals overlap, so the α policy made no measurable difference here"
+def _subject(name: str, verdict: str) -> str:
+    """``verdict`` as a sentence about ``name`` ("X is better (…)"; the other verdicts stand alone)."""
+    return f"{name} is {verdict}" if verdict.startswith(("better", "worse")) else verdict
+
+
+def _verdict_of(test: dict[str, float], p_holm: float) -> str:
+    """A paired comparison in words: the first of the pair better, worse, or not distinguishable
+    at :data:`analysis.paired.ALPHA` after Holm, with the numbers."""
+    n = int(test["n"])
+    if math.isnan(p_holm):
+        why = "fewer than two shared seeds" if n < 2 else "no spread in the differences"
+        return f"no paired test possible ({why}); no conclusion"
+    numbers = (f"paired over {n} seeds, test-loss difference {format_interval(test['mean_diff'], test['diff_low'], test['diff_high'])}, "
+               f"Holm p = {format_number(p_holm)}")
+    if p_holm < SEPARATION_ALPHA:
+        return f"{'better' if test['mean_diff'] < 0 else 'worse'} ({numbers})"
+    return f"not distinguishable at this scale and number of seeds ({numbers})"
 
 
 def alpha_conclusions(table: pd.DataFrame) -> list[str]:
@@ -459,7 +472,8 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
         "",
         "These sentences are generated from the tables below by fixed rules (`analysis/lm_question.py`): "
         f"an α agrees with a published value within ±{ALPHA_TOLERANCE}; two optimizers differ only when "
-        "their 95 % Student-t intervals over seeds do not overlap.",
+        "a paired per-seed test of their test loss (same initial weights and data order per seed index) "
+        f"is significant at {100 * SEPARATION_ALPHA:.0f} % after Holm's adjustment over the comparisons stated.",
         "",
         "**What a cluster run of the same configs would add.** `configs/lm/alpha_map.yaml` and "
         "`configs/lm/optimizer_question.yaml` run the same experiments on 10M–350M-parameter GPT-2 and "

@@ -136,13 +136,17 @@ def separation_lines(paired: pd.DataFrame, best: pd.DataFrame) -> list[str]:
     time to target is the measure that can still differ. ``best`` is
     :func:`analysis.comparison.best_settings`."""
     lines: list[str] = []
-    for (_, model, dataset), group in best.groupby(WORKLOAD, sort=True):
+    several = best["sweep_name"].nunique() > 1
+    for (sweep, model, dataset), group in best.groupby(WORKLOAD, sort=True):
+        if len(group) < 2:  # one entry (an α-map sweep): nothing to separate
+            continue
         group = group.sort_values("rank")
         top, metric = group.iloc[0], str(group.iloc[0]["metric_name"])
-        mine = paired[(paired["model"] == model) & (paired["dataset"] == dataset)] if not paired.empty else paired
+        mine = (paired[(paired["sweep_name"] == sweep) & (paired["model"] == model) & (paired["dataset"] == dataset)]
+                if not paired.empty else paired)
         tested = mine[mine["p_holm"].notna()] if not mine.empty else mine
         apart = tested[tested["p_holm"] < ALPHA] if not tested.empty else tested
-        text = f"**{model} on {dataset}**: "
+        text = f"**{model} on {dataset}**{f' (sweep `{sweep}`)' if several else ''}: "
         if tested.empty:
             text += "no paired test was possible (fewer than two shared seeds, or no spread)."
         elif apart.empty:

@@ -270,6 +270,19 @@ def test_the_separation_verdict_names_significant_entries_and_a_saturated_metric
     assert "**not separated**" in low and "at its ceiling" not in low
 
 
+def test_each_sweep_gets_its_own_verdict_and_a_one_entry_sweep_none():
+    # Two sweeps on the same model and dataset (a comparison, and an α-map sweep of AdamW alone):
+    # each verdict reads its own sweep's tests, and the lone entry has nothing to separate.
+    comparison = _finalists({"adamw": [0.80, 0.82, 0.81], "muon": [0.70, 0.715, 0.705]})
+    alone = _finalists({"adamw": [0.90, 0.91, 0.92]}).assign(sweep_name="amap", trial_id=lambda f: "amap-" + f["trial_id"])
+    runs = pd.concat([comparison, alone], ignore_index=True)
+    best = best_settings(final_rows(runs))
+    lines = [line for line in separation_lines(paired_table(prepare_runs(final_rows(runs)), best), best) if line]
+    (only,) = lines
+    assert only.startswith(f"**{comparison['model'].iloc[0]} on {comparison['dataset'].iloc[0]}** (sweep `{comparison['sweep_name'].iloc[0]}`)")
+    assert "1 of 1 entries differ from the top-ranked adamw" in only and "muon (p = " in only
+
+
 # ----------------------------------------------------------------------------- upgrade
 def test_the_tuning_stage_upgrade_step_fills_zero(tmp_path):
     path = write_table(tmp_path / "runs.parquet", [run_row(trial_id="t")])
