@@ -124,6 +124,39 @@ def test_mirror_uploads_every_atomic_write_and_pulls_into_a_fresh_staging_tree(s
         remote._ACTIVE.remove(mirror)
 
 
+def test_a_failure_row_never_replaces_a_row_already_in_the_store(s3, tmp_path, monkeypatch):
+    # The trial's coordinator (or the driver) records a failure when rank 0 wrote no row; on a
+    # cluster rank 0 may have written it on another node, so the store is asked, not only the
+    # local staging tree.
+    from bench.results import remote
+    from bench.trial import TrialState, record_failure
+    from bench.trial.rows import write_run_row
+    from launchers.sweep import expand, parse_config
+
+    uri = s3("failure-row")
+    (spec,) = expand(parse_config(tiny_sweep()))
+    monkeypatch.setenv("SPECBENCH_STAGING", str(tmp_path / "node-a"))
+    mirror = remote.activate(uri)
+    try:
+        from bench.results.writer import trial_dir
+
+        write_run_row(spec, trial_dir(uri, spec.sweep_name, spec.trial_id), TrialState(error="ValueError: rank 0's own"), 1)
+        monkeypatch.setenv("SPECBENCH_STAGING", str(tmp_path / "node-b"))  # another machine: nothing staged
+        remote._ACTIVE.remove(mirror)
+        mirror = remote.activate(uri)
+        assert record_failure(spec, uri, "RuntimeError: the coordinator's") is False
+        other = remote.Mirror(uri)
+        other.pull_tree(spec.sweep_name)
+        row = pd.read_parquet(other.local / spec.sweep_name / "trials" / spec.trial_id / "runs.parquet").iloc[0]
+        assert row["error"] == "ValueError: rank 0's own"
+        # With no row anywhere, the failure is recorded (and uploaded).
+        (spec2,) = expand(parse_config(tiny_sweep(name="second")))
+        assert record_failure(spec2, uri, "RuntimeError: lost") is True
+        assert f"second/trials/{spec2.trial_id}/runs.parquet" in _remote_files(uri)
+    finally:
+        remote._ACTIVE.remove(mirror)
+
+
 # --- a trial resumes from the store's checkpoint on a fresh machine ---------------------------
 
 def test_killed_trial_resumes_from_the_stores_checkpoint_on_a_fresh_machine(s3, write_yaml, tmp_path):

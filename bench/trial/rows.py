@@ -138,10 +138,12 @@ def write_run_row(spec: TrialSpec, out_dir: Path, state: TrialState, world: int)
 
 def record_failure(spec: TrialSpec, storage: str | os.PathLike, error: str) -> bool:
     """Write a ``failed`` runs row for a trial that died without writing one (a worker killed,
-    a rank crashed in a collective). Returns False when the trial already has its row."""
-    remote.activate(storage)
+    a rank crashed in a collective). Returns False when the trial already has its row, here or,
+    for an object-store storage, in the store (rank 0 may have written it on another node)."""
+    mirror = remote.activate(storage)
     out_dir = writer.trial_dir(storage, spec.sweep_name, spec.trial_id)
-    if (out_dir / "runs.parquet").exists():
+    runs = out_dir / "runs.parquet"
+    if runs.exists() or (mirror is not None and mirror.exists(remote.relative(mirror, runs))):
         return False
     state = TrialState(error=error)
     write_run_row(spec, out_dir, state, spec.resources.num_workers)
