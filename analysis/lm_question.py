@@ -34,7 +34,7 @@ from analysis.comparison import SETTING, best_settings, prepare_runs, summarize_
 from analysis.curvature import attach_run_info, load_layer_fits, select_step
 from analysis.dataset import TRIAL_PATH, load_table, locate
 from analysis.paired import ALPHA as SEPARATION_ALPHA
-from analysis.paired import holm, paired_test, range_interval
+from analysis.paired import holm, paired_by_seed, range_interval
 from analysis.plots import entry_colors
 from analysis.provenance import provenance_line
 from analysis.tables import CLIPPED_NOTE, format_interval, format_number, frame_grid
@@ -279,7 +279,7 @@ def optimizer_conclusions(table: pd.DataFrame) -> list[str]:
         others = [r for _, r in sn.iloc[1:].iterrows()]
         tests = [_paired(top_sn, r) for _, r in pairs] + [_paired(r, top_sn) for r in others]
         adjusted = holm([t["p_value"] for t in tests])
-        for (ref_name, r), test, p_adj in zip(pairs, tests, adjusted, strict=False):
+        for (ref_name, r), test, p_adj in zip(pairs, tests[:len(pairs)], adjusted[:len(pairs)], strict=True):
             out.append(f"Best Spectral Newton variant ({top_sn.optimizer}, {format_number(top_sn.test_loss)} "
                        f"[{_ci(top_sn)}]) vs {ref_name} ({r.optimizer}, {format_number(r.test_loss)} "
                        f"[{_ci(r)}]): {_subject('Spectral Newton', _verdict_of(test, p_adj))}.")
@@ -302,8 +302,7 @@ def _ci(row) -> str:
 
 def _paired(a, b) -> dict[str, float]:
     """Paired test of ``a``'s per-seed test loss minus ``b``'s, over the seeds both completed."""
-    both = pd.concat([pd.Series(a.seed_loss, dtype=float), pd.Series(b.seed_loss, dtype=float)], axis=1, join="inner")
-    return paired_test(both.iloc[:, 0], both.iloc[:, 1])
+    return paired_by_seed(pd.Series(a.seed_loss, dtype=float), pd.Series(b.seed_loss, dtype=float))
 
 
 def _subject(name: str, verdict: str) -> str:

@@ -62,6 +62,12 @@ def paired_test(a: Iterable[float], b: Iterable[float], confidence: float = 0.95
     return out
 
 
+def paired_by_seed(a: pd.Series, b: pd.Series) -> dict[str, float]:
+    """:func:`paired_test` of ``a − b`` over the seed indices both hold (series indexed by seed)."""
+    both = pd.concat([a, b], axis=1, join="inner")
+    return paired_test(both.iloc[:, 0], both.iloc[:, 1])
+
+
 def holm(p_values: Iterable[float]) -> list[float]:
     """Holm's step-down adjustment of a family of p-values (NaN entries stay NaN, not counted)."""
     p = list(p_values)
@@ -88,8 +94,7 @@ def paired_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
         for _, r in group.iterrows():
             if r["optimizer"] == top["optimizer"]:
                 continue
-            both = pd.concat([_per_seed(mine, r), ref], axis=1, join="inner")
-            test = paired_test(both.iloc[:, 0], both.iloc[:, 1])
+            test = paired_by_seed(_per_seed(mine, r), ref)
             block.append({"sweep_name": sweep, "model": model, "dataset": dataset, "optimizer": r["optimizer"],
                           "reference": top["optimizer"], "metric_name": r["metric_name"], "n_pairs": test["n"],
                           **{k: test[k] for k in ("mean_diff", "diff_low", "diff_high", "t_stat", "p_value")}})
