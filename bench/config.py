@@ -166,6 +166,13 @@ class ProbeSchedule(_Strict):
 class ResourcesConfig(_Strict):
     """What each trial asks of the Ray cluster."""
 
+    #: Keys that decide only how trials are scheduled and retried, never what a trial computes
+    #: or records: a stopped sweep resumes when they change (more concurrent trials on a bigger
+    #: cluster, a longer stall timeout). ``threads_per_worker`` and ``peak_tflops`` are not
+    #: among them: one sets every step time, the other every MFU a runs row records.
+    SCHEDULING_ONLY: ClassVar[frozenset[str]] = frozenset({"cpus_per_worker", "max_concurrent_trials",
+                                                           "max_retries", "stall_timeout_s"})
+
     num_workers: int = Field(2, gt=0, description="DeepSpeed data-parallel workers (Ray Train workers) per trial")
     use_gpu: bool = Field(False, description="one GPU per worker (nccl); false: CPU workers over gloo")
     cpus_per_worker: float = Field(

@@ -151,7 +151,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     # Everything the user can get wrong, in one message, before anything is written or started.
     checked = _checked(args, resources=True, force_new=args.force_new)
-    cfg, trials, fingerprint = checked.cfg, checked.trials, checked.fingerprint
+    cfg, trials, fingerprints = checked.cfg, checked.trials, checked.fingerprints
     if not args.address:
         _refuse_second_local_ray()
     storage = remote.local_root(cfg.storage)
@@ -159,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _pull_results(cfg.storage, cfg.name)  # an object store's results so far: resume needs them
     sweep_dir = storage / cfg.name
     record = sweep_state.read_record(sweep_dir)
-    replacing = record is not None and record.get("fingerprint") != fingerprint  # --force-new (gate-checked)
+    replacing = not sweep_state.same_sweep(record, fingerprints)  # --force-new (gate-checked)
     if not replacing:
         trials = _with_finalists(cfg, trials, sweep_dir)  # a resumed two-stage sweep's stage 2
     before = (dict.fromkeys((t.trial_id for t in trials), "pending") if replacing
@@ -176,7 +176,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         if args.address:
             _check_joined_cluster(cfg, args.config)  # still before anything is written
-        moved = sweep_state.check_or_replace(sweep_dir, fingerprint, args.force_new)
+        moved = sweep_state.check_or_replace(sweep_dir, fingerprints, args.force_new)
         if moved is not None:
             if remote.is_uri(cfg.storage):
                 remote.activate(cfg.storage).move(cfg.name, moved.name)
@@ -184,7 +184,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _writable_dir(sweep_dir)
         errors: dict[str, str] = {}
         while pending:  # one pass, or two with the two-stage protocol (stage 2 from stage 1's results)
-            _write_sweep_record(sweep_dir, cfg, trials, fingerprint)
+            _write_sweep_record(sweep_dir, cfg, trials, fingerprints[0])
             print(f"sweep '{cfg.name}': {len(pending)} trials → {sweep_dir.resolve()}", file=sys.stderr)
             errors.update(_run_batch(cfg, pending, trials))
             if errors or not cfg.tuning.finalists:

@@ -41,7 +41,7 @@ from launchers.sweep import (
     expand,
     merge_document,
     read_document,
-    sweep_fingerprint,
+    sweep_fingerprints,
     validate_document,
 )
 
@@ -59,7 +59,8 @@ class CheckedSweep:
 
     cfg: SweepConfig
     trials: list[TrialSpec]
-    fingerprint: str
+    #: :func:`launchers.sweep.sweep_fingerprints`: the first is written, any one resumes.
+    fingerprints: tuple[str, ...]
 
 
 def check_sweep(path: str | Path, assignments: list[str] | tuple[str, ...] = (),
@@ -89,10 +90,10 @@ def check_sweep(path: str | Path, assignments: list[str] | tuple[str, ...] = (),
     workloads = list(enumerate(cfg.workloads)) if cfg else valid_items(WorkloadConfig, doc.get("workloads"))
     if here:
         problems += availability_problems(workloads)
-    fingerprint = sweep_fingerprint(cfg) if cfg and resume else None
+    fingerprints = sweep_fingerprints(cfg) if cfg and resume else None
     placement = cfg or _valid(_Placement, doc)
     if here and placement is not None:
-        problems += storage_problems(placement.storage, placement.name, fingerprint, force_new)
+        problems += storage_problems(placement.storage, placement.name, fingerprints, force_new)
     resources = cfg.resources if cfg else _valid(ResourcesConfig, doc.get("resources", {}))
     if cluster is not None and resources is not None:
         from launchers.ray_runner import resource_problems
@@ -100,7 +101,7 @@ def check_sweep(path: str | Path, assignments: list[str] | tuple[str, ...] = (),
         problems += resource_problems(resources, *cluster)
     if problems or cfg is None:
         raise ConfigError(source, problems)
-    return CheckedSweep(cfg, expand(cfg), sweep_fingerprint(cfg))
+    return CheckedSweep(cfg, expand(cfg), sweep_fingerprints(cfg))
 
 
 def _valid(model: Any, raw: Any) -> Any:
@@ -158,7 +159,7 @@ def store_problem(storage: str, what: str, exc: Exception) -> str:
     return f"storage {shown(storage)} is not {what} ({clip(' '.join(str(exc).split()), 300)})"
 
 
-def storage_problems(storage: str, name: str, fingerprint: str | None, force_new: bool) -> list[str]:
+def storage_problems(storage: str, name: str, fingerprints: tuple[str, ...] | None, force_new: bool) -> list[str]:
     """Whether ``<storage>/<name>`` can take this sweep's results: writable, and not holding
     another config's results (unless ``force_new``)."""
     from pyarrow import fs as pafs
@@ -193,7 +194,7 @@ def storage_problems(storage: str, name: str, fingerprint: str | None, force_new
             record = sweep_state.read_record(sweep_dir)
         except (sweep_state.SweepMismatch, OSError) as exc:
             return [str(exc)]
-    if fingerprint is None:
+    if fingerprints is None:
         return []
-    problem = sweep_state.mismatch(record, fingerprint, sweep_dir, force_new)
+    problem = sweep_state.mismatch(record, fingerprints, sweep_dir, force_new)
     return [problem] if problem else []

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from bench import yaml_config
 from bench.config import (
+    ResourcesConfig,
     SweepConfig,
     TrialSpec,
     grid_points,
@@ -217,10 +218,23 @@ def _trials(cfg: SweepConfig, key: EntryKey, points: list[tuple[int, dict[str, A
     return out
 
 
-def sweep_fingerprint(cfg: SweepConfig) -> str:
-    """Hash of what the user wrote (minus storage), stored with the results to recognise the
-    same sweep on a re-run. Only keys set in the file count, so a specbench upgrade that adds a
-    setting with a default does not orphan existing results (trial ids still change whenever
-    what a trial computes changes). ``resources.stall_timeout_s`` does not count either: a user
-    whose sweep stopped on it may rerun with a longer one and resume."""
-    return _hash(cfg.model_dump(mode="json", exclude_unset=True, exclude={"storage": True, "resources": {"stall_timeout_s"}}))
+def sweep_fingerprints(cfg: SweepConfig) -> tuple[str, ...]:
+    """Hashes of what the user wrote (minus storage) that recognise the same sweep on a re-run:
+    the first is the one a sweep record is written with, the others are the ones earlier
+    specbench versions wrote for the same file, so their results still resume.
+
+    Only keys set in the file count, so a specbench upgrade that adds a setting with a default
+    does not orphan existing results (trial ids still change whenever what a trial computes
+    changes); nor do the resources keys that only schedule trials
+    (:attr:`bench.config.ResourcesConfig.SCHEDULING_ONLY`), so a user may resume a stopped sweep
+    with more trials at once or a longer stall timeout."""
+    written = cfg.model_dump(mode="json", exclude_unset=True, exclude={"storage": True})
+    resources = written.get("resources", {})
+    current = {**written, "resources": {k: v for k, v in resources.items() if k not in ResourcesConfig.SCHEDULING_ONLY}}
+    # Before the scheduling-only keys were left out, only stall_timeout_s was.
+    before = {**written, "resources": {k: v for k, v in resources.items() if k != "stall_timeout_s"}}
+    if not current["resources"]:
+        del current["resources"]  # a file that sets only scheduling keys is the file without them
+    if "resources" not in cfg.model_fields_set:
+        del before["resources"]  # as that version's model_dump(exclude_unset=True) left it: absent
+    return tuple(dict.fromkeys((_hash(current), _hash(before))))

@@ -41,9 +41,15 @@ def read_record(sweep_dir: Path) -> dict | None:
     return parse_record(path.read_bytes(), str(path))
 
 
-def mismatch(record: dict | None, fingerprint: str, sweep_dir: Path | str, force_new: bool) -> str | None:
+def same_sweep(record: dict | None, fingerprints: tuple[str, ...]) -> bool:
+    """Whether ``record`` (None: no results yet) was written by the config whose
+    :func:`launchers.sweep.sweep_fingerprints` are ``fingerprints``."""
+    return record is None or record.get("fingerprint") in fingerprints
+
+
+def mismatch(record: dict | None, fingerprints: tuple[str, ...], sweep_dir: Path | str, force_new: bool) -> str | None:
     """Why a sweep cannot run on top of ``record`` (another config's results), or None."""
-    if record is None or record.get("fingerprint") == fingerprint or force_new:
+    if same_sweep(record, fingerprints) or force_new:
         return None
     name = str(sweep_dir).rstrip("/").rsplit("/", 1)[-1]
     return (f"{sweep_dir} holds results of a different config for sweep '{name}' (the config changed since "
@@ -70,14 +76,14 @@ def states(sweep_dir: Path, trial_ids: list[str]) -> dict[str, str]:
     return {tid: trial_state(sweep_dir, tid) for tid in trial_ids}
 
 
-def check_or_replace(sweep_dir: Path, fingerprint: str, force_new: bool) -> Path | None:
+def check_or_replace(sweep_dir: Path, fingerprints: tuple[str, ...], force_new: bool) -> Path | None:
     """Refuse a directory holding another sweep config; with ``force_new`` move it aside
     (renamed, never deleted) and return where it went."""
     record = read_record(sweep_dir)
-    problem = mismatch(record, fingerprint, sweep_dir, force_new)
+    problem = mismatch(record, fingerprints, sweep_dir, force_new)
     if problem:
         raise SweepMismatch(problem)
-    if record is None or record.get("fingerprint") == fingerprint:
+    if same_sweep(record, fingerprints):
         return None
     moved = sweep_dir.with_name(f"{sweep_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     sweep_dir.rename(moved)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from conftest import tiny_sweep
 
 from bench.config import grid_points
-from launchers.sweep import ConfigError, expand, parse_config, sweep_fingerprint
+from launchers.sweep import ConfigError, expand, parse_config, sweep_fingerprints
 
 
 def problems_of(doc) -> list[str]:
@@ -275,11 +277,41 @@ def test_stall_timeout_is_validated_and_changing_it_keeps_the_sweep_resumable():
     longer["resources"]["stall_timeout_s"] = 7200
     never = tiny_sweep()
     never["resources"]["stall_timeout_s"] = None
-    assert sweep_fingerprint(parse_config(base)) == sweep_fingerprint(parse_config(longer)) == sweep_fingerprint(parse_config(never))
-    other = tiny_sweep()
-    other["resources"]["max_retries"] = 5  # any other setting still tells sweeps apart
-    assert sweep_fingerprint(parse_config(other)) != sweep_fingerprint(parse_config(base))
+    assert (sweep_fingerprints(parse_config(base))[0] == sweep_fingerprints(parse_config(longer))[0]
+            == sweep_fingerprints(parse_config(never))[0])
     bad = tiny_sweep()
     bad["resources"]["stall_timeout_s"] = 0
     with pytest.raises(ConfigError, match="stall_timeout_s"):
         parse_config(bad)
+
+
+def _fingerprint_before_scheduling_keys(cfg) -> str:
+    """The sweep fingerprint as specbench wrote it until 2026-12 (only stall_timeout_s left out),
+    transcribed: records written then must still resume."""
+    import hashlib
+    import json
+
+    doc = cfg.model_dump(mode="json", exclude_unset=True, exclude={"storage": True, "resources": {"stall_timeout_s"}})
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("resources", [None, {}, {"num_workers": 2, "cpus_per_worker": 0.99},
+                                       {"max_concurrent_trials": 2, "stall_timeout_s": 60}])
+def test_scheduling_keys_leave_the_sweep_resumable_and_old_records_still_match(resources):
+    doc = tiny_sweep()
+    doc.pop("resources", None)
+    if resources is not None:
+        doc["resources"] = dict(resources)
+    cfg = parse_config(doc)
+    fingerprints = sweep_fingerprints(cfg)
+    assert _fingerprint_before_scheduling_keys(cfg) in fingerprints
+
+    rescheduled = copy.deepcopy(doc)
+    rescheduled["resources"] = {**(resources or {}), "cpus_per_worker": 0.25, "max_concurrent_trials": 8,
+                                "max_retries": 5, "stall_timeout_s": 7200}
+    assert sweep_fingerprints(parse_config(rescheduled))[0] == fingerprints[0]
+    for key, value in {"num_workers": 3, "use_gpu": True, "threads_per_worker": 2, "peak_tflops": 1.0}.items():
+        changed = copy.deepcopy(doc)
+        changed["resources"] = {**(resources or {}), key: value}
+        # What a trial computes or records still tells sweeps apart, under either fingerprint.
+        assert not set(sweep_fingerprints(parse_config(changed))) & set(fingerprints), key

@@ -158,7 +158,7 @@ def test_status_and_report_accept_the_config_and_use_its_storage(write_yaml, tmp
     assert code == 2 and str(storage / "tiny") in err
     checked = gate.check_sweep(path)
     (storage / "tiny").mkdir(parents=True)
-    cli._write_sweep_record(storage / "tiny", checked.cfg, checked.trials, checked.fingerprint)
+    cli._write_sweep_record(storage / "tiny", checked.cfg, checked.trials, checked.fingerprints[0])
     code, out, err = run(capsys, "status", path)
     assert code == 0, err
     assert "2 pending" in out and all(t.trial_id in out for t in checked.trials)
@@ -266,3 +266,23 @@ def test_flag_mistakes_are_listed_with_the_config_ones(write_yaml, tmp_path, cap
     code, _, err = run(capsys, "probe", cfg, "--checkpoint", str(tmp_path / "none"), "--storage", str(tmp_path / "out"))
     assert code == 2 and "does not exist" in err and "seeds" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stopped_sweep_resumes_under_new_scheduling_but_not_under_a_new_experiment(write_yaml, tmp_path):
+    storage = tmp_path / "store"
+    path = str(write_yaml(tiny_sweep(storage=str(storage))))
+    checked = gate.check_sweep(path)
+    assert len(checked.fingerprints) == 2  # tiny_sweep sets cpus_per_worker: the two versions differ
+    (storage / "tiny").mkdir(parents=True)
+    rescheduled = ["resources.max_concurrent_trials=4", "resources.cpus_per_worker=0.2", "resources.max_retries=0"]
+    # A record as an earlier specbench wrote it (its fingerprint counted cpus_per_worker): the
+    # same file resumes it (and the sweep then rewrites the record with today's fingerprint).
+    cli._write_sweep_record(storage / "tiny", checked.cfg, checked.trials, checked.fingerprints[-1])
+    assert gate.check_sweep(path).fingerprints == checked.fingerprints
+    with pytest.raises(gate.ConfigError, match="different config"):
+        gate.check_sweep(path, rescheduled)
+    cli._write_sweep_record(storage / "tiny", checked.cfg, checked.trials, checked.fingerprints[0])
+    more = gate.check_sweep(path, rescheduled)
+    assert [t.trial_id for t in more.trials] == [t.trial_id for t in checked.trials]
+    with pytest.raises(gate.ConfigError, match="different config"):
+        gate.check_sweep(path, ["resources.num_workers=1"])

@@ -165,7 +165,7 @@ def test_force_new_moves_old_results_aside(tmp_path):
     sweep_dir.mkdir()
     (sweep_dir / "sweep.json").write_text('{"fingerprint": "old"}')
     with pytest.raises(sweep_state.SweepMismatch):
-        sweep_state.check_or_replace(sweep_dir, "new", force_new=False)
-    moved = sweep_state.check_or_replace(sweep_dir, "new", force_new=True)
+        sweep_state.check_or_replace(sweep_dir, ("new",), force_new=False)
+    moved = sweep_state.check_or_replace(sweep_dir, ("new",), force_new=True)
     assert moved is not None and (moved / "sweep.json").is_file() and not sweep_dir.exists()
-    assert sweep_state.check_or_replace(sweep_dir, "new", force_new=False) is None
+    assert sweep_state.check_or_replace(sweep_dir, ("new",), force_new=False) is None
