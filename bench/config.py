@@ -170,8 +170,9 @@ class ResourcesConfig(_Strict):
     #: or records: a stopped sweep resumes when they change (more concurrent trials on a bigger
     #: cluster, a longer stall timeout). ``threads_per_worker`` and ``peak_tflops`` are not
     #: among them: one sets every step time, the other every MFU a runs row records.
-    SCHEDULING_ONLY: ClassVar[frozenset[str]] = frozenset({"cpus_per_worker", "max_concurrent_trials",
-                                                           "max_retries", "stall_timeout_s"})
+    SCHEDULING_ONLY: ClassVar[frozenset[str]] = frozenset({"cpus_per_worker", "memory_per_worker_gib",
+                                                           "max_concurrent_trials", "max_retries",
+                                                           "stall_timeout_s"})
 
     num_workers: int = Field(2, gt=0, description="DeepSpeed data-parallel workers (Ray Train workers) per trial")
     use_gpu: bool = Field(False, description="one GPU per worker (nccl); false: CPU workers over gloo")
@@ -179,6 +180,14 @@ class ResourcesConfig(_Strict):
         0.49,
         gt=0,
         description="Ray CPU resource per worker; below 1 lets several 2-worker trials share a small machine",
+    )
+    # Ray schedules by the resources a task asks for, not by what it uses: without a memory
+    # request two trials whose probes each peak at 9 GiB share a 24 GiB node, and Ray's memory
+    # monitor kills one of them mid-run (measured: the LM question's measured-α trials).
+    memory_per_worker_gib: float | None = Field(
+        None, gt=0, description="memory (GiB) each worker reserves through Ray's `memory` resource: "
+        "trials run at once only while their reservations fit a node; set it to a worker's peak "
+        "(probes included) when trials would otherwise exhaust the node. null: no reservation"
     )
     max_concurrent_trials: int | None = Field(
         None, gt=0, description="cap on trials running at once (default: as many as resources allow)"

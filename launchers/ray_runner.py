@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -74,9 +75,33 @@ class TrialEvent:
     metrics: dict[str, Any]
 
 
+GIB = 2**30
+
+
+def worker_resources(res: ResourcesConfig) -> dict[str, float]:
+    """What each Ray Train worker of a trial asks for: its CPU share on CPU workers (a GPU worker
+    gets one GPU from ``use_gpu``), and ``memory`` (bytes, Ray's logical memory resource) when
+    ``memory_per_worker_gib`` is set."""
+    out: dict[str, float] = {} if res.use_gpu else {"CPU": res.cpus_per_worker}
+    if res.memory_per_worker_gib is not None:
+        out["memory"] = res.memory_per_worker_gib * GIB
+    return out
+
+
 def resource_problems(res: ResourcesConfig, cluster: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
     """Why a trial's request can never be scheduled on this cluster (empty when it can)."""
     problems = []
+    if res.memory_per_worker_gib is not None:
+        mem, node_mem = cluster.get("memory", 0.0) / GIB, max((n.get("memory", 0.0) for n in nodes), default=0.0) / GIB
+        if res.num_workers * res.memory_per_worker_gib > mem:
+            problems.append(
+                f"resources: one trial reserves {res.num_workers * res.memory_per_worker_gib:g} GiB "
+                f"({res.num_workers} workers × memory_per_worker_gib {res.memory_per_worker_gib:g}) but the "
+                f"cluster's Ray memory is {mem:.1f} GiB; lower memory_per_worker_gib or num_workers"
+            )
+        elif res.memory_per_worker_gib > node_mem:
+            problems.append(f"resources: no node has memory_per_worker_gib {res.memory_per_worker_gib:g} GiB "
+                            f"for one worker (largest: {node_mem:.1f} GiB)")
     cpu_total = cluster.get("CPU", 0.0)
     need_cpu = res.num_workers * res.cpus_per_worker + TRIAL_ACTOR_CPU
     if need_cpu > cpu_total + 1e-9:
@@ -97,11 +122,27 @@ def resource_problems(res: ResourcesConfig, cluster: dict[str, float], nodes: li
 
 
 def local_cluster_shape() -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Resources an embedded Ray would have on this machine, known without starting it."""
+    """Resources an embedded Ray would have on this machine, known without starting it (its
+    ``memory`` as Ray sizes it: the memory available now less the object store)."""
     import torch
 
-    res = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    res = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count()),
+           "memory": float(max(0, _available_memory() - object_store_bytes()))}
     return res, [res]
+
+
+def object_store_bytes() -> int:
+    """The embedded Ray's object store (``SPECBENCH_OBJECT_STORE_BYTES``, default 512 MiB)."""
+    return int(os.environ.get("SPECBENCH_OBJECT_STORE_BYTES", 512 * 2**20))
+
+
+def _available_memory() -> int:
+    """Memory available to new processes (cgroup-aware, as Ray estimates it)."""
+    try:
+        from ray._private.utils import estimate_available_memory  # no public equivalent
+    except ImportError:  # pragma: no cover - depends on the Ray version
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(estimate_available_memory())
 
 
 def other_local_ray() -> list[str]:
@@ -175,7 +216,7 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
         # Embedded: no dashboard (saves ~0.9 GiB), bounded object store, localhost only.
         ray.init(
             include_dashboard=False,
-            object_store_memory=int(os.environ.get("SPECBENCH_OBJECT_STORE_BYTES", 512 * 2**20)),
+            object_store_memory=object_store_bytes(),
             _node_ip_address="127.0.0.1",
             **kwargs,
         )
@@ -257,7 +298,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
             scaling_config=ray.train.ScalingConfig(
                 num_workers=res.num_workers,
                 use_gpu=res.use_gpu,
-                resources_per_worker={"CPU": res.cpus_per_worker} if not res.use_gpu else None,
+                resources_per_worker=worker_resources(res) or None,
             ),
             run_config=ray.train.RunConfig(
                 name=spec.trial_id,
@@ -289,7 +330,7 @@ def concurrent_trials(res, cluster: dict[str, float] | None = None) -> int:
     at once, since each asks only ``TRIAL_ACTOR_CPU``; on a small machine a 28-trial sweep then
     spends its cores starting ~90 idle processes. The worker groups are the real limit, so the
     default is the number that fit: ``⌊CPUs / (workers · cpus_per_worker)⌋`` (GPUs / workers
-    with ``use_gpu``), at least 1.
+    with ``use_gpu``), and no more than the memory reservations allow, at least 1.
     """
     if res.max_concurrent_trials is not None:
         return res.max_concurrent_trials
@@ -301,6 +342,8 @@ def concurrent_trials(res, cluster: dict[str, float] | None = None) -> int:
     else:
         # The trial coordinators' small CPU share is taken off first.
         fit = (total.get("CPU", 0) + 1e-9) // (res.num_workers * res.cpus_per_worker + TRIAL_ACTOR_CPU)
+    if res.memory_per_worker_gib is not None:
+        fit = min(fit, total.get("memory", 0) // (res.num_workers * res.memory_per_worker_gib * GIB))
     return max(1, int(fit))
 
 
@@ -369,8 +412,22 @@ def run_trials(
     return errors
 
 
+#: How Ray's memory monitor words a kill (Ray 2.4x-2.6x), and the node's usage it reports.
+_OOM_KILL = re.compile(r"killed due to the node running low on memory|OOM kill reason")
+_OOM_USAGE = re.compile(r"was ([\d.]+\s*GB) used / ([\d.]+\s*GB) limit")
+
+
 def short_error(exc: BaseException | str) -> str:
-    """The innermost message of a Ray error chain (or of its text), on one line."""
+    """The innermost message of a Ray error chain (or of its text), on one line; a kill by Ray's
+    memory monitor is named as such, with what to change (Ray's own advice, the chain's last
+    line, suggests more CPUs per task, which would not help a sweep)."""
+    if _OOM_KILL.search(str(exc)):
+        usage = _OOM_USAGE.search(str(exc))
+        at = f" ({usage.group(1)} of {usage.group(2)} in use)" if usage else ""
+        return (f"Ray's memory monitor killed a worker of this trial: the node ran out of memory{at}. The "
+                "trials running at once need more memory than the node has; set resources."
+                "memory_per_worker_gib to a worker's peak (or lower max_concurrent_trials) and rerun: the "
+                "sweep resumes")
     text = str(exc).strip().splitlines()
     tail = [line for line in text if line.strip()][-1:] or [type(exc).__name__]
     return tail[0][:500]

@@ -187,6 +187,51 @@ def test_concurrent_trials_default_to_the_worker_groups_that_fit():
     assert concurrent_trials(ResourcesConfig(num_workers=8, use_gpu=True), {"CPU": 64.0, "GPU": 16.0}) == 2
     assert concurrent_trials(ResourcesConfig(num_workers=2, max_concurrent_trials=5), cpu) == 5
     assert concurrent_trials(ResourcesConfig(num_workers=4, cpus_per_worker=1.0), cpu) == 1
+    # Memory reservations cap it too: 2 workers × 5 GiB fit twice in 22 GiB, not three times.
+    big = {"CPU": 16.0, "memory": 22.0 * 2**30}
+    assert concurrent_trials(ResourcesConfig(num_workers=2, cpus_per_worker=1.0, memory_per_worker_gib=5), big) == 2
+    assert concurrent_trials(ResourcesConfig(num_workers=2, cpus_per_worker=1.0), big) == 7  # 16 / 2.01 CPU
+
+
+def test_memory_reservations_reach_ray_and_are_checked_against_the_cluster():
+    from bench.config import ResourcesConfig
+    from launchers.ray_runner import GIB, resource_problems, worker_resources
+
+    assert worker_resources(ResourcesConfig(cpus_per_worker=0.5)) == {"CPU": 0.5}
+    assert worker_resources(ResourcesConfig(cpus_per_worker=0.5, memory_per_worker_gib=1.5)) == {
+        "CPU": 0.5, "memory": 1.5 * GIB}
+    assert worker_resources(ResourcesConfig(use_gpu=True, memory_per_worker_gib=2)) == {"memory": 2 * GIB}
+    node = {"CPU": 8.0, "memory": 20.0 * GIB}
+    fits = ResourcesConfig(num_workers=2, cpus_per_worker=1.0, memory_per_worker_gib=10)
+    assert resource_problems(fits, node, [node]) == []
+    too_much = ResourcesConfig(num_workers=2, cpus_per_worker=1.0, memory_per_worker_gib=11)
+    (problem,) = resource_problems(too_much, node, [node])
+    assert "reserves 22 GiB" in problem and "20.0 GiB" in problem
+    two_nodes = {"CPU": 16.0, "memory": 40.0 * GIB}
+    assert resource_problems(too_much, two_nodes, [node, node]) == []  # a worker on each node
+    one_big = ResourcesConfig(num_workers=1, cpus_per_worker=1.0, memory_per_worker_gib=21)
+    (problem,) = resource_problems(one_big, two_nodes, [node, node])
+    assert "no node has memory_per_worker_gib 21 GiB" in problem
+
+
+def test_a_kill_by_rays_memory_monitor_is_named_with_what_to_change():
+    from launchers.ray_runner import short_error
+
+    # The parts of a Ray 2.60 WorkerGroupError text that name the kill (abridged from a real one).
+    text = "\n".join([
+        "ray.train.WorkerGroupError: Training failed due to worker errors:",
+        "[Rank 0 Error Snippet]:",
+        "A worker health check failed.",
+        "5 worker(s) were killed due to the node running low on memory. Memory on the node (IP: 127.0.0.1, "
+        "ID: 5d37) was 21.90GB used / 23.54GB limit (0.930139)",
+        "OOM kill reason: Memory usage 24133050368B exceeded threshold of 24012384256B",
+        "Refer to the documentation on how to address the out of memory issue: https://docs.ray.io/... "
+        "Consider provisioning more memory on this node or reducing task parallelism by requesting more CPUs",
+    ])
+    message = short_error(text)
+    assert message.startswith("Ray's memory monitor killed a worker") and "21.90GB of 23.54GB" in message
+    assert "memory_per_worker_gib" in message and "\n" not in message
+    assert short_error("Traceback ...\nValueError: bad lr") == "ValueError: bad lr"
 
 
 # ---------------------------------------------------------------------- types as written (YAML 1.2)

@@ -21,6 +21,12 @@ def test_sweep_runs_on_ray_and_reports(write_yaml, tmp_path):
         optimizers=[{"name": "adamw", "settings": {"lr": 0.003}}, {"name": "spectral_newton"}],
     )
     doc["training"].update(steps=8, eval_every=4, log_every=2, report_every=4)
+    # Each trial reserves 60 % of the embedded Ray's memory: its CPUs would run both trials at
+    # once, its memory only one after the other (resources.memory_per_worker_gib reaches Ray).
+    from launchers.ray_runner import GIB, local_cluster_shape
+
+    ray_memory_gib = local_cluster_shape()[0]["memory"] / GIB
+    doc["resources"]["memory_per_worker_gib"] = round(0.3 * ray_memory_gib, 2)
     storage = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "launchers.cli", "sweep", str(write_yaml(doc)), "--storage", str(storage)],
@@ -36,6 +42,8 @@ def test_sweep_runs_on_ray_and_reports(write_yaml, tmp_path):
     assert (runs["status"] == "completed").all()
     assert (runs["world_size"] == 2).all()
     assert (runs["steps_completed"] == 8).all()
+    first, second = runs.sort_values("started_at").itertuples()
+    assert second.started_at >= first.finished_at, "two trials held more memory than the cluster has"  # to the second
     steps = pd.concat(pd.read_parquet(p) for p in sweep_dir.glob("trials/*/steps.parquet"))
     assert sorted(steps.groupby("trial_id")["step"].apply(list).iloc[0]) == [2, 4, 6, 8]
 
