@@ -303,9 +303,21 @@ class OptimizerEntry(_Strict):
         "trials (e.g. only Spectral Newton with alpha_policy: measured needs probes)"
     )
 
+    memory_per_worker_gib: float | None = Field(
+        None, gt=0, description="memory (GiB) each worker of this optimizer's trials reserves, "
+        "replacing resources.memory_per_worker_gib for them (e.g. the entry whose probes peak far "
+        "above the others' training); scheduling only, like the sweep-wide key"
+    )
+
     def probe_schedule(self, sweep_default: ProbeSchedule) -> ProbeSchedule:
         """The probe schedule of this entry's trials."""
         return self.probes if self.probes is not None else sweep_default
+
+    def trial_resources(self, sweep_default: ResourcesConfig) -> ResourcesConfig:
+        """The resources this entry's trials ask Ray for."""
+        if self.memory_per_worker_gib is None:
+            return sweep_default
+        return sweep_default.model_copy(update={"memory_per_worker_gib": self.memory_per_worker_gib})
 
     @model_validator(mode="after")
     def _grid_not_empty(self) -> OptimizerEntry:

@@ -126,7 +126,7 @@ def _check_joined_cluster(cfg, source: str) -> None:
     from launchers import ray_runner
     from launchers.sweep import ConfigError
 
-    problems = ray_runner.resource_problems(cfg.resources, *ray_runner.cluster_shape())
+    problems = ray_runner.sweep_resource_problems(cfg, *ray_runner.cluster_shape())
     if problems:
         raise ConfigError(source, problems)
 

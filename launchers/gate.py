@@ -96,9 +96,9 @@ def check_sweep(path: str | Path, assignments: list[str] | tuple[str, ...] = (),
         problems += storage_problems(placement.storage, placement.name, fingerprints, force_new)
     resources = cfg.resources if cfg else _valid(ResourcesConfig, doc.get("resources", {}))
     if cluster is not None and resources is not None:
-        from launchers.ray_runner import resource_problems
+        from launchers.ray_runner import resource_problems, sweep_resource_problems
 
-        problems += resource_problems(resources, *cluster)
+        problems += sweep_resource_problems(cfg, *cluster) if cfg else resource_problems(resources, *cluster)
     if problems or cfg is None:
         raise ConfigError(source, problems)
     return CheckedSweep(cfg, expand(cfg), sweep_fingerprints(cfg))

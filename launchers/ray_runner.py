@@ -88,20 +88,35 @@ def worker_resources(res: ResourcesConfig) -> dict[str, float]:
     return out
 
 
+def sweep_resource_problems(cfg: SweepConfig, cluster: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
+    """:func:`resource_problems` of the sweep's resources, and the memory problems of every
+    optimizer entry that reserves its own (``optimizers.<i>.memory_per_worker_gib``)."""
+    problems = resource_problems(cfg.resources, cluster, nodes)
+    for i, entry in enumerate(cfg.optimizers):
+        if entry.memory_per_worker_gib is not None:
+            own = memory_problems(entry.trial_resources(cfg.resources), cluster, nodes)
+            problems += [f"optimizers.{i}.{p.removeprefix('resources: ')}" for p in own]
+    return problems
+
+
+def memory_problems(res: ResourcesConfig, cluster: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
+    """Why a trial's memory reservation can never be placed on this cluster (empty when it can)."""
+    if res.memory_per_worker_gib is None:
+        return []
+    mem, node_mem = cluster.get("memory", 0.0) / GIB, max((n.get("memory", 0.0) for n in nodes), default=0.0) / GIB
+    if res.num_workers * res.memory_per_worker_gib > mem:
+        return [f"resources: memory_per_worker_gib {res.memory_per_worker_gib:g} × {res.num_workers} workers: one "
+                f"trial reserves {res.num_workers * res.memory_per_worker_gib:g} GiB but the cluster's Ray memory "
+                f"is {mem:.1f} GiB; lower memory_per_worker_gib or num_workers"]
+    if res.memory_per_worker_gib > node_mem:
+        return [f"resources: memory_per_worker_gib {res.memory_per_worker_gib:g}: no node has that much for one "
+                f"worker (largest: {node_mem:.1f} GiB)"]
+    return []
+
+
 def resource_problems(res: ResourcesConfig, cluster: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
     """Why a trial's request can never be scheduled on this cluster (empty when it can)."""
-    problems = []
-    if res.memory_per_worker_gib is not None:
-        mem, node_mem = cluster.get("memory", 0.0) / GIB, max((n.get("memory", 0.0) for n in nodes), default=0.0) / GIB
-        if res.num_workers * res.memory_per_worker_gib > mem:
-            problems.append(
-                f"resources: one trial reserves {res.num_workers * res.memory_per_worker_gib:g} GiB "
-                f"({res.num_workers} workers × memory_per_worker_gib {res.memory_per_worker_gib:g}) but the "
-                f"cluster's Ray memory is {mem:.1f} GiB; lower memory_per_worker_gib or num_workers"
-            )
-        elif res.memory_per_worker_gib > node_mem:
-            problems.append(f"resources: no node has memory_per_worker_gib {res.memory_per_worker_gib:g} GiB "
-                            f"for one worker (largest: {node_mem:.1f} GiB)")
+    problems = memory_problems(res, cluster, nodes)
     cpu_total = cluster.get("CPU", 0.0)
     need_cpu = res.num_workers * res.cpus_per_worker + TRIAL_ACTOR_CPU
     if need_cpu > cpu_total + 1e-9:

@@ -207,7 +207,7 @@ def _trials(cfg: SweepConfig, key: EntryKey, points: list[tuple[int, dict[str, A
                     optimizer_entry=entry.label or entry.name,
                     workload=workload,
                     training=cfg.training,
-                    resources=cfg.resources,
+                    resources=entry.trial_resources(cfg.resources),
                     config_hash=digest,
                     tuning_index=tuning_index,
                     search_space=space,
@@ -227,12 +227,18 @@ def sweep_fingerprints(cfg: SweepConfig) -> tuple[str, ...]:
     does not orphan existing results (trial ids still change whenever what a trial computes
     changes); nor do the resources keys that only schedule trials
     (:attr:`bench.config.ResourcesConfig.SCHEDULING_ONLY`), so a user may resume a stopped sweep
-    with more trials at once or a longer stall timeout."""
+    with more trials at once or a longer stall timeout (an optimizer entry's own
+    ``memory_per_worker_gib`` does not count either)."""
     written = cfg.model_dump(mode="json", exclude_unset=True, exclude={"storage": True})
     resources = written.get("resources", {})
-    current = {**written, "resources": {k: v for k, v in resources.items() if k not in ResourcesConfig.SCHEDULING_ONLY}}
+    # An entry's own reservation did not exist before either: a file that adds it to a sweep
+    # recorded then is still that sweep.
+    entries = [{k: v for k, v in entry.items() if k != "memory_per_worker_gib"} for entry in written["optimizers"]]
+    current = {**written, "optimizers": entries,
+               "resources": {k: v for k, v in resources.items() if k not in ResourcesConfig.SCHEDULING_ONLY}}
     # Before the scheduling-only keys were left out, only stall_timeout_s was.
-    before = {**written, "resources": {k: v for k, v in resources.items() if k != "stall_timeout_s"}}
+    before = {**written, "optimizers": entries,
+              "resources": {k: v for k, v in resources.items() if k != "stall_timeout_s"}}
     if not current["resources"]:
         del current["resources"]  # a file that sets only scheduling keys is the file without them
     if "resources" not in cfg.model_fields_set:

@@ -206,12 +206,12 @@ def test_memory_reservations_reach_ray_and_are_checked_against_the_cluster():
     assert resource_problems(fits, node, [node]) == []
     too_much = ResourcesConfig(num_workers=2, cpus_per_worker=1.0, memory_per_worker_gib=11)
     (problem,) = resource_problems(too_much, node, [node])
-    assert "reserves 22 GiB" in problem and "20.0 GiB" in problem
+    assert "memory_per_worker_gib 11 × 2 workers" in problem and "reserves 22 GiB" in problem and "20.0 GiB" in problem
     two_nodes = {"CPU": 16.0, "memory": 40.0 * GIB}
     assert resource_problems(too_much, two_nodes, [node, node]) == []  # a worker on each node
     one_big = ResourcesConfig(num_workers=1, cpus_per_worker=1.0, memory_per_worker_gib=21)
     (problem,) = resource_problems(one_big, two_nodes, [node, node])
-    assert "no node has memory_per_worker_gib 21 GiB" in problem
+    assert "memory_per_worker_gib 21: no node has that much" in problem
 
 
 def test_a_kill_by_rays_memory_monitor_is_named_with_what_to_change():
@@ -360,3 +360,25 @@ def test_scheduling_keys_leave_the_sweep_resumable_and_old_records_still_match(r
         changed["resources"] = {**(resources or {}), key: value}
         # What a trial computes or records still tells sweeps apart, under either fingerprint.
         assert not set(sweep_fingerprints(parse_config(changed))) & set(fingerprints), key
+
+
+def test_an_optimizer_entry_reserves_its_own_memory_without_changing_the_experiment(write_yaml):
+    from launchers import gate
+    from launchers.ray_runner import GIB
+
+    doc = tiny_sweep(optimizers=[{"name": "adamw", "settings": {"lr": 0.003}},
+                                 {"name": "spectral_newton", "memory_per_worker_gib": 6}])
+    cfg = parse_config(doc)
+    reserved = {t.optimizer: t.resources.memory_per_worker_gib for t in expand(cfg)}
+    assert reserved == {"adamw": None, "spectral_newton": 6}
+    plain = copy.deepcopy(doc)
+    del plain["optimizers"][1]["memory_per_worker_gib"]
+    # Same trials, same sweep: a rerun that adds or changes the reservation resumes.
+    assert [t.trial_id for t in expand(parse_config(plain))] == [t.trial_id for t in expand(cfg)]
+    assert sweep_fingerprints(parse_config(plain)) == sweep_fingerprints(cfg)  # records of either version
+
+    small = {"CPU": 2.0, "memory": 10.0 * GIB}
+    with pytest.raises(ConfigError) as info:
+        gate.check_sweep(write_yaml(doc), cluster=(small, [small]), here=False)
+    assert info.value.problems == ["optimizers.1.memory_per_worker_gib 6 × 2 workers: one trial reserves 12 GiB but "
+                                   "the cluster's Ray memory is 10.0 GiB; lower memory_per_worker_gib or num_workers"]
