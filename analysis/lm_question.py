@@ -501,8 +501,10 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
     else:
         metric = str(opt["metric_name"].iloc[0])
         lines += [
-            "Each optimizer entry's learning rates (its equal tuning budget, `settings`) are ranked on "
-            f"mean best validation {metric} over seeds (a diverged seed ranks a setting last); the chosen "
+            "Each optimizer entry's tried settings (its equal tuning budget, `settings`: every searched "
+            "hyperparameter, not the learning rate alone; under two stages the finalists on their fresh "
+            f"seeds) are ranked on mean best validation {metric} over seeds (a diverged seed ranks a "
+            "setting last); the chosen "
             "setting's seeds are reported on the **test** split. Test loss: mean token cross-entropy with "
             "its 95 % interval; optimizer share: median optimizer time / step time; MFU: model FLOPs "
             "per second per worker over the worker's peak (a measured float32 matmul rate on CPU); "
