@@ -100,8 +100,10 @@ def sweep_resource_problems(cfg: SweepConfig, cluster: dict[str, float], nodes: 
 
 
 def memory_problems(res: ResourcesConfig, cluster: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
-    """Why a trial's memory reservation can never be placed on this cluster (empty when it can)."""
-    if res.memory_per_worker_gib is None:
+    """Why a trial's memory reservation can never be placed on this cluster (empty when it can,
+    or when the shape does not know the cluster's memory: a Slurm allocation described by its
+    CPUs and GPUs, whose Ray memory is sized on the nodes)."""
+    if res.memory_per_worker_gib is None or "memory" not in cluster:
         return []
     mem, node_mem = cluster.get("memory", 0.0) / GIB, max((n.get("memory", 0.0) for n in nodes), default=0.0) / GIB
     if res.num_workers * res.memory_per_worker_gib > mem:
@@ -357,8 +359,8 @@ def concurrent_trials(res, cluster: dict[str, float] | None = None) -> int:
     else:
         # The trial coordinators' small CPU share is taken off first.
         fit = (total.get("CPU", 0) + 1e-9) // (res.num_workers * res.cpus_per_worker + TRIAL_ACTOR_CPU)
-    if res.memory_per_worker_gib is not None:
-        fit = min(fit, total.get("memory", 0) // (res.num_workers * res.memory_per_worker_gib * GIB))
+    if res.memory_per_worker_gib is not None and "memory" in total:
+        fit = min(fit, total["memory"] // (res.num_workers * res.memory_per_worker_gib * GIB))
     return max(1, int(fit))
 
 

@@ -209,6 +209,7 @@ def test_memory_reservations_reach_ray_and_are_checked_against_the_cluster():
     assert "memory_per_worker_gib 11 × 2 workers" in problem and "reserves 22 GiB" in problem and "20.0 GiB" in problem
     two_nodes = {"CPU": 16.0, "memory": 40.0 * GIB}
     assert resource_problems(too_much, two_nodes, [node, node]) == []  # a worker on each node
+    assert resource_problems(too_much, {"CPU": 8.0}, [{"CPU": 8.0}]) == []  # memory unknown: not judged here
     one_big = ResourcesConfig(num_workers=1, cpus_per_worker=1.0, memory_per_worker_gib=21)
     (problem,) = resource_problems(one_big, two_nodes, [node, node])
     assert "memory_per_worker_gib 21: no node has that much" in problem
