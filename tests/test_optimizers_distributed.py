@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ranks import end_rank
 from torch import nn
 
 import optimizers
@@ -190,8 +191,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             out[name] = res
         with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as fh:
             pickle.dump(out, fh)
-    finally:
+    except BaseException:  # the traceback reaches the launcher
         dist.destroy_process_group()
+        raise
+    end_rank()
 
 
 def _free_port() -> int:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import tiny_sweep
+from ranks import end_rank
 from torch import nn
 
 import optimizers
@@ -164,21 +165,19 @@ def _sharded_worker(rank: int, world: int, port: int, out_dir: str, steps: int) 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=120))
-    try:
-        model = _tiny()
-        opt = optimizers.build("layerwise_spectral_newton", model, distribution="sharded", bucket_cap_mb=1e-4)
-        for step in range(steps):
-            _loss_grads(model, step)  # the same gradients on both ranks: one data-parallel step
-            opt.step()
-        state = opt.state_dict()  # a collective: the owners' buffers, gathered on every rank
-        out = {"params": {n: p.detach().clone() for n, p in model.named_parameters()},
-               "owners": list(opt.sharding.owners), "owned": sorted(opt.sharding.owned_indices()),
-               "local_state": sum(1 for p in opt.matrix_params() if opt.state[p]),
-               "state": state["state"], "metrics": opt.step_metrics()}
-        with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as fh:
-            pickle.dump(out, fh)
-    finally:
-        dist.destroy_process_group()
+    model = _tiny()
+    opt = optimizers.build("layerwise_spectral_newton", model, distribution="sharded", bucket_cap_mb=1e-4)
+    for step in range(steps):
+        _loss_grads(model, step)  # the same gradients on both ranks: one data-parallel step
+        opt.step()
+    state = opt.state_dict()  # a collective: the owners' buffers, gathered on every rank
+    out = {"params": {n: p.detach().clone() for n, p in model.named_parameters()},
+           "owners": list(opt.sharding.owners), "owned": sorted(opt.sharding.owned_indices()),
+           "local_state": sum(1 for p in opt.matrix_params() if opt.state[p]),
+           "state": state["state"], "metrics": opt.step_metrics()}
+    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as fh:
+        pickle.dump(out, fh)
+    end_rank()
 
 
 def test_plugin_matrix_optimizer_sharded_over_two_ranks_equals_its_single_process_run(

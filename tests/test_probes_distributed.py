@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ranks import end_rank
 from test_probes_oracle import CE, make_data, make_model, one_thread, settings  # noqa: F401 - autouse fixture
 from torch.utils.data import Dataset
 
@@ -57,8 +58,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             out[label] = (result.curvature_rows, result.profile_rows, data.read)
         with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as fh:
             pickle.dump(out, fh)
-    finally:
+    except BaseException:  # the traceback reaches the launcher
         dist.destroy_process_group()
+        raise
+    end_rank()
 
 
 def test_two_ranks_equal_one_process(tmp_path):

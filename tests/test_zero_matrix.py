@@ -40,6 +40,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ranks import end_rank
 from torch import nn
 
 import optimizers
@@ -322,9 +323,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool) -> None:
         out["seconds"][key] = time.perf_counter() - start
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as fh:
         pickle.dump(out, fh)
-    dist.barrier()
-    dist.destroy_process_group()
-    os._exit(0)  # STACK.md: DeepSpeed ranks sometimes abort at interpreter exit
+    end_rank()  # STACK.md: DeepSpeed ranks sometimes abort at interpreter exit
 
 
 def _launch(tmp_path_factory: pytest.TempPathFactory, world: int, full: bool) -> list[dict]:
@@ -674,9 +673,7 @@ def _trial_worker(rank: int, world: int, port: int, specs: list[str], storage: s
     init_process_group(rank, world, port)
     for spec in specs:
         run_trial(TrialSpec.model_validate_json(spec), storage)
-    dist.barrier()
-    dist.destroy_process_group()
-    os._exit(0)
+    end_rank()
 
 
 @pytest.fixture(scope="module")
