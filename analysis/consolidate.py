@@ -32,7 +32,7 @@ def layer_fits_by_trial(results_path: str | os.PathLike[str]) -> list[tuple[Path
         curv_path = trial / "curvature.parquet"
         if not curv_path.is_file():
             continue
-        curv = read_trial_file(curv_path).to_pandas().assign(sweep_name=trial.parent.parent.name)
+        curv = read_trial_file(curv_path).to_pandas().assign(sweep_name=res.sweep_of(trial))
         fits = layer_fits_from_curvature(curv)
         if not fits.empty:
             out.append((trial, fits))

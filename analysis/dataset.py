@@ -22,6 +22,8 @@ training code, so the version and the required columns are duplicated from
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -93,6 +95,18 @@ class Results:
         inside = self.root in (sweep_dir, trial_dir.parent, trial_dir)
         return trial_dir.relative_to(sweep_dir.parent if inside else self.root).as_posix()
 
+    def sweep_of(self, trial_dir: Path) -> str:
+        """The sweep a trial directory belongs to: the ``name`` its sweep recorded in
+        ``<sweep>/sweep.json``, else the sweep directory's name. The record wins because a
+        sweep's directory may be renamed (a carried run, ``--name``) while its runs rows keep
+        the sweep's own name; a row's ``sweep_name`` must join the same trial either way."""
+        sweep_dir = trial_dir.parent.parent
+        try:  # keyed on the file's mtime: a sweep started afresh under the same path re-reads it
+            stamp = (sweep_dir / "sweep.json").stat().st_mtime_ns
+        except OSError:
+            return sweep_dir.name
+        return _recorded_sweep_name(sweep_dir, stamp)
+
     def table_file(self, table: str) -> Path | None:
         """The consolidated file of ``table`` (None in the per-trial layout or when absent)."""
         if self.tables_dir is None:
@@ -105,6 +119,15 @@ class Results:
         if self.tables_dir is not None:
             return self.table_file(table) is not None
         return any((d / f"{table}.parquet").is_file() for d in self.trial_dirs)
+
+
+@functools.lru_cache(maxsize=256)
+def _recorded_sweep_name(sweep_dir: Path, _stamp: int) -> str:
+    try:
+        name = json.loads((sweep_dir / "sweep.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and name else sweep_dir.name
 
 
 def find_trial_dirs(results_path: str | os.PathLike[str]) -> list[Path]:
@@ -266,7 +289,7 @@ def _parts(res: Results, table: str, columns: Sequence[str] | None) -> Iterator[
         if path.is_file():
             part = read_trial_file(path, columns, table)
             key = pa.array([res.key_of(trial_dir)] * part.num_rows, pa.string())
-            yield _with_keys(part, key, trial_dir.name, trial_dir.parent.parent.name)
+            yield _with_keys(part, key, trial_dir.name, res.sweep_of(trial_dir))
 
 
 def _frame(parts: list[pa.Table], columns: Sequence[str] | None) -> pd.DataFrame:
@@ -290,8 +313,8 @@ def load_table(
 
     Files may differ in their extra columns (``config.*`` in runs, ``opt_*`` in steps): the
     union of columns is returned, missing values are null, and numeric types are widened where
-    trials disagree. Every row gets :data:`TRIAL_PATH`, ``trial_id`` and ``sweep_name`` (from
-    the directory names when a per-trial file lacks them).
+    trials disagree. Every row gets :data:`TRIAL_PATH`, ``trial_id`` and ``sweep_name`` (when a
+    per-trial file lacks them: the trial directory's name and :meth:`Results.sweep_of`).
 
     Args:
         results_path: a sweep directory, a parent of several sweeps, a consolidated directory
@@ -351,7 +374,7 @@ def _logged_steps(res: Results) -> pd.DataFrame:
                 steps = read_trial_file(path, columns=["step"])
                 n = steps.num_rows
                 last = pc.max(steps["step"]).as_py() if n else None
-            rows.append([trial_dir.parent.parent.name, trial_dir.name, res.key_of(trial_dir), has, n, last])
+            rows.append([res.sweep_of(trial_dir), trial_dir.name, res.key_of(trial_dir), has, n, last])
         return pd.DataFrame(rows, columns=cols)
     steps = load_table(res, "steps", columns=["step"])
     if steps.empty:

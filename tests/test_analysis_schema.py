@@ -80,6 +80,22 @@ def test_layer_fits_is_declared_as_the_analysis_computes_it(tmp_path):
     assert fits["alpha"].to_numpy() == pytest.approx(2.0)
 
 
+def test_a_renamed_sweep_directory_keeps_the_name_its_sweep_recorded(tmp_path):
+    # A carried run (results/<sweep> copied to analysis/reports/.../run-<commit>) keeps its
+    # sweep.json; rows from files without a sweep_name column (steps, curvature, the derived
+    # layer_fits) must name the same sweep as the runs rows, or joins on sweep_name lose them.
+    sweep = _sweep(tmp_path)
+    carried = sweep.rename(tmp_path / "run-abc1234")
+    write_atomic_text('{"name": "s", "trials": []}', carried / "sweep.json")
+    (path,) = write_layer_fits(carried)
+    assert set(pq.read_table(path).column("sweep_name").to_pylist()) == {"s"}
+    for table in ("runs", "steps", "curvature"):
+        assert set(load_table(carried, table)["sweep_name"]) == {"s"}, table
+    # No record: the directory's name is all there is.
+    (carried / "sweep.json").unlink()
+    assert set(load_table(carried, "steps")["sweep_name"]) == {"run-abc1234"}
+
+
 def test_every_file_goes_through_one_atomic_writer(tmp_path):
     target = tmp_path / "d" / "runs.parquet"
 
