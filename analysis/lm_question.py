@@ -36,7 +36,7 @@ from analysis.dataset import TRIAL_PATH, load_table, locate
 from analysis.paired import ALPHA as SEPARATION_ALPHA
 from analysis.paired import holm, paired_by_seed, range_interval
 from analysis.plots import entry_colors
-from analysis.provenance import provenance_line
+from analysis.provenance import machine_line, provenance_line
 from analysis.tables import CLIPPED_NOTE, format_interval, format_number, frame_grid
 from analysis.tuning import final_rows
 
@@ -463,6 +463,7 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
         "",
         f"_{provenance_line(runs)}._",
         "",
+        *([f"_{machine_line(runs)}._", ""] if machine_line(runs) else []),
         "## Answer at this scale",
         "",
     ]

@@ -1,4 +1,5 @@
-"""Which code produced a set of trials: the one line every report states about its provenance.
+"""Which code, and how alike a machine, produced a set of trials: the lines every report states
+about its provenance.
 
 A comparison is only as trustworthy as the claim that every trial ran the same code. Each trial
 records ``runs.git_commit`` (``bench.metadata.git_commit``: the commit of the specbench tree,
@@ -6,6 +7,13 @@ records ``runs.git_commit`` (``bench.metadata.git_commit``: the commit of the sp
 built from trials at several commits, or from a dirty tree, may compare an optimizer before a fix
 with another after it; the report says so in its header instead of leaving it to the reader to
 check the Parquet.
+
+The same holds for the machine. A comparison resumed across sessions, or run beside other work,
+may time one optimizer on a fast host and another on a slow one: final losses and accuracies do
+not care, but wall-clock, tokens/s and time-to-target columns then compare machines, not
+optimizers. Each trial records ``runs.peak_flops_per_s`` (``bench.throughput``: a float32
+matmul timed at the trial's start on CPU, the datasheet rate on a GPU), and the report says when
+those peaks disagree by more than :data:`SPEED_SPREAD_LIMIT`.
 """
 
 from __future__ import annotations
@@ -82,4 +90,32 @@ def provenance_line(runs: pd.DataFrame) -> str:
         f"**code: NOT one clean commit** ({'; '.join(problems)}): {listed}. Trials of one comparison "
         "should run at one clean commit; re-run the sweep from a clean checkout (`--force-new`) before "
         "quoting its numbers"
+    )
+
+
+#: Largest ratio of the trials' measured peaks (highest over lowest) that still counts as one
+#: machine. The 70 trials of the vision comparison at 9d7e695, on one 2-core host over two
+#: sessions, two at a time, spanned 88–113 GFLOP/s (1.29×); a host three times slower, or
+#: a trial timed alone against one timed beside another, lies well past 1.5×.
+SPEED_SPREAD_LIMIT = 1.5
+
+
+def machine_line(runs: pd.DataFrame) -> str:
+    """One Markdown sentence on the trials' measured peak rates: their range, and a warning when
+    it exceeds :data:`SPEED_SPREAD_LIMIT` (empty when no trial recorded a peak)."""
+    if runs.empty or "peak_flops_per_s" not in runs:
+        return ""
+    peaks = pd.to_numeric(runs["peak_flops_per_s"], errors="coerce")
+    peaks = peaks[peaks > 0].dropna()
+    if peaks.empty:
+        return ""
+    low, high = float(peaks.min()), float(peaks.max())
+    span = f"{low / 1e9:.3g}–{high / 1e9:.3g} GFLOP/s over {len(peaks)} trials"
+    if high / low <= SPEED_SPREAD_LIMIT:
+        return f"machine: measured peak {span} (within {SPEED_SPREAD_LIMIT}×: timings compare like with like)"
+    return (
+        f"**machine speed NOT uniform**: measured peak {span} ({high / low:.1f}×, more than "
+        f"{SPEED_SPREAD_LIMIT}×): the trials ran on unlike machines or under unlike load, so "
+        "wall-clock, tokens/s and time-to-target compare machines as much as optimizers; losses and "
+        "accuracies are unaffected"
     )

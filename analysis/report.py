@@ -21,7 +21,7 @@ from analysis.curvature_report import CurvatureSection, curvature_section
 from analysis.dataset import INCOMPLETE, TRIAL_PATH, load_table, locate, trial_states
 from analysis.input_bound import InputSection, input_section
 from analysis.plots import entry_colors, plot_loss_curves, workload_prefix, workload_title
-from analysis.provenance import provenance_line
+from analysis.provenance import machine_line, provenance_line
 from analysis.summary import WORKLOAD, format_table, optimizer_table
 from analysis.tables import MISSING, frame_grid
 
@@ -178,7 +178,7 @@ def render_markdown(
 ) -> str:
     """The text of ``report.md`` (``curvature_lines`` / ``comparison_lines`` / ``input_lines``:
     the optional Curvature, Comparisons and Input pipeline sections; ``provenance``: the
-    :func:`analysis.provenance.provenance_line` of the runs). Paths are relative: the results directory to the
+    :func:`analysis.provenance.provenance_line` and ``machine_line`` of the runs, one per line). Paths are relative: the results directory to the
     report's, trial directories to the results directory."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -187,7 +187,7 @@ def render_markdown(
         f"- results: `{Path(os.path.relpath(results_path, out_dir)).as_posix()}` (relative to this report)",
         f"- generated: {now}",
         f"- {_counts_line(counts)}",
-        *([f"- {provenance}"] if provenance else []),
+        *[f"- {line}" for line in (provenance or "").splitlines()],
         "",
         "## Optimizer comparison",
         "",
@@ -268,7 +268,7 @@ def build_report(
 
     table = optimizer_table(runs)
     plot_paths = plot_loss_curves(steps, runs, out / "plots", colors)
-    code = provenance_line(runs)
+    code = "\n".join(line for line in (provenance_line(runs), machine_line(runs)) if line)
     text = f"{format_table(table, style='plain')}\n\n{_counts_line(counts)}\n{code}"
     curvature = curvature_section(res, out, runs)
     if curvature is not None:

@@ -35,7 +35,7 @@ from analysis.dataset import (
     ResultsReadError,
     trial_states,
 )
-from analysis.provenance import provenance, provenance_line
+from analysis.provenance import SPEED_SPREAD_LIMIT, machine_line, provenance, provenance_line
 from analysis.summary import format_mean_std, format_table, t_interval
 from bench.results import schema as writer_schema
 
@@ -434,6 +434,19 @@ def test_no_absolute_path_of_the_machine_in_the_report(results: Path, tmp_path: 
     assert "- directory (relative to the results): vision/trials/spectral_newton-failed" in md
     assert "cannot open <results>/vision/trials/spectral_newton-failed/ckpt" in md
     assert "| lm/trials/adamw-running " in md  # the incomplete trial, with its relative path
+
+
+def test_the_report_says_when_trials_ran_on_unlike_machines():
+    def runs(*peaks):
+        return pd.DataFrame({"peak_flops_per_s": list(peaks)})
+
+    like = machine_line(runs(100e9, 110e9, None))
+    assert like.startswith("machine: measured peak 100–110 GFLOP/s over 2 trials")
+    unlike = machine_line(runs(106e9, 29e9, 100e9))
+    assert unlike.startswith("**machine speed NOT uniform**") and "29–106 GFLOP/s over 3 trials (3.7×" in unlike
+    # The limit itself still counts as one machine; nothing recorded, nothing said.
+    assert machine_line(runs(100e9, 100e9 * SPEED_SPREAD_LIMIT)).startswith("machine:")
+    assert machine_line(runs(None)) == machine_line(pd.DataFrame({"x": [1]})) == ""
 
 
 def test_provenance_names_every_way_trials_can_disagree_on_code():
