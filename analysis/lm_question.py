@@ -456,6 +456,7 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
     def link(path: Path) -> str:
         return f"![{path.stem}]({Path(os.path.relpath(path, out)).as_posix()})"
 
+    machine = machine_line(runs)
     lines = [
         "# Does Spectral Newton help language models, and what is α in their layers?",
         "",
@@ -463,7 +464,7 @@ def _markdown(runs, amap, over, depth, opt, conclusions, alpha_lines, plots, out
         "",
         f"_{provenance_line(runs)}._",
         "",
-        *([f"_{machine_line(runs)}._", ""] if machine_line(runs) else []),
+        *([f"_{machine}._", ""] if machine else []),
         "## Answer at this scale",
         "",
     ]
