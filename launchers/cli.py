@@ -170,6 +170,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"running {len(pending)} of {len(trials)} trials", file=sys.stderr)
     if not pending:
         return _print_report(sweep_dir)
+    if not args.address:  # the trials run here: here must be like where the finished ones ran
+        finished = [tid for tid, state in before.items() if state in sweep_state.FINISHED]
+        _check_same_machine(cfg, sweep_dir, finished, args.allow_other_machine)
 
     _prepare_data(cfg, pending)
     _start_ray(args.address, verbose=args.verbose)
@@ -208,6 +211,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 1
     return code
+
+
+def _check_same_machine(cfg, sweep_dir: Path, finished: list[str], allow: bool) -> None:
+    """Refuse to resume on a machine unlike the one the finished trials ran on
+    (:mod:`launchers.same_machine`), or with ``allow`` say that the sweep now mixes machines."""
+    from launchers import same_machine
+
+    found = same_machine.check(sweep_dir, finished, cfg.resources.threads_per_worker) if finished else None
+    if found is None or found.alike:
+        return
+    if allow:
+        print(f"warning: {found.describe()}; resuming anyway (--allow-other-machine): the report will "
+              "say that its timings compare machines", file=sys.stderr)
+        return
+    raise UsageError(
+        f"{found.describe()}. Resumed here, the sweep's wall-clock, tokens/s and time-to-target would "
+        "compare machines, not optimizers. Resume it on a machine like the first, or add "
+        "--allow-other-machine to accept the mix (losses and accuracies are unaffected; the report "
+        "flags it), or start afresh under another --name"
+    )
 
 
 def _with_finalists(cfg, trials: list, sweep_dir: Path) -> list:
@@ -616,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show Ray and DeepSpeed logs")
     p.add_argument("--force-new", action="store_true",
                    help="results of a different config exist under this name: move them aside and start afresh")
+    p.add_argument("--allow-other-machine", action="store_true",
+                   help="resume even though this machine's measured peak differs by more than 1.5x from the "
+                        "one the finished trials recorded (their timings then compare machines)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="run one trial of a sweep without Ray (debugging)")

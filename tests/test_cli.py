@@ -99,3 +99,38 @@ def test_cluster_templates_from_the_cli(write_yaml, tmp_path):
     too_small = run_cli("cluster", "slurm", cfg, "--nodes", "1", "--cpus-per-node", "0", "--time", "1:00:00",
                         "--partition", "gpu")
     assert_usage_error(too_small, "resources")
+
+
+def test_resuming_on_a_machine_unlike_the_first_is_refused_before_anything_starts(write_yaml, tmp_path, capsys):
+    from analysis_fixtures import run_row, write_table
+
+    from analysis.provenance import SPEED_SPREAD_LIMIT
+    from launchers import same_machine
+    from launchers.cli import _check_same_machine
+    from launchers.sweep import expand, parse_config
+
+    doc = tiny_sweep(seeds=2)
+    cfg = parse_config(doc)
+    first, second = expand(cfg)
+    sweep_dir = tmp_path / "res" / cfg.name
+    # The first trial finished on a machine a thousand times faster than any CPU here.
+    write_table(sweep_dir / "trials" / first.trial_id / "runs.parquet", [run_row(
+        sweep_name=cfg.name, trial_id=first.trial_id, peak_flops_per_s=1e15,
+        peak_flops_source=same_machine.MEASURED)])  # fmt: skip
+    proc = run_cli("sweep", str(write_yaml(doc)), "--storage", str(tmp_path / "res"))
+    assert_usage_error(proc, "GFLOP/s", "--allow-other-machine", "1 finished trial")
+    assert not (sweep_dir / "trials" / second.trial_id).exists() and not (sweep_dir / "sweep.json").exists()
+    assert f"{SPEED_SPREAD_LIMIT}x" in run_cli("sweep", "--help").stdout
+
+    # Accepted with the flag: a warning, and the sweep goes on.
+    _check_same_machine(cfg, sweep_dir, [first.trial_id], allow=True)
+    assert "resuming anyway" in capsys.readouterr().err
+    # A GPU's datasheet rate, or an unfinished trial, is nothing to compare with.
+    assert same_machine.recorded_peaks(sweep_dir, [second.trial_id]) == []
+    write_table(sweep_dir / "trials" / second.trial_id / "runs.parquet", [run_row(
+        trial_id=second.trial_id, peak_flops_per_s=989e12, peak_flops_source="datasheet:H100")])  # fmt: skip
+    assert same_machine.recorded_peaks(sweep_dir, [first.trial_id, second.trial_id]) == [1e15]
+    # Within the limit either way counts as alike; beyond it, not.
+    assert same_machine.MachineCheck(here=100e9, recorded=100e9 * SPEED_SPREAD_LIMIT, trials=3).alike
+    assert same_machine.MachineCheck(here=100e9 * SPEED_SPREAD_LIMIT, recorded=100e9, trials=3).alike
+    assert not same_machine.MachineCheck(here=34e9, recorded=106e9, trials=70).alike
