@@ -80,6 +80,28 @@ def test_layer_fits_is_declared_as_the_analysis_computes_it(tmp_path):
     assert fits["alpha"].to_numpy() == pytest.approx(2.0)
 
 
+def test_refitting_leaves_a_file_alone_unless_its_fits_changed_beyond_noise(tmp_path):
+    sweep = _sweep(tmp_path)
+    (path,) = write_layer_fits(sweep)
+    table = pq.read_table(path)
+    col = table.column_names.index("alpha")
+
+    def store(factor: float) -> bytes:  # the file as another process's refit could have left it
+        alpha = pa.array([a * factor for a in table.column("alpha").to_pylist()], pa.float64())
+        pq.write_table(table.set_column(col, "alpha", alpha), path)
+        return path.read_bytes()
+
+    ulp_noise = store(1.0 + 4e-16)
+    assert write_layer_fits(sweep) == [path]
+    assert path.read_bytes() == ulp_noise  # untouched: a repeated report changes no committed file
+    store(1.0 + 1e-9)  # a real change: refitted and rewritten
+    write_layer_fits(sweep)
+    assert pq.read_table(path).column("alpha").to_pylist() == table.column("alpha").to_pylist()
+    _relabel(path, SCHEMA_VERSION - 1)  # another version: rewritten even though the values agree
+    write_layer_fits(sweep)
+    assert pq.read_schema(path).metadata[METADATA_KEY] == str(SCHEMA_VERSION).encode()
+
+
 def test_a_renamed_sweep_directory_keeps_the_name_its_sweep_recorded(tmp_path):
     # A carried run (results/<sweep> copied to analysis/reports/.../run-<commit>) keeps its
     # sweep.json; rows from files without a sweep_name column (steps, curvature, the derived
