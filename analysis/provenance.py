@@ -11,13 +11,17 @@ check the Parquet.
 The same holds for the machine. A comparison resumed across sessions, or run beside other work,
 may time one optimizer on a fast host and another on a slow one: final losses and accuracies do
 not care, but wall-clock, tokens/s and time-to-target columns then compare machines, not
-optimizers. Each trial records ``runs.peak_flops_per_s`` (``bench.throughput``: a float32
-matmul timed at the trial's start on CPU, the datasheet rate on a GPU), and the report says when
-those peaks disagree by more than :data:`SPEED_SPREAD_LIMIT`.
+optimizers. Each trial records the kind of machine it ran on (``machine_type`` in
+``runs.hardware_json``: CPU brand, vendor family and model, SIMD width, GPUs) and the peak rate
+it measured (``runs.peak_flops_per_s``, ``bench.throughput``: a float32 matmul timed at the
+trial's start on CPU, the datasheet rate on a GPU). The report says when the trials name more
+than one kind of machine, or, for trials that recorded none, when their peaks disagree by more
+than :data:`SPEED_SPREAD_LIMIT`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -94,28 +98,77 @@ def provenance_line(runs: pd.DataFrame) -> str:
 
 
 #: Largest ratio of the trials' measured peaks (highest over lowest) that still counts as one
-#: machine. The 70 trials of the vision comparison at 9d7e695, on one 2-core host over two
-#: sessions, two at a time, spanned 88–113 GFLOP/s (1.29×); a host three times slower, or
-#: a trial timed alone against one timed beside another, lies well past 1.5×.
+#: machine when the trials did not record what machine they ran on. The 70 trials of the vision
+#: comparison at 9d7e695, on one 2-core host over two sessions, two at a time, spanned 88–113
+#: GFLOP/s (1.29×); a host three times slower lies well past 1.5×. Load moves a peak too: a
+#: trial that times its matmul while its neighbour trains on a core that shares the physical
+#: one can record half its machine's rate, which is why the recorded machine type comes first.
 SPEED_SPREAD_LIMIT = 1.5
+
+#: The key of ``runs.hardware_json`` that names the kind of machine (``bench.metadata.machine_type``:
+#: CPU brand, vendor family and model, SIMD width, and the GPUs).
+MACHINE_TYPE = "machine_type"
+
+
+def machine_types(runs: pd.DataFrame) -> pd.Series:
+    """Each trial's recorded machine type (None where its ``hardware_json`` names none: trials
+    written before it was recorded)."""
+    if "hardware_json" not in runs:
+        return pd.Series([None] * len(runs), index=runs.index, dtype=object)
+
+    def one(text: object) -> str | None:
+        try:
+            value = json.loads(text).get(MACHINE_TYPE) if isinstance(text, str) else None
+        except (ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) and value != "unknown" else None
+
+    return runs["hardware_json"].map(one)
 
 
 def machine_line(runs: pd.DataFrame) -> str:
-    """One Markdown sentence on the trials' measured peak rates: their range, and a warning when
-    it exceeds :data:`SPEED_SPREAD_LIMIT` (empty when no trial recorded a peak)."""
-    if runs.empty or "peak_flops_per_s" not in runs:
+    """One Markdown sentence on the machines behind the trials: their recorded machine types,
+    and the range of their measured peak rates.
+
+    Warns when the trials name more than one machine type, or, where none is recorded, when
+    the peaks span more than :data:`SPEED_SPREAD_LIMIT` (empty when nothing was recorded). With
+    one machine type for every trial a wider peak range is load, and is said to be.
+    """
+    if runs.empty:
         return ""
-    peaks = pd.to_numeric(runs["peak_flops_per_s"], errors="coerce")
+    types = machine_types(runs)
+    known = types.dropna()
+    peaks = pd.to_numeric(runs["peak_flops_per_s"], errors="coerce") if "peak_flops_per_s" in runs else pd.Series()
     peaks = peaks[peaks > 0].dropna()
-    if peaks.empty:
+    span = ""
+    if not peaks.empty:
+        low, high = float(peaks.min()), float(peaks.max())
+        span = f"measured peak {low / 1e9:.3g}–{high / 1e9:.3g} GFLOP/s over {len(peaks)} trials"
+        spread = high / low
+    if known.nunique() > 1:
+        counts = "; ".join(f"{name} × {n}" for name, n in known.value_counts().items())
+        unrecorded = f"; {len(types) - len(known)} unrecorded" if len(known) < len(types) else ""
+        return (
+            f"**machine NOT uniform**: the trials ran on {known.nunique()} kinds of machine ({counts}"
+            f"{unrecorded}){', ' + span if span else ''}: wall-clock, tokens/s and time-to-target "
+            "compare machines as much as optimizers; losses and accuracies are unaffected"
+        )
+    if len(known) == len(types):  # one machine type, recorded by every trial
+        text = f"machine: every trial on {known.iloc[0]}"
+        if span:
+            text += f"; {span}"
+            if spread > SPEED_SPREAD_LIMIT:
+                text += (f" ({spread:.1f}×: load, not machines — a trial times its matmul while its "
+                         "neighbour trains)")
+        return text
+    if not span:
         return ""
-    low, high = float(peaks.min()), float(peaks.max())
-    span = f"{low / 1e9:.3g}–{high / 1e9:.3g} GFLOP/s over {len(peaks)} trials"
-    if high / low <= SPEED_SPREAD_LIMIT:
-        return f"machine: measured peak {span} (within {SPEED_SPREAD_LIMIT}×: timings compare like with like)"
+    partly = (f" ({len(known)} of {len(types)} trials name their machine, all {known.iloc[0]})"
+              if len(known) else "")
+    if spread <= SPEED_SPREAD_LIMIT:
+        return f"machine: {span}{partly} (within {SPEED_SPREAD_LIMIT}×: timings compare like with like)"
     return (
-        f"**machine speed NOT uniform**: measured peak {span} ({high / low:.1f}×, more than "
-        f"{SPEED_SPREAD_LIMIT}×): the trials ran on unlike machines or under unlike load, so "
-        "wall-clock, tokens/s and time-to-target compare machines as much as optimizers; losses and "
-        "accuracies are unaffected"
+        f"**machine speed NOT uniform**: {span} ({spread:.1f}×, more than {SPEED_SPREAD_LIMIT}×){partly}: "
+        "the trials ran on unlike machines or under unlike load, so wall-clock, tokens/s and "
+        "time-to-target compare machines as much as optimizers; losses and accuracies are unaffected"
     )

@@ -45,6 +45,45 @@ def git_commit() -> str:
         return "unknown"
 
 
+#: SIMD levels, widest first: the first one the CPU's flags name is its vector width for float32.
+SIMD_LEVELS = ("avx512f", "avx2", "avx", "sse4_2")
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is no such file)."""
+    fields: dict[str, str] = {}
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if not line.strip():
+                    break  # the end of the first processor's block
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def machine_type(cpu: dict[str, str], gpu: object = None, gpu_count: object = None) -> str:
+    """What kind of machine timed a trial, precise enough to tell two CPU generations apart.
+
+    A virtual machine's model name is often only the brand ("AMD EPYC" for a 2017 Zen 1 with
+    AVX2 at half rate and for a Zen 4 with AVX-512 alike: one third of the matmul rate); the
+    vendor's family and model numbers and the widest SIMD level tell them apart. Two trials with
+    the same string ran on the same kind of hardware; ``"unknown"`` where nothing is known.
+    """
+    parts = []
+    if cpu:
+        flags = set(cpu.get("flags", "").split())
+        simd = next((level for level in SIMD_LEVELS if level in flags), "")
+        ident = " ".join(f"{k} {cpu[k]}" for k in ("cpu family", "model") if k in cpu)
+        detail = "; ".join(p for p in (f"{cpu.get('vendor_id', '')} {ident}".strip(), simd) if p)
+        parts.append(f"{cpu.get('model name', 'CPU')} ({detail})" if detail else cpu.get("model name", ""))
+    if gpu:
+        parts.append(f"{gpu_count or 1}× {gpu}")
+    return " + ".join(p for p in parts if p) or "unknown"
+
+
 def hardware() -> dict[str, object]:
     import torch
 
@@ -60,13 +99,10 @@ def hardware() -> dict[str, object]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    try:
-        with open("/proc/cpuinfo") as fh:
-            models = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        if models:
-            info["cpu_model"] = models[0]
-    except OSError:
-        pass
+    cpu = cpu_info()
+    if "model name" in cpu:
+        info["cpu_model"] = cpu["model name"]
+    info["machine_type"] = machine_type(cpu, info.get("gpu"), info.get("gpu_count"))
     try:
         with open("/proc/meminfo") as fh:
             info["memory_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)

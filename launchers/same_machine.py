@@ -2,32 +2,39 @@
 
 A comparison that outlasts one working session is resumed, and the machine behind it can change
 in between: in this project's own history a vision comparison resumed on a host whose float32
-matmul ran at 34 GFLOP/s instead of 106, and whose optimizer steps were 4–11× slower. Losses
-and accuracies do not care, but wall-clock, tokens/s and time-to-target then compare machines,
-and a report built afterwards can only warn (``analysis.provenance.machine_line``). So a resumed
-sweep checks first, before anything starts: this machine's float32 matmul peak, measured the
-way each trial measures its own (:func:`bench.throughput.measure_matmul_peak`, with the trials'
-thread count), against the fastest peak the sweep's finished trials recorded. The fastest,
-because a peak is what the hardware can do: a trial that measured beside a busy neighbour
-recorded less than its machine's peak, but none recorded more. More than
-:data:`analysis.provenance.SPEED_SPREAD_LIMIT` apart in either direction, and the sweep is
-refused with both numbers, unless the user accepts the mixed machines with
-``--allow-other-machine``.
+matmul ran at 34 GFLOP/s instead of 106 (a 2017 AVX2 core in place of an AVX-512 one, both
+calling themselves "AMD EPYC"), and whose optimizer steps were 4–11× slower. Losses and
+accuracies do not care, but wall-clock, tokens/s and time-to-target then compare machines, and
+a report built afterwards can only warn (``analysis.provenance.machine_line``). So a resumed
+sweep checks first, before anything starts, two things against its finished trials:
 
-Only trials that measured their peak (CPU trials; a GPU trial records its datasheet rate,
-``datasheet:<name>``) and only sweeps on the embedded Ray (with ``--address`` the trials run on
-the cluster's machines, not on the one that launches them) are checked.
+- the kind of machine (``bench.metadata.machine_type``: CPU brand, vendor family and model, SIMD
+  width, GPUs), which every trial records in ``runs.hardware_json``; it must be the same;
+- this machine's float32 matmul peak, measured the way each trial measures its own
+  (:func:`bench.throughput.measure_matmul_peak`, with the trials' thread count), against the
+  fastest peak the finished trials recorded. The fastest, because a peak is what the hardware
+  can do: a trial that measured beside a busy neighbour recorded less than its machine's peak,
+  but none recorded more. It must lie within :data:`analysis.provenance.SPEED_SPREAD_LIMIT`,
+  either way (the same kind of virtual machine can still be slower: a throttled or shared host).
+
+Otherwise the sweep is refused with what differs, unless the user accepts the mix with
+``--allow-other-machine``. Trials that recorded neither (older files) are not compared; GPU
+trials record their datasheet rate, not a measured one, so for them the machine type decides.
+Only sweeps on the embedded Ray are checked: with ``--address`` the trials run on the cluster's
+machines, not on the one that launches them.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.provenance import SPEED_SPREAD_LIMIT
+from analysis.provenance import MACHINE_TYPE, SPEED_SPREAD_LIMIT
 
 #: ``runs.peak_flops_source`` of a peak timed on the trial's own device (``bench.throughput``).
 MEASURED = "measured-matmul"
@@ -37,42 +44,71 @@ REPEATS = 3
 
 
 @dataclass(frozen=True)
-class MachineCheck:
-    """This machine's peak against the sweep's recorded ones (FLOP/s)."""
+class Recorded:
+    """What the finished trials recorded about their machines."""
 
-    here: float
-    recorded: float  # the fastest peak a finished trial measured
-    trials: int  # finished trials that measured one
+    peaks: list[float]  # measured float32 peaks (FLOP/s)
+    types: list[str]  # machine types, one per trial that recorded one
+
+    def __bool__(self) -> bool:
+        return bool(self.peaks or self.types)
+
+
+@dataclass(frozen=True)
+class MachineCheck:
+    """This machine against the sweep's finished trials."""
+
+    here_type: str
+    recorded_types: tuple[str, ...]  # distinct, as recorded
+    here: float = math.nan  # FLOP/s; NaN when no finished trial measured a peak
+    recorded: float = math.nan  # the fastest peak a finished trial measured
+    trials: int = 0  # finished trials that measured one
 
     @property
     def ratio(self) -> float:
-        """How far apart, ≥ 1 (faster or slower alike)."""
+        """How far apart the peaks are, ≥ 1 (faster or slower alike); NaN when not compared."""
         return max(self.here / self.recorded, self.recorded / self.here)
 
     @property
+    def same_type(self) -> bool:
+        return all(t == self.here_type for t in self.recorded_types)
+
+    @property
     def alike(self) -> bool:
-        return self.ratio <= SPEED_SPREAD_LIMIT
+        return self.same_type and not self.ratio > SPEED_SPREAD_LIMIT
 
     def describe(self) -> str:
-        return (f"this machine's float32 matmul peak is {self.here / 1e9:.3g} GFLOP/s; the {self.trials} "
-                f"finished trial(s) of this sweep measured up to {self.recorded / 1e9:.3g} GFLOP/s "
-                f"({self.ratio:.1f}× apart, more than {SPEED_SPREAD_LIMIT}×)")
+        parts = []
+        if not self.same_type:
+            parts.append(f"this machine is {self.here_type}, but the finished trials of this sweep ran on "
+                         + "; ".join(self.recorded_types))
+        if self.ratio > SPEED_SPREAD_LIMIT:
+            parts.append(f"this machine's float32 matmul peak is {self.here / 1e9:.3g} GFLOP/s; the {self.trials} "
+                         f"finished trial(s) measured up to {self.recorded / 1e9:.3g} GFLOP/s ({self.ratio:.1f}× "
+                         f"apart, more than {SPEED_SPREAD_LIMIT}×)")
+        return "; and ".join(parts) or "this machine is like the one the finished trials ran on"
 
 
-def recorded_peaks(sweep_dir: Path, finished: list[str]) -> list[float]:
-    """The peaks that the ``finished`` trials of ``sweep_dir`` measured on their device."""
-    peaks = []
+def recorded(sweep_dir: Path, finished: list[str]) -> Recorded:
+    """The measured peaks and machine types that the ``finished`` trials of ``sweep_dir`` recorded."""
+    peaks: list[float] = []
+    types: list[str] = []
     for tid in finished:
         path = sweep_dir / "trials" / tid / "runs.parquet"
         try:
-            table = pq.read_table(path, columns=["peak_flops_per_s", "peak_flops_source"])
-        except (OSError, KeyError, pa.ArrowException):
-            continue  # an older file without the columns, or none: nothing to compare
-        for peak, source in zip(table.column("peak_flops_per_s").to_pylist(),
-                                table.column("peak_flops_source").to_pylist(), strict=True):
-            if source == MEASURED and peak is not None and peak > 0:
-                peaks.append(float(peak))
-    return peaks
+            rows = pq.read_table(path).to_pylist()
+        except (OSError, pa.ArrowException):
+            continue  # unreadable: nothing to compare
+        for row in rows:
+            if row.get("peak_flops_source") == MEASURED and (row.get("peak_flops_per_s") or 0) > 0:
+                peaks.append(float(row["peak_flops_per_s"]))
+            try:
+                kind = json.loads(row.get("hardware_json") or "{}").get(MACHINE_TYPE)
+            except (ValueError, AttributeError):
+                kind = None
+            if isinstance(kind, str) and kind != "unknown":
+                types.append(kind)
+    return Recorded(peaks, types)
 
 
 def this_machine_peak(threads: int) -> float:
@@ -90,8 +126,14 @@ def this_machine_peak(threads: int) -> float:
 
 
 def check(sweep_dir: Path, finished: list[str], threads: int) -> MachineCheck | None:
-    """Compare this machine with the finished trials' (None when none measured a peak)."""
-    peaks = recorded_peaks(sweep_dir, finished)
-    if not peaks:
+    """Compare this machine with the finished trials' (None when they recorded nothing to compare)."""
+    from bench.metadata import hardware
+
+    found = recorded(sweep_dir, finished)
+    if not found:
         return None
-    return MachineCheck(here=this_machine_peak(threads), recorded=max(peaks), trials=len(peaks))
+    kinds = tuple(dict.fromkeys(found.types))
+    if not found.peaks:
+        return MachineCheck(here_type=str(hardware()[MACHINE_TYPE]), recorded_types=kinds)
+    return MachineCheck(here_type=str(hardware()[MACHINE_TYPE]), recorded_types=kinds,
+                        here=this_machine_peak(threads), recorded=max(found.peaks), trials=len(found.peaks))

@@ -7,6 +7,7 @@ silently producing empty reports. ``analysis`` itself never imports ``bench``.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -447,6 +448,28 @@ def test_the_report_says_when_trials_ran_on_unlike_machines():
     # The limit itself still counts as one machine; nothing recorded, nothing said.
     assert machine_line(runs(100e9, 100e9 * SPEED_SPREAD_LIMIT)).startswith("machine:")
     assert machine_line(runs(None)) == machine_line(pd.DataFrame({"x": [1]})) == ""
+
+
+def test_the_recorded_machine_type_decides_before_the_peaks():
+    zen1, zen4 = "AMD EPYC (AuthenticAMD cpu family 23 model 1; avx2)", "AMD EPYC (AuthenticAMD cpu family 25 model 17; avx512f)"
+
+    def runs(*trials):  # (machine type or None, peak)
+        return pd.DataFrame({
+            "hardware_json": [json.dumps({"machine_type": t} if t else {"cpu_model": "AMD EPYC"}) for t, _ in trials],
+            "peak_flops_per_s": [p for _, p in trials]})  # fmt: skip
+
+    # Two kinds of machine: not uniform, even with peaks within the limit.
+    mixed = machine_line(runs((zen1, 100e9), (zen4, 110e9), (zen4, 105e9), (None, 100e9)))
+    assert mixed.startswith("**machine NOT uniform**: the trials ran on 2 kinds of machine")
+    assert f"{zen4} × 2; {zen1} × 1; 1 unrecorded" in mixed
+    # One kind for every trial: a wide peak range is load, not a warning.
+    one = machine_line(runs((zen1, 16e9), (zen1, 32e9)))
+    assert one.startswith(f"machine: every trial on {zen1}; measured peak 16–32 GFLOP/s") and "2.0×: load" in one
+    assert "NOT" not in one
+    # Partly recorded, one kind: the peaks still decide, and the line says what is known.
+    part = machine_line(runs((zen1, 34e9), (None, 106e9)))
+    assert part.startswith("**machine speed NOT uniform**") and f"(1 of 2 trials name their machine, all {zen1})" in part
+    assert machine_line(runs(("unknown", 100e9))).startswith("machine: measured peak 100–100")
 
 
 def test_provenance_names_every_way_trials_can_disagree_on_code():

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, tiny_sweep
+
+from launchers.cli import UsageError
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -102,9 +105,12 @@ def test_cluster_templates_from_the_cli(write_yaml, tmp_path):
 
 
 def test_resuming_on_a_machine_unlike_the_first_is_refused_before_anything_starts(write_yaml, tmp_path, capsys):
+    import json
+
     from analysis_fixtures import run_row, write_table
 
     from analysis.provenance import SPEED_SPREAD_LIMIT
+    from bench.metadata import hardware
     from launchers import same_machine
     from launchers.cli import _check_same_machine
     from launchers.sweep import expand, parse_config
@@ -113,24 +119,51 @@ def test_resuming_on_a_machine_unlike_the_first_is_refused_before_anything_start
     cfg = parse_config(doc)
     first, second = expand(cfg)
     sweep_dir = tmp_path / "res" / cfg.name
-    # The first trial finished on a machine a thousand times faster than any CPU here.
-    write_table(sweep_dir / "trials" / first.trial_id / "runs.parquet", [run_row(
-        sweep_name=cfg.name, trial_id=first.trial_id, peak_flops_per_s=1e15,
-        peak_flops_source=same_machine.MEASURED)])  # fmt: skip
+    here = hardware()["machine_type"]
+    runs = sweep_dir / "trials" / first.trial_id / "runs.parquet"
+
+    def finished(peak: float, source: str = same_machine.MEASURED, kind: str = here) -> None:
+        write_table(runs, [run_row(sweep_name=cfg.name, trial_id=first.trial_id, peak_flops_per_s=peak,
+                                   peak_flops_source=source, hardware_json=json.dumps({"machine_type": kind}))])
+
+    # The first trial finished on this kind of machine, but one a thousand times faster.
+    finished(1e15)
     proc = run_cli("sweep", str(write_yaml(doc)), "--storage", str(tmp_path / "res"))
     assert_usage_error(proc, "GFLOP/s", "--allow-other-machine", "1 finished trial")
     assert not (sweep_dir / "trials" / second.trial_id).exists() and not (sweep_dir / "sweep.json").exists()
     assert f"{SPEED_SPREAD_LIMIT}x" in run_cli("sweep", "--help").stdout
-
     # Accepted with the flag: a warning, and the sweep goes on.
     _check_same_machine(cfg, sweep_dir, [first.trial_id], allow=True)
     assert "resuming anyway" in capsys.readouterr().err
-    # A GPU's datasheet rate, or an unfinished trial, is nothing to compare with.
-    assert same_machine.recorded_peaks(sweep_dir, [second.trial_id]) == []
-    write_table(sweep_dir / "trials" / second.trial_id / "runs.parquet", [run_row(
-        trial_id=second.trial_id, peak_flops_per_s=989e12, peak_flops_source="datasheet:H100")])  # fmt: skip
-    assert same_machine.recorded_peaks(sweep_dir, [first.trial_id, second.trial_id]) == [1e15]
+
+    # Another kind of machine (a GPU's datasheet rate: only the type is compared) is refused too.
+    finished(989e12, "datasheet:H100", "AMD EPYC (AuthenticAMD cpu family 25 model 17; avx512f) + 8× NVIDIA H100")
+    with pytest.raises(UsageError, match=r"this machine is .* but the finished trials of this sweep ran on .*H100"):
+        _check_same_machine(cfg, sweep_dir, [first.trial_id], allow=False)
+    # The same kind, no measured peak: nothing to refuse; an unfinished trial is not read.
+    finished(989e12, "datasheet:H100")
+    _check_same_machine(cfg, sweep_dir, [first.trial_id], allow=False)
+    assert not same_machine.recorded(sweep_dir, [second.trial_id])
     # Within the limit either way counts as alike; beyond it, not.
-    assert same_machine.MachineCheck(here=100e9, recorded=100e9 * SPEED_SPREAD_LIMIT, trials=3).alike
-    assert same_machine.MachineCheck(here=100e9 * SPEED_SPREAD_LIMIT, recorded=100e9, trials=3).alike
-    assert not same_machine.MachineCheck(here=34e9, recorded=106e9, trials=70).alike
+    limit = SPEED_SPREAD_LIMIT
+    assert same_machine.MachineCheck(here, (here,), here=100e9, recorded=100e9 * limit, trials=3).alike
+    assert same_machine.MachineCheck(here, (here,), here=100e9 * limit, recorded=100e9, trials=3).alike
+    assert not same_machine.MachineCheck(here, (here,), here=34e9, recorded=106e9, trials=70).alike
+
+
+def test_the_machine_type_tells_cpu_generations_apart(tmp_path):
+    from bench.metadata import cpu_info, machine_type
+
+    def cpuinfo(family: str, model: str, flags: str) -> dict[str, str]:
+        path = tmp_path / f"cpuinfo-{family}"
+        block = (f"processor\t: {{n}}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+                 f"model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 {flags}\n\n")
+        path.write_text(block.format(n=0) + block.format(n=1).replace("AMD EPYC", "other"))
+        return cpu_info(str(path))
+
+    zen1, zen4 = cpuinfo("23", "1", "avx avx2 fma"), cpuinfo("25", "17", "avx avx2 avx512f")
+    assert zen1["model name"] == "AMD EPYC"  # the first processor's block only
+    assert machine_type(zen1) == "AMD EPYC (AuthenticAMD cpu family 23 model 1; avx2)"
+    assert machine_type(zen4, "NVIDIA H100 80GB HBM3", 8) == (
+        "AMD EPYC (AuthenticAMD cpu family 25 model 17; avx512f) + 8× NVIDIA H100 80GB HBM3")
+    assert machine_type(cpu_info(str(tmp_path / "absent"))) == "unknown"
