@@ -106,7 +106,7 @@ def provenance_line(runs: pd.DataFrame) -> str:
 SPEED_SPREAD_LIMIT = 1.5
 
 #: The key of ``runs.hardware_json`` that names the kind of machine (``bench.metadata.machine_type``:
-#: CPU brand, vendor family and model, SIMD width, and the GPUs).
+#: CPU brand, vendor family and model, SIMD width, and the model of the GPU the trial saw).
 MACHINE_TYPE = "machine_type"
 
 

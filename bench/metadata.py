@@ -64,24 +64,28 @@ def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, str]:
     return fields
 
 
-def machine_type(cpu: dict[str, str], gpu: object = None, gpu_count: object = None) -> str:
-    """What kind of machine timed a trial, precise enough to tell two CPU generations apart.
+def cpu_type(cpu: dict[str, str]) -> str:
+    """What kind of CPU timed a trial, precise enough to tell two generations apart.
 
     A virtual machine's model name is often only the brand ("AMD EPYC" for a 2017 Zen 1 with
     AVX2 at half rate and for a Zen 4 with AVX-512 alike: one third of the matmul rate); the
     vendor's family and model numbers and the widest SIMD level tell them apart. Two trials with
-    the same string ran on the same kind of hardware; ``"unknown"`` where nothing is known.
+    the same string ran on the same kind of CPU; ``"unknown"`` where nothing is known.
     """
-    parts = []
-    if cpu:
-        flags = set(cpu.get("flags", "").split())
-        simd = next((level for level in SIMD_LEVELS if level in flags), "")
-        ident = " ".join(f"{k} {cpu[k]}" for k in ("cpu family", "model") if k in cpu)
-        detail = "; ".join(p for p in (f"{cpu.get('vendor_id', '')} {ident}".strip(), simd) if p)
-        parts.append(f"{cpu.get('model name', 'CPU')} ({detail})" if detail else cpu.get("model name", ""))
-    if gpu:
-        parts.append(f"{gpu_count or 1}× {gpu}")
-    return " + ".join(p for p in parts if p) or "unknown"
+    if not cpu:
+        return "unknown"
+    flags = set(cpu.get("flags", "").split())
+    simd = next((level for level in SIMD_LEVELS if level in flags), "")
+    ident = " ".join(f"{k} {cpu[k]}" for k in ("cpu family", "model") if k in cpu)
+    detail = "; ".join(p for p in (f"{cpu.get('vendor_id', '')} {ident}".strip(), simd) if p)
+    name = cpu.get("model name", "CPU")
+    return f"{name} ({detail})" if detail else name
+
+
+def machine_type(cpu: str, gpu: object = None) -> str:
+    """The kind of machine a trial ran on: its :func:`cpu_type` and, where the trial's process
+    sees one, the GPU model (not their count: a Ray worker sees only the GPUs it was given)."""
+    return f"{cpu} + {gpu}" if gpu else cpu
 
 
 def hardware() -> dict[str, object]:
@@ -102,7 +106,8 @@ def hardware() -> dict[str, object]:
     cpu = cpu_info()
     if "model name" in cpu:
         info["cpu_model"] = cpu["model name"]
-    info["machine_type"] = machine_type(cpu, info.get("gpu"), info.get("gpu_count"))
+    info["cpu_type"] = cpu_type(cpu)
+    info["machine_type"] = machine_type(str(info["cpu_type"]), info.get("gpu"))
     try:
         with open("/proc/meminfo") as fh:
             info["memory_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)

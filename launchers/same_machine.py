@@ -8,8 +8,10 @@ accuracies do not care, but wall-clock, tokens/s and time-to-target then compare
 a report built afterwards can only warn (``analysis.provenance.machine_line``). So a resumed
 sweep checks first, before anything starts, two things against its finished trials:
 
-- the kind of machine (``bench.metadata.machine_type``: CPU brand, vendor family and model, SIMD
-  width, GPUs), which every trial records in ``runs.hardware_json``; it must be the same;
+- the kind of CPU (``bench.metadata.cpu_type``: brand, vendor family and model, SIMD width),
+  which every trial records in ``runs.hardware_json``; it must be the same. Only the CPU: what
+  GPUs a process sees depends on what Ray gave it (none to a CPU trial on a GPU machine), so the
+  launching process and its trials would disagree on the same machine;
 - this machine's float32 matmul peak, measured the way each trial measures its own
   (:func:`bench.throughput.measure_matmul_peak`, with the trials' thread count), against the
   fastest peak the finished trials recorded. The fastest, because a peak is what the hardware
@@ -19,7 +21,7 @@ sweep checks first, before anything starts, two things against its finished tria
 
 Otherwise the sweep is refused with what differs, unless the user accepts the mix with
 ``--allow-other-machine``. Trials that recorded neither (older files) are not compared; GPU
-trials record their datasheet rate, not a measured one, so for them the machine type decides.
+trials record their datasheet rate, not a measured one, so for them only the CPU type is compared.
 Only sweeps on the embedded Ray are checked: with ``--address`` the trials run on the cluster's
 machines, not on the one that launches them.
 """
@@ -36,6 +38,9 @@ import pyarrow.parquet as pq
 
 from analysis.provenance import MACHINE_TYPE, SPEED_SPREAD_LIMIT
 
+#: The key of ``runs.hardware_json`` naming the CPU (``bench.metadata.cpu_type``).
+CPU_TYPE = "cpu_type"
+
 #: ``runs.peak_flops_source`` of a peak timed on the trial's own device (``bench.throughput``).
 MEASURED = "measured-matmul"
 
@@ -48,7 +53,7 @@ class Recorded:
     """What the finished trials recorded about their machines."""
 
     peaks: list[float]  # measured float32 peaks (FLOP/s)
-    types: list[str]  # machine types, one per trial that recorded one
+    types: list[str]  # CPU types, one per trial that recorded one
 
     def __bool__(self) -> bool:
         return bool(self.peaks or self.types)
@@ -80,7 +85,7 @@ class MachineCheck:
     def describe(self) -> str:
         parts = []
         if not self.same_type:
-            parts.append(f"this machine is {self.here_type}, but the finished trials of this sweep ran on "
+            parts.append(f"this machine's CPU is {self.here_type}, but the finished trials of this sweep ran on "
                          + "; ".join(self.recorded_types))
         if self.ratio > SPEED_SPREAD_LIMIT:
             parts.append(f"this machine's float32 matmul peak is {self.here / 1e9:.3g} GFLOP/s; the {self.trials} "
@@ -102,13 +107,23 @@ def recorded(sweep_dir: Path, finished: list[str]) -> Recorded:
         for row in rows:
             if row.get("peak_flops_source") == MEASURED and (row.get("peak_flops_per_s") or 0) > 0:
                 peaks.append(float(row["peak_flops_per_s"]))
-            try:
-                kind = json.loads(row.get("hardware_json") or "{}").get(MACHINE_TYPE)
-            except (ValueError, AttributeError):
-                kind = None
-            if isinstance(kind, str) and kind != "unknown":
+            kind = _cpu_type_of(row.get("hardware_json"))
+            if kind:
                 types.append(kind)
     return Recorded(peaks, types)
+
+
+def _cpu_type_of(hardware_json: object) -> str | None:
+    """The CPU type a runs row recorded; rows written before ``cpu_type`` existed (commit
+    c0708ea) have it as the machine type's part before a GPU."""
+    try:
+        info = json.loads(hardware_json) if isinstance(hardware_json, str) else {}
+    except ValueError:
+        return None
+    kind = info.get(CPU_TYPE) if isinstance(info, dict) else None
+    if kind is None and isinstance(info, dict) and isinstance(info.get(MACHINE_TYPE), str):
+        kind = info[MACHINE_TYPE].split(" + ")[0]
+    return kind if isinstance(kind, str) and kind != "unknown" else None
 
 
 def this_machine_peak(threads: int) -> float:
@@ -127,13 +142,13 @@ def this_machine_peak(threads: int) -> float:
 
 def check(sweep_dir: Path, finished: list[str], threads: int) -> MachineCheck | None:
     """Compare this machine with the finished trials' (None when they recorded nothing to compare)."""
-    from bench.metadata import hardware
+    from bench.metadata import cpu_info, cpu_type
 
     found = recorded(sweep_dir, finished)
     if not found:
         return None
-    kinds = tuple(dict.fromkeys(found.types))
+    kinds, here = tuple(dict.fromkeys(found.types)), cpu_type(cpu_info())
     if not found.peaks:
-        return MachineCheck(here_type=str(hardware()[MACHINE_TYPE]), recorded_types=kinds)
-    return MachineCheck(here_type=str(hardware()[MACHINE_TYPE]), recorded_types=kinds,
+        return MachineCheck(here_type=here, recorded_types=kinds)
+    return MachineCheck(here_type=here, recorded_types=kinds,
                         here=this_machine_peak(threads), recorded=max(found.peaks), trials=len(found.peaks))

@@ -119,12 +119,13 @@ def test_resuming_on_a_machine_unlike_the_first_is_refused_before_anything_start
     cfg = parse_config(doc)
     first, second = expand(cfg)
     sweep_dir = tmp_path / "res" / cfg.name
-    here = hardware()["machine_type"]
+    here = hardware()["cpu_type"]
     runs = sweep_dir / "trials" / first.trial_id / "runs.parquet"
 
-    def finished(peak: float, source: str = same_machine.MEASURED, kind: str = here) -> None:
+    def finished(peak: float, source: str = same_machine.MEASURED, kind: str = here, gpu: str = "") -> None:
+        hw = {"cpu_type": kind, "machine_type": f"{kind} + {gpu}" if gpu else kind}
         write_table(runs, [run_row(sweep_name=cfg.name, trial_id=first.trial_id, peak_flops_per_s=peak,
-                                   peak_flops_source=source, hardware_json=json.dumps({"machine_type": kind}))])
+                                   peak_flops_source=source, hardware_json=json.dumps(hw))])
 
     # The first trial finished on this kind of machine, but one a thousand times faster.
     finished(1e15)
@@ -136,13 +137,17 @@ def test_resuming_on_a_machine_unlike_the_first_is_refused_before_anything_start
     _check_same_machine(cfg, sweep_dir, [first.trial_id], allow=True)
     assert "resuming anyway" in capsys.readouterr().err
 
-    # Another kind of machine (a GPU's datasheet rate: only the type is compared) is refused too.
-    finished(989e12, "datasheet:H100", "AMD EPYC (AuthenticAMD cpu family 25 model 17; avx512f) + 8× NVIDIA H100")
-    with pytest.raises(UsageError, match=r"this machine is .* but the finished trials of this sweep ran on .*H100"):
+    # Another kind of CPU (a GPU trial's datasheet rate: only the CPU type is compared) is refused too.
+    zen4 = "AMD EPYC (AuthenticAMD cpu family 25 model 17; avx512f)"
+    finished(989e12, "datasheet:H100", zen4, "NVIDIA H100")
+    with pytest.raises(UsageError, match=r"this machine's CPU is .* but the finished trials of this sweep ran on .*avx512f"):
         _check_same_machine(cfg, sweep_dir, [first.trial_id], allow=False)
-    # The same kind, no measured peak: nothing to refuse; an unfinished trial is not read.
-    finished(989e12, "datasheet:H100")
+    # The same CPU, a GPU this process may not see, no measured peak: nothing to refuse. So is a
+    # row of c0708ea, whose machine_type alone names the CPU; an unfinished trial is not read.
+    finished(989e12, "datasheet:H100", gpu="NVIDIA H100")
     _check_same_machine(cfg, sweep_dir, [first.trial_id], allow=False)
+    write_table(runs, [run_row(trial_id=first.trial_id, hardware_json=json.dumps({"machine_type": f"{zen4} + NVIDIA H100"}))])
+    assert same_machine.recorded(sweep_dir, [first.trial_id]).types == [zen4]
     assert not same_machine.recorded(sweep_dir, [second.trial_id])
     # Within the limit either way counts as alike; beyond it, not.
     limit = SPEED_SPREAD_LIMIT
@@ -152,7 +157,7 @@ def test_resuming_on_a_machine_unlike_the_first_is_refused_before_anything_start
 
 
 def test_the_machine_type_tells_cpu_generations_apart(tmp_path):
-    from bench.metadata import cpu_info, machine_type
+    from bench.metadata import cpu_info, cpu_type, machine_type
 
     def cpuinfo(family: str, model: str, flags: str) -> dict[str, str]:
         path = tmp_path / f"cpuinfo-{family}"
@@ -163,7 +168,7 @@ def test_the_machine_type_tells_cpu_generations_apart(tmp_path):
 
     zen1, zen4 = cpuinfo("23", "1", "avx avx2 fma"), cpuinfo("25", "17", "avx avx2 avx512f")
     assert zen1["model name"] == "AMD EPYC"  # the first processor's block only
-    assert machine_type(zen1) == "AMD EPYC (AuthenticAMD cpu family 23 model 1; avx2)"
-    assert machine_type(zen4, "NVIDIA H100 80GB HBM3", 8) == (
-        "AMD EPYC (AuthenticAMD cpu family 25 model 17; avx512f) + 8× NVIDIA H100 80GB HBM3")
-    assert machine_type(cpu_info(str(tmp_path / "absent"))) == "unknown"
+    assert cpu_type(zen1) == machine_type(cpu_type(zen1)) == "AMD EPYC (AuthenticAMD cpu family 23 model 1; avx2)"
+    assert machine_type(cpu_type(zen4), "NVIDIA H100 80GB HBM3") == (
+        "AMD EPYC (AuthenticAMD cpu family 25 model 17; avx512f) + NVIDIA H100 80GB HBM3")
+    assert cpu_type(cpu_info(str(tmp_path / "absent"))) == "unknown"
