@@ -64,6 +64,10 @@ def count_train_flops(model: nn.Module, sample: torch.Tensor, loss_fn) -> float:
     return float(counter.get_total_flops())
 
 
+#: ``Peak.source`` (and ``runs.peak_flops_source``) of a peak timed on the trial's own device.
+MEASURED_PEAK = "measured-matmul"
+
+
 def measure_matmul_peak(device: torch.device, size: int = 1024, repeats: int = 10) -> float:
     """float32 FLOP/s of the fastest of ``repeats`` size×size matmuls after one warm-up call.
 
@@ -93,7 +97,7 @@ def device_peak(device: torch.device, precision: str, override_tflops: float | N
         for key, peaks in GPU_PEAK_TFLOPS.items():
             if key in name:
                 return Peak(peaks[precision] * 1e12, f"datasheet:{key}")
-    return Peak(measure_matmul_peak(device), "measured-matmul")
+    return Peak(measure_matmul_peak(device), MEASURED_PEAK)
 
 
 def throughput_columns(

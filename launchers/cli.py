@@ -640,8 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-new", action="store_true",
                    help="results of a different config exist under this name: move them aside and start afresh")
     p.add_argument("--allow-other-machine", action="store_true",
-                   help="resume even though this machine's measured peak differs by more than 1.5x from the "
-                        "one the finished trials recorded (their timings then compare machines)")
+                   help="resume even though this machine's CPU type differs from the one the finished trials "
+                        "recorded, or its measured peak by more than 1.5x (their timings then compare machines)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="run one trial of a sweep without Ray (debugging)")

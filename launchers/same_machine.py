@@ -37,12 +37,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.provenance import MACHINE_TYPE, SPEED_SPREAD_LIMIT
+from bench.throughput import MEASURED_PEAK
 
 #: The key of ``runs.hardware_json`` naming the CPU (``bench.metadata.cpu_type``).
 CPU_TYPE = "cpu_type"
 
-#: ``runs.peak_flops_source`` of a peak timed on the trial's own device (``bench.throughput``).
-MEASURED = "measured-matmul"
+#: ``runs.peak_flops_source`` of a peak timed on the trial's own device.
+MEASURED = MEASURED_PEAK
 
 #: Independent measurements of this machine's peak; the fastest counts, as in each measurement.
 REPEATS = 3
