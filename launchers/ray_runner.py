@@ -364,6 +364,28 @@ def concurrent_trials(res, cluster: dict[str, float] | None = None) -> int:
     return max(1, int(fit))
 
 
+def launch_order(trials: list[TrialSpec]) -> list[TrialSpec]:
+    """``trials`` in the order Tune starts them: round-robin over the sweep's entries (workload ×
+    optimizer entry, in order of first appearance), each entry's own trials in sweep order.
+
+    Why not the sweep's nesting order: there, an entry's trials come back to back, and an entry
+    that reserves most of a node's memory (``optimizers.<i>.memory_per_worker_gib``, e.g. the
+    measured-α probes' HVPs) would then pair with itself. A Tune trial counts as running as soon
+    as its coordinator (``TRIAL_ACTOR_CPU``) starts, while its worker group waits for the memory
+    inside ``trainer.fit()``: the second reservation holds one of the :func:`concurrent_trials`
+    slots and its core idles for the whole of the first trial (10 of them back to back on a
+    2-core machine: hours). Interleaved, the other entries' trials fill that slot instead. It
+    also spreads each entry over the whole sweep, so every entry's step times share the machine
+    with the same mix of neighbours, and a sweep stopped half way has results for every entry.
+    What a trial computes does not depend on its order (ids, seeds and indices are unchanged).
+    """
+    groups: dict[tuple[str, str], list[TrialSpec]] = {}
+    for spec in trials:
+        groups.setdefault((spec.workload.model_dump_json(), spec.optimizer_entry), []).append(spec)
+    queues = list(groups.values())
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+
+
 def run_trials(
     cfg: SweepConfig,
     trials: list[TrialSpec],
@@ -393,7 +415,7 @@ def run_trials(
         ray_storage = str(Path(storage_arg) / cfg.name / "_ray")
 
     param_space = {
-        "trial": tune.grid_search([t.model_dump(mode="json") for t in trials]),
+        "trial": tune.grid_search([t.model_dump(mode="json") for t in launch_order(trials)]),
         "storage": storage_arg,
         "ray_storage": ray_storage,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 from conftest import tiny_sweep
@@ -191,6 +192,38 @@ def test_concurrent_trials_default_to_the_worker_groups_that_fit():
     big = {"CPU": 16.0, "memory": 22.0 * 2**30}
     assert concurrent_trials(ResourcesConfig(num_workers=2, cpus_per_worker=1.0, memory_per_worker_gib=5), big) == 2
     assert concurrent_trials(ResourcesConfig(num_workers=2, cpus_per_worker=1.0), big) == 7  # 16 / 2.01 CPU
+
+
+def test_launch_order_interleaves_entries_so_a_memory_heavy_entry_never_pairs_with_itself():
+    from launchers.ray_runner import launch_order
+
+    doc = tiny_sweep(
+        seeds=2,
+        optimizers=[
+            {"name": "adamw", "search": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}},
+            {"name": "muon", "search": {"lr": {"low": 1e-3, "high": 1e-1, "log": True}}},
+            {"name": "adamw", "label": "adamw[heavy]", "memory_per_worker_gib": 10,
+             "search": {"lr": {"low": 2e-4, "high": 2e-2, "log": True}}},
+        ],
+        tuning={"method": "halton", "budget": 3, "finalists": 0},
+    )
+    trials = expand(parse_config(doc, "t.yaml"))
+    order = launch_order(trials)
+    # A permutation: the same trials, each once, and each entry's own trials in sweep order.
+    assert sorted(t.trial_id for t in order) == sorted(t.trial_id for t in trials)
+    entries = [t.optimizer_entry for t in order]
+    for entry in set(entries):
+        assert [t.trial_id for t in order if t.optimizer_entry == entry] == \
+            [t.trial_id for t in trials if t.optimizer_entry == entry]
+    # Sweep order runs an entry's 6 trials back to back; launch order takes one of each in turn.
+    assert [t.optimizer_entry for t in trials][:2] == ["adamw", "adamw"]
+    assert entries == ["adamw", "muon", "adamw[heavy]"] * 6
+    heavy = [i for i, t in enumerate(order) if t.resources.memory_per_worker_gib == 10]
+    assert len(heavy) == 6 and min(b - a for a, b in itertools.pairwise(heavy)) == 3
+    # Uneven entries: the longer one's tail comes last, nothing is dropped or repeated.
+    uneven = launch_order(trials[:6] + trials[6:8])
+    assert [t.optimizer_entry for t in uneven] == ["adamw", "muon"] * 2 + ["adamw"] * 4
+    assert launch_order([]) == []
 
 
 def test_memory_reservations_reach_ray_and_are_checked_against_the_cluster():
