@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -137,10 +138,12 @@ def test_resuming_on_a_machine_unlike_the_first_is_refused_before_anything_start
     _check_same_machine(cfg, sweep_dir, [first.trial_id], allow=True)
     assert "resuming anyway" in capsys.readouterr().err
 
-    # Another kind of CPU (a GPU trial's datasheet rate: only the CPU type is compared) is refused too.
+    # Another kind of CPU (a GPU trial's datasheet rate: only the CPU type is compared) is refused
+    # too; "another" is whichever of two real types this machine is not (CI hosts are either).
     zen4 = "AMD EPYC (AuthenticAMD cpu family 25 model 17; avx512f)"
-    finished(989e12, "datasheet:H100", zen4, "NVIDIA H100")
-    with pytest.raises(UsageError, match=r"this machine's CPU is .* but the finished trials of this sweep ran on .*avx512f"):
+    other = zen4 if here != zen4 else "AMD EPYC (AuthenticAMD cpu family 23 model 1; avx2)"
+    finished(989e12, "datasheet:H100", other, "NVIDIA H100")
+    with pytest.raises(UsageError, match=rf"this machine's CPU is .* but the finished trials of this sweep ran on .*{re.escape(other)}"):
         _check_same_machine(cfg, sweep_dir, [first.trial_id], allow=False)
     # The same CPU, a GPU this process may not see, no measured peak: nothing to refuse. So is a
     # row of c0708ea, whose machine_type alone names the CPU; an unfinished trial is not read.
