@@ -22,6 +22,7 @@ Shape (STACK.md, measured on Ray 2.60 with Train V2):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -382,8 +383,8 @@ def launch_order(trials: list[TrialSpec]) -> list[TrialSpec]:
     groups: dict[tuple[str, str], list[TrialSpec]] = {}
     for spec in trials:
         groups.setdefault((spec.workload.model_dump_json(), spec.optimizer_entry), []).append(spec)
-    queues = list(groups.values())
-    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+    rounds = itertools.zip_longest(*groups.values())  # the i-th trial of every entry, None past an entry's end
+    return [spec for round_ in rounds for spec in round_ if spec is not None]
 
 
 def run_trials(
