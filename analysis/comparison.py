@@ -774,15 +774,17 @@ def comparison_section(
     if runs.empty or n_optimizers(runs, by) < 2:
         return None
     from analysis.comparison_plots import plot_best_setting_curves, plot_performance_profile
-    from analysis.tuning import axis_table, final_rows, format_axis_table, stage_counts
+    from analysis.tuning import axis_table, final_rows, format_axis_table, stage_counts, within_budget
     from analysis.tuning_plots import plot_sensitivity
 
     out = Path(out_dir)
     every = prepare_runs(runs, by)
     runs = final_rows(runs)  # a two-stage sweep is compared on its finalists (analysis.tuning)
     best = best_settings(runs, by)
-    # "settings tried" is the whole budget, both stages, not the finalists the ranking saw.
-    tried = every.drop_duplicates([*WORKLOAD, "_opt", *SETTING]).groupby([*WORKLOAD, "_opt"]).size()
+    # "settings tried" is the whole budget, both stages, not the finalists the ranking saw (nor
+    # the edge checks, which are outside the budget).
+    budget = every[within_budget(every)]
+    tried = budget.drop_duplicates([*WORKLOAD, "_opt", *SETTING]).groupby([*WORKLOAD, "_opt"]).size()
     best["n_settings"] = [int(tried.get((r.sweep_name, r.model, r.dataset, r.optimizer), r.n_settings))
                           for r in best.itertuples()]
     paired = paired_table(prepare_runs(runs, by), best)
@@ -885,6 +887,8 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
                     sensitivity: list[Path], link: Callable[[Path, str], str],
                     format_axes: Callable[[pd.DataFrame, str], str]) -> list[str]:
     """The report's paired-test and tuning subsections (analysis.paired, analysis.tuning)."""
+    from analysis.tuning import BRACKETED
+
     md = ["### Paired per-seed differences", "",
           "Seed index i gives every optimizer the same initial weights and data order, so each "
           "optimizer's chosen setting is compared with the top-ranked one seed by seed: mean of "
@@ -896,7 +900,7 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
     md += ["### Tuning budget: stages, coverage and edge choices", "",
            "Settings, trials and seeds per optimizer and stage (0: one stage, every setting on every "
            "seed; 1: screening, every setting on one seed; 2: the finalists on fresh seeds, which "
-           "alone enter the comparison above).", "",
+           "alone enter the comparison above; 3: edge checks, outside the budget, below).", "",
            frame_grid(stages, style="markdown"), ""]
     if not axes.empty:
         edges = axes[axes["edge"] == True]  # noqa: E712 - the column holds True/False/None
@@ -906,11 +910,25 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
                "first or last listed value; on a range, the extreme value tried within the outer 1/n "
                "of the span, n values tried), which is not an answer: widen the range and run again. "
                "A hard end of the setting's own domain (weight decay 0, preconditioning every step) "
-               "is not an edge: nothing lies beyond it.", "",
+               "is not an edge: nothing lies beyond it. Where the sweep ran edge checks "
+               "(`tuning.edge_check`: values beyond a finalist's edge, one typical gap apart, on the "
+               "screening seed, outside the equal budget), an edge whose values beyond all scored "
+               "worse on validation than the chosen setting on that seed is **bracketed**: the range "
+               "was wide enough along that axis; **better beyond** means widen and run again.", "",
                format_axes(axes, "markdown"), ""]
-        md += ([f"**Edge choices: {len(edges)}** ("
-                + ", ".join(f"{r.optimizer} {r.axis}={r.chosen_value}" for r in edges.itertuples()) + ").", ""]
-               if not edges.empty else ["No chosen setting sits at the edge of its searched range.", ""])
+        verdicts = edges["edge_check"] if "edge_check" in edges.columns else pd.Series(None, index=edges.index)
+        open_edges = edges[verdicts != BRACKETED]
+        listed = ", ".join(f"{r.optimizer} {r.axis}={r.chosen_value}"
+                           + (f" ({r.edge_check})" if isinstance(getattr(r, "edge_check", None), str)
+                              else " (not checked)")
+                           for r in edges.itertuples())
+        if edges.empty:
+            md += ["No chosen setting sits at the edge of its searched range.", ""]
+        elif open_edges.empty:
+            md += [f"**Edge choices: {len(edges)}**, every one bracketed by its edge check ({listed}).", ""]
+        else:
+            md += [f"**Edge choices: {len(edges)}**, {len(open_edges)} not bracketed ({listed}): "
+                   "not an answer until the range is widened and the sweep run again.", ""]
     if sensitivity:
         md += ["Validation metric of every setting tried against each tuned hyperparameter "
                "(hollow: screening seed; filled: finalists; star: chosen).", ""]

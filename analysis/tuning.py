@@ -16,6 +16,12 @@ setting. This module reads the ``runs`` table only.
   searched range (see :func:`_edge`: a listed extreme, or the extreme tried value within the
   outer 1/n of a range; never a hard end of the setting's domain). Unordered axes
   (``normalize: none | frobenius``) have no edge.
+- :func:`beyond_edge`: with ``tuning.edge_check: k`` the sweep driver screens, for each
+  finalist and each range axis at an edge, k values beyond it (steps of one typical gap, 1/n of
+  the span), on the screening seed and outside the equal budget (``tuning_stage`` 3). The axis
+  table then says whether the edge is **bracketed** (no value beyond scored better on
+  validation than the chosen one on that seed: the range was wide enough along that axis) or
+  whether a value beyond is better (widen the range and run again).
 """
 
 from __future__ import annotations
@@ -29,25 +35,36 @@ import pandas as pd
 from analysis.summary import WORKLOAD
 from analysis.tables import cell, grid
 
-#: ``runs.tuning_stage`` of the screening and finalists stages (``bench.config``).
-SCREEN, FINAL = 1, 2
+#: ``runs.tuning_stage`` of the screening, finalists and edge-check stages (``bench.config``).
+SCREEN, FINAL, EDGE_CHECK = 1, 2, 3
+
+#: :func:`axis_table`'s ``edge_check`` verdicts on an edge choice whose values beyond were screened.
+BRACKETED, BETTER_BEYOND = "bracketed", "better beyond"
 
 #: Columns of :func:`axis_table`.
 AXIS_COLUMNS = [
     *WORKLOAD, "optimizer", "axis", "searched", "n_tried", "tried_low", "tried_high", "coverage",
-    "chosen_value", "edge",
+    "chosen_value", "edge", "edge_check", "beyond",
 ]  # fmt: skip
 
 
 def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` without the screening rows of the optimizer entries that have finalists rows
-    (an entry whose stage 2 has not run yet keeps its screening rows: its only results)."""
+    (an entry whose stage 2 has not run yet keeps its screening rows: its only results), and
+    without edge-check rows, which are outside the equal budget and never compared."""
     if runs.empty or "tuning_stage" not in runs.columns:
         return runs
     stage = runs["tuning_stage"].astype(int)
     key = runs[[*WORKLOAD, "optimizer_entry"]].astype(str).agg("\0".join, axis=1)
     with_final = set(key[stage == FINAL])
-    return runs[~((stage == SCREEN) & key.isin(with_final))]
+    return runs[~((stage == SCREEN) & key.isin(with_final)) & within_budget(runs)]
+
+
+def within_budget(runs: pd.DataFrame) -> pd.Series:
+    """Which rows belong to the equal tuning budget (every stage but the edge checks)."""
+    if "tuning_stage" not in runs.columns:
+        return pd.Series(True, index=runs.index)
+    return runs["tuning_stage"].astype(int) != EDGE_CHECK
 
 
 def _numeric(value: Any) -> bool:
@@ -72,9 +89,9 @@ def _coverage(dim: dict[str, Any], tried: list[Any]) -> float:
     return (f(max(nums)) - f(min(nums))) / (f(hi) - f(lo))
 
 
-def _edge(dim: dict[str, Any], tried: list[Any], chosen: Any) -> bool | None:
-    """Whether ``chosen`` sits at an end of its searched range, so that the optimum may lie
-    beyond it (None: an unordered axis, or too few values to say).
+def edge_side(dim: dict[str, Any], tried: list[Any], chosen: Any) -> str | None:
+    """Which end of its searched range ``chosen`` sits at, so that the optimum may lie beyond it:
+    ``"low"``, ``"high"``, ``""`` (neither) or None (an unordered axis, or too few values to say).
 
     - A ``values`` axis: the smallest or largest listed value.
     - A ``low``/``high`` axis: the smallest (largest) value tried *and* within the outer 1/n of
@@ -99,19 +116,67 @@ def _edge(dim: dict[str, Any], tried: list[Any], chosen: Any) -> bool | None:
         pool = sorted({float(v) for v in tried if _numeric(v)})
         if len(pool) < 2:
             return None
-        f = math.log if dim.get("log") else float
-        where = (f(chosen) - f(float(dim["low"]))) / (f(float(dim["high"])) - f(float(dim["low"])))
+        where = _unit(dim, chosen)
         low_end = chosen == pool[0] and where <= 1 / len(pool)
         high_end = chosen == pool[-1] and where >= 1 - 1 / len(pool)
     hard_low = chosen == dim.get("domain_min") or (chosen == 0 and min(pool) == 0)
     hard_high = chosen == dim.get("domain_max")
-    return bool((low_end and not hard_low) or (high_end and not hard_high))
+    return "low" if low_end and not hard_low else "high" if high_end and not hard_high else ""
+
+
+def _edge(dim: dict[str, Any], tried: list[Any], chosen: Any) -> bool | None:
+    """Whether ``chosen`` sits at an end of its searched range (:func:`edge_side`)."""
+    side = edge_side(dim, tried, chosen)
+    return None if side is None else bool(side)
+
+
+def _unit(dim: dict[str, Any], value: float) -> float:
+    """``value``'s position in a ``low``/``high`` range as a fraction of its span (log span on a
+    log axis): 0 at ``low``, 1 at ``high``, outside [0, 1] beyond them."""
+    f = math.log if dim.get("log") else float
+    return (f(float(value)) - f(float(dim["low"]))) / (f(float(dim["high"])) - f(float(dim["low"])))
+
+
+def beyond_edge(dim: dict[str, Any], tried: list[Any], chosen: Any, k: int) -> list[float | int]:
+    """Up to ``k`` values beyond ``chosen`` when it sits at an edge of a ``low``/``high`` range
+    (:func:`edge_side`), outward from it in steps of 1/n of the searched span (log span on a log
+    axis), n the distinct values tried: the gap the sample leaves between its points, so the
+    first value is where the next point out would have fallen had the range been wider.
+
+    Rounded like the sampled points (4 significant digits; integers on an integer axis); a value
+    past a hard end of the setting's domain is dropped (the domain end itself when not yet
+    tried is kept in its place). A ``values`` axis gets none: its list is the user's own choice
+    of candidates, widened by hand.
+    """
+    side = edge_side(dim, tried, chosen) if "values" not in dim else None
+    if not side or k <= 0:
+        return []
+    n = len({float(v) for v in tried if _numeric(v)})
+    sign = 1.0 if side == "high" else -1.0
+    lo_dom, hi_dom = dim.get("domain_min"), dim.get("domain_max")
+    out: list[float | int] = []
+    for j in range(1, k + 1):
+        u = _unit(dim, chosen) + sign * j / n
+        lo, hi = float(dim["low"]), float(dim["high"])
+        value = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if dim.get("log") else lo + u * (hi - lo)
+        if lo_dom is not None and value < lo_dom:
+            value = lo_dom
+        if hi_dom is not None and value > hi_dom:
+            value = hi_dom
+        value = int(round(value)) if dim.get("integer") else float(f"{value:.4g}")
+        if value != chosen and value not in out:
+            out.append(value)
+        if value in (lo_dom, hi_dom):
+            break  # nothing lies past the domain's end
+    return out
 
 
 def axis_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     """One row per (workload, optimizer, searched axis); see the module doc. ``runs`` holds every
-    stage (prepared: ``_opt``); ``best`` is :func:`analysis.comparison.best_settings` of the
-    final rows."""
+    stage (prepared: ``_opt``, ``_val``); ``best`` is :func:`analysis.comparison.best_settings`
+    of the final rows. Edge-check rows (stage 3) are not counted as tried: they only decide
+    ``edge_check`` (:data:`BRACKETED` or :data:`BETTER_BEYOND`, None where no value beyond the
+    edge was screened) and ``beyond`` (each value screened beyond, with its validation metric)."""
     rows = []
     for r in best.itertuples():
         space = json.loads(r.search_space or "{}")
@@ -119,30 +184,70 @@ def axis_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
             continue
         mine = runs[(runs["sweep_name"] == r.sweep_name) & (runs["model"] == r.model)
                     & (runs["dataset"] == r.dataset) & (runs["_opt"] == r.optimizer)]
-        settings = {int(t): json.loads(s) for t, s in zip(mine["tuning_index"], mine["optimizer_settings"], strict=True)}
+        inside = within_budget(mine)
+        budget, checks = mine[inside], mine[~inside]
+        settings = {int(t): json.loads(s) for t, s in zip(budget["tuning_index"], budget["optimizer_settings"], strict=True)}
         chosen = settings.get(int(r.tuning_index), {})
         for axis, dim in sorted(space.items()):
             tried = [s.get(axis) for s in settings.values()]
             nums = [float(v) for v in tried if _numeric(v)]
+            edge = _edge(dim, tried, chosen.get(axis))
+            verdict, beyond = _edge_check(budget, checks, int(r.tuning_index), chosen, axis) if edge else (None, "")
             rows.append({
                 "sweep_name": r.sweep_name, "model": r.model, "dataset": r.dataset, "optimizer": r.optimizer,
                 "axis": axis, "searched": _searched(dim), "n_tried": len({json.dumps(v) for v in tried}),
                 "tried_low": min(nums) if nums else math.nan, "tried_high": max(nums) if nums else math.nan,
                 "coverage": _coverage(dim, tried), "chosen_value": chosen.get(axis),
-                "edge": _edge(dim, tried, chosen.get(axis)),
+                "edge": edge, "edge_check": verdict, "beyond": beyond,
             })  # fmt: skip
     return pd.DataFrame(rows, columns=AXIS_COLUMNS)
 
 
+def _edge_check(budget: pd.DataFrame, checks: pd.DataFrame, tuning_index: int, chosen: dict[str, Any],
+                axis: str) -> tuple[str | None, str]:
+    """The verdict on one edge choice from the edge-check rows that moved only ``axis`` away from
+    the chosen setting: each is compared with the chosen setting's own screening trial (same
+    seed index, so the same initial weights and data order). A value beyond that diverged or
+    failed is not better."""
+    others = {k: v for k, v in chosen.items() if k != axis}
+    mine = [(json.loads(s), v, st, si) for s, v, st, si in
+            zip(checks["optimizer_settings"], checks["_val"], checks["status"], checks["seed_index"], strict=True)]
+    mine = [m for m in mine if {k: v for k, v in m[0].items() if k != axis} == others and m[0].get(axis) != chosen.get(axis)]
+    if not mine:
+        return None, ""
+    seed = int(mine[0][3])
+    base = budget[(budget["tuning_index"] == tuning_index) & (budget["seed_index"] == seed)
+                  & (budget["status"] == "completed")]["_val"]
+    goal = str(budget["metric_goal"].iloc[0]) if "metric_goal" in budget.columns and len(budget) else "max"
+    sign = 1.0 if goal == "max" else -1.0
+    ref = float(base.iloc[-1]) if len(base) else math.nan
+    better = [sign * (float(v) - ref) > 0 for _, v, st, _ in mine
+              if st == "completed" and not math.isnan(float(v)) and not math.isnan(ref)]
+    listed = "; ".join(f"{float(s.get(axis)):g}: " + (cell(float(v)) if st == "completed" else str(st))
+                       for s, v, st, _ in sorted(mine, key=lambda m: float(m[0].get(axis))))
+    if math.isnan(ref):
+        return None, listed  # the chosen setting's own screening trial is missing: no verdict
+    return (BETTER_BEYOND if any(better) else BRACKETED), f"{listed} (chosen: {cell(ref)})"
+
+
 def format_axis_table(table: pd.DataFrame, style: str = "markdown") -> str:
-    """The axis table for a report; an edge choice reads ``EDGE``."""
-    headers = ["sweep", "model", "optimizer", "axis", "searched", "tried", "tried range", "coverage", "chosen", "edge"]
-    body = [
-        [r.sweep_name, r.model, r.optimizer, r.axis, r.searched, str(r.n_tried),
-         f"{cell(r.tried_low)}–{cell(r.tried_high)}" if not math.isnan(r.tried_low) else "—",
-         f"{100 * r.coverage:.0f} %", json.dumps(r.chosen_value), {True: "EDGE", False: "no"}.get(r.edge, "—")]
-        for r in table.itertuples()
-    ]  # fmt: skip
+    """The axis table for a report; an edge choice reads ``EDGE``, followed by the verdict of its
+    edge check when one ran (``EDGE, bracketed`` or ``EDGE, better beyond``) and the validation
+    metric of each value screened beyond it."""
+    checked = "beyond" in table.columns and bool(table["beyond"].astype(bool).any())
+    headers = ["sweep", "model", "optimizer", "axis", "searched", "tried", "tried range", "coverage", "chosen", "edge",
+               *(["beyond the edge (validation, screening seed)"] if checked else [])]
+    body = []
+    for r in table.itertuples():
+        edge = {True: "EDGE", False: "no"}.get(r.edge, "—")
+        verdict = getattr(r, "edge_check", None)
+        verdict = verdict if isinstance(verdict, str) else None  # a frame's None reads NaN
+        body.append([
+            r.sweep_name, r.model, r.optimizer, r.axis, r.searched, str(r.n_tried),
+            f"{cell(r.tried_low)}–{cell(r.tried_high)}" if not math.isnan(r.tried_low) else "—",
+            f"{100 * r.coverage:.0f} %", json.dumps(r.chosen_value), f"{edge}, {verdict}" if verdict else edge,
+            *([r.beyond or ""] if checked else []),
+        ])  # fmt: skip
     return grid(headers, body, style)
 
 

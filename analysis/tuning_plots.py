@@ -3,9 +3,10 @@
 One figure per (workload, optimizer) with one panel per searched axis (:mod:`analysis.tuning`):
 every setting tried is a point (its mean over completed seeds of the selection metric, the best
 validation metric); hollow points are screening-stage results (one seed), filled points
-finalists (fresh seeds) or one-stage settings, and a star marks the chosen setting. A verdict
-that rests on one lucky or one missed setting shows up as an isolated point or a curve still
-falling at an edge of the panel. Log axes are drawn in log scale, categorical axes as evenly
+finalists (fresh seeds) or one-stage settings, orange crosses edge checks (values beyond a
+finalist's edge, on the screening seed, outside the budget), and a star marks the chosen
+setting. A verdict that rests on one lucky or one missed setting shows up as an isolated point
+or a curve still falling at an edge of the panel. Log axes are drawn in log scale, categorical axes as evenly
 spaced labelled positions; perplexity is drawn on a log scale.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.plots import figure, log_y, save, workload_prefix, workload_title
-from analysis.tuning import SCREEN
+from analysis.tuning import EDGE_CHECK, SCREEN
 
 
 def plot_sensitivity(runs: pd.DataFrame, best: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -50,12 +51,16 @@ def plot_sensitivity(runs: pd.DataFrame, best: pd.DataFrame, out_dir: Path) -> l
                 xs = values
                 if dim.get("log"):
                     ax.set_xscale("log")
-            screen = (points["tuning_stage"] == SCREEN).to_numpy()
-            for hollow in (True, False):
-                sel = [i for i in range(len(xs)) if screen[i] == hollow]
-                ax.scatter([xs[i] for i in sel], points["val"].iloc[sel], s=28, color="tab:blue",
-                           facecolors="none" if hollow else "tab:blue",
-                           label="screening (1 seed)" if hollow else "finalists / all seeds")
+            stage = points["tuning_stage"].astype(int).to_numpy()
+            for kind, label in (("screen", "screening (1 seed)"), ("final", "finalists / all seeds"),
+                                ("edge", "edge check (screening seed)")):
+                sel = [i for i in range(len(xs)) if _kind(stage[i]) == kind and xs[i] is not None]
+                if not sel and kind == "edge":
+                    continue
+                ax.scatter([xs[i] for i in sel], points["val"].iloc[sel], s=28 if kind != "edge" else 40,
+                           color="tab:blue" if kind != "edge" else "tab:orange",
+                           facecolors="none" if kind == "screen" else None,
+                           marker="x" if kind == "edge" else "o", label=label)
             chosen = [i for i, t in enumerate(points["tuning_index"]) if int(t) == int(r.tuning_index)]
             ax.scatter([xs[i] for i in chosen], points["val"].iloc[chosen], marker="*", s=160,
                        color="tab:red", zorder=3, label="chosen")
@@ -68,3 +73,7 @@ def plot_sensitivity(runs: pd.DataFrame, best: pd.DataFrame, out_dir: Path) -> l
         stem = f"tuning__{workload_prefix(r.sweep_name, r.model, r.dataset)}__{workload_prefix(r.optimizer)}"
         paths.append(save(fig, out_dir / f"{stem}.png"))
     return paths
+
+
+def _kind(stage: int) -> str:
+    return "screen" if stage == SCREEN else "edge" if stage == EDGE_CHECK else "final"

@@ -255,8 +255,9 @@ class SearchDim(_Strict):
 
 
 #: ``TrialSpec.tuning_stage`` values: a sweep without the two-stage protocol; its screening stage
-#: (every setting on one seed); its finalists stage (the best settings on fresh seeds).
-STAGE_SINGLE, STAGE_SCREEN, STAGE_FINAL = 0, 1, 2
+#: (every setting on one seed); its finalists stage (the best settings on fresh seeds); edge
+#: checks (values beyond a finalist's edge on the screening seed, outside the equal budget).
+STAGE_SINGLE, STAGE_SCREEN, STAGE_FINAL, STAGE_EDGE = 0, 1, 2, 3
 
 
 class TuningConfig(_Strict):
@@ -272,6 +273,13 @@ class TuningConfig(_Strict):
     finalists) on ``seeds`` fresh seed indices 1..seeds, which every entry shares, so stage 2
     gives paired per-seed comparisons free of the screening seed's selection bias. An entry with
     at most N settings (a fixed setting, a small grid) skips stage 1.
+
+    With ``edge_check: k`` (two-stage sweeps), each finalist whose value on a ``low``/``high``
+    axis sits at an edge of what stage 1 tried (``analysis.tuning.edge_side``) also gets k
+    settings beyond that edge, the same setting with only that axis moved outward in steps of
+    1/budget of the span, screened on seed index 0 alongside stage 2 (``tuning_stage`` 3).
+    They are outside the equal budget and never enter the comparison; they tell the report
+    whether the edge is bracketed (nothing beyond scored better) or the range must be widened.
     """
 
     method: Literal["halton", "grid"] = Field("halton", description="halton (quasi-random) or grid (values axes only)")
@@ -280,6 +288,10 @@ class TuningConfig(_Strict):
     finalists: int = Field(
         0, ge=0, description="two-stage protocol: settings per entry re-run on `seeds` fresh seeds after a "
         "one-seed screening of the whole budget (0: one stage, every setting on every seed)"
+    )
+    edge_check: int = Field(
+        0, ge=0, le=8, description="with finalists: settings screened beyond each finalist's edge on a low/high "
+        "axis, one typical gap apart, outside the budget; the report calls the edge bracketed or not (0: none)"
     )
 
 
@@ -367,6 +379,9 @@ class SweepConfig(_Strict):
     @model_validator(mode="after")
     def _budget_matches_search(self) -> SweepConfig:
         searching = [e.name for e in self.optimizers if e.search]
+        if self.tuning.edge_check and not self.tuning.finalists:
+            raise ValueError("tuning.edge_check needs the two-stage protocol (tuning.finalists > 0): it checks "
+                             "the finalists' edges against what stage 1 tried")
         if self.tuning.finalists and searching and self.tuning.finalists >= self.tuning.budget:
             raise ValueError(f"tuning.finalists ({self.tuning.finalists}) must be below tuning.budget "
                              f"({self.tuning.budget}): stage 2 re-runs a selection of stage 1's settings")

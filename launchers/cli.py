@@ -146,6 +146,7 @@ def _start_ray(address: str | None, verbose: bool = False) -> None:
 
 # ---------------------------------------------------------------------------------------- sweep
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.config import STAGE_EDGE
     from bench.results import remote
     from launchers import sweep_state
 
@@ -198,7 +199,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        if sweep_state.trial_state(sweep_dir, t.trial_id) not in sweep_state.FINISHED]
             trials = more
             if pending:
-                print(f"stage 2: the finalists of stage 1, {len(pending)} trials", file=sys.stderr)
+                checks = sum(t.tuning_stage == STAGE_EDGE for t in pending)
+                print(f"stage 2: the finalists of stage 1, {len(pending) - checks} trials"
+                      + (f", and {checks} edge checks beyond their edges (screening seed)" if checks else ""),
+                      file=sys.stderr)
     finally:
         import ray
 
@@ -235,14 +239,17 @@ def _check_same_machine(cfg, sweep_dir: Path, finished: list[str], allow: bool) 
 
 def _with_finalists(cfg, trials: list, sweep_dir: Path) -> list:
     """``trials`` plus the stage-2 trials of the finalists chosen from stage 1's Parquet results
-    (unchanged without the two-stage protocol or while stage 1 is unfinished)."""
+    and, with ``tuning.edge_check``, the edge checks of those finalists (unchanged without the
+    two-stage protocol or while stage 1 is unfinished)."""
     if not cfg.tuning.finalists:
         return trials
     from launchers import stages
     from launchers.sweep import expand
 
     finalists = stages.choose_finalists(cfg, trials, sweep_dir)
-    return trials if finalists is None else expand(cfg, finalists)
+    if finalists is None:
+        return trials
+    return expand(cfg, finalists, stages.choose_edge_checks(cfg, finalists) if cfg.tuning.edge_check else None)
 
 
 def _run_batch(cfg, pending: list, trials: list) -> dict[str, str]:
@@ -593,8 +600,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     later = ""
     if tuning.finalists:
         screened = len({(t.workload.model_dump_json(), t.optimizer_entry) for t in checked.trials if t.tuning_stage == 1})
+        edges = ""
+        if tuning.edge_check:
+            ranges = sum(tuning.finalists * tuning.edge_check * sum(d.values is None for d in e.search.values())
+                         for e in checked.cfg.optimizers if e.search) * len(checked.cfg.workloads)
+            edges = f", edge checks up to {ranges} more (finalists' values at the edge of a range)"
         later = (f" (stage 1 and unscreened entries; stage 2 adds up to {screened * tuning.finalists * checked.cfg.seeds} "
-                 "trials: the finalists chosen from stage 1's results)")
+                 f"trials: the finalists chosen from stage 1's results{edges})")
     print(f"config OK: {len(checked.trials)} trials{later}", file=sys.stderr)
     for t in checked.trials:
         print(f"  [{t.trial_index}] {t.trial_id}  {t.optimizer_label}  {_with_args(t.workload.model, t.workload.model_args)}"

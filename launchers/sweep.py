@@ -137,16 +137,25 @@ def entry_points(cfg: SweepConfig) -> dict[EntryKey, list[tuple[int, dict[str, A
     return out
 
 
-def expand(cfg: SweepConfig, finalists: dict[EntryKey, list[int]] | None = None) -> list[TrialSpec]:
+def search_space(entry) -> dict[str, dict[str, Any]]:
+    """An entry's search space as recorded with each trial (``runs.search_space``): each axis's
+    range or values plus the setting's own domain, what a report needs to judge a choice."""
+    return {k: {**v.model_dump(exclude_none=True), **setting_domain(entry.name, k)} for k, v in entry.search.items()}
+
+
+def expand(cfg: SweepConfig, finalists: dict[EntryKey, list[int]] | None = None,
+           edge_checks: dict[EntryKey, list[tuple[int, dict[str, Any]]]] | None = None) -> list[TrialSpec]:
     """The trials the sweep can run before any result exists, in a stable order.
 
     One stage (``tuning.finalists: 0``): every setting × seed indices 0..seeds-1. Two stages:
     stage 1, every setting of an entry with more than ``finalists`` settings on seed index 0;
     any other entry goes straight to stage 2. ``finalists`` (entry → positions in its
     :func:`entry_points` list, chosen from stage 1's results by the driver) adds their stage-2
-    trials: seed indices 1..seeds, fresh for every entry alike.
+    trials: seed indices 1..seeds, fresh for every entry alike. ``edge_checks`` (entry →
+    (tuning index, setting) beyond a finalist's edge, :func:`launchers.stages.choose_edge_checks`)
+    adds them after, on seed index 0 (stage 3).
     """
-    from bench.config import STAGE_FINAL, STAGE_SCREEN, STAGE_SINGLE
+    from bench.config import STAGE_EDGE, STAGE_FINAL, STAGE_SCREEN, STAGE_SINGLE
 
     final_seeds = range(1, cfg.seeds + 1)
     every = entry_points(cfg)
@@ -161,6 +170,8 @@ def expand(cfg: SweepConfig, finalists: dict[EntryKey, list[int]] | None = None)
     for key, positions in (finalists or {}).items():
         chosen = [every[key][i] for i in positions]
         trials += _trials(cfg, key, chosen, final_seeds, STAGE_FINAL, len(trials))
+    for key, checks in (edge_checks or {}).items():
+        trials += _trials(cfg, key, checks, [0], STAGE_EDGE, len(trials))
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
         # Identical trials (e.g. a duplicated optimizer entry) would overwrite each other's files.
@@ -174,8 +185,7 @@ def _trials(cfg: SweepConfig, key: EntryKey, points: list[tuple[int, dict[str, A
     """The trials of one entry's ``points`` × ``seed_indices`` in ``stage``; trial indices from
     ``first_index``."""
     workload, entry = cfg.workloads[key[0]], cfg.optimizers[key[1]]
-    # What the report needs to judge a choice: the searched range and the setting's own domain.
-    space = {k: {**v.model_dump(exclude_none=True), **setting_domain(entry.name, k)} for k, v in entry.search.items()}
+    space = search_space(entry)
     probes = entry.probe_schedule(cfg.probes)
     out: list[TrialSpec] = []
     for tuning_index, point in points:

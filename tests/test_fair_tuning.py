@@ -6,6 +6,9 @@
 - stage 2 chosen from stage 1's Parquet files (validation metric, direction, diverged settings
   excluded, nothing before stage 1 finished, the same choice on every re-run), fresh shared seeds;
 - the edge flag and the coverage of a search axis; the report's use of finalists only;
+- edge checks: the values beyond an edge (a literal transcription of the step rule), the
+  settings the driver adds for each finalist's edge, and the report's bracketed / better-beyond
+  verdict from them, outside the budget;
 - the separation verdict (Holm-significant entries, a bounded metric at its ceiling);
 - the ``tuning_stage`` upgrade step.
 """
@@ -23,13 +26,21 @@ import pyarrow.parquet as pq
 import pytest
 from analysis_fixtures import run_row, write_table
 
-from analysis.comparison import best_settings, prepare_runs
+from analysis.comparison import best_settings, comparison_section, prepare_runs
 from analysis.paired import holm, paired_table, paired_test, range_interval, separation_lines
-from analysis.tuning import _edge, axis_table, final_rows
-from bench.config import STAGE_FINAL, STAGE_SCREEN, STAGE_SINGLE
+from analysis.tuning import (
+    BETTER_BEYOND,
+    BRACKETED,
+    _edge,
+    axis_table,
+    beyond_edge,
+    final_rows,
+    format_axis_table,
+)
+from bench.config import STAGE_EDGE, STAGE_FINAL, STAGE_SCREEN, STAGE_SINGLE
 from bench.results.schema import METADATA_KEY
 from bench.results.upgrade import upgrade_file
-from launchers.stages import choose_finalists, screening
+from launchers.stages import choose_edge_checks, choose_finalists, screening
 from launchers.sweep import expand, parse_config
 
 mpmath.mp.dps = 40
@@ -235,6 +246,90 @@ def test_a_range_edge_is_the_outer_gap_of_the_searched_range_not_the_largest_val
     assert _edge(alpha, [1.2, 1.6, 2.0, 2.4, 2.9], 2.9) is True
     assert _edge(alpha, [1.2, 1.6, 2.0, 2.4, 2.5], 2.5) is False  # 0.75 of the span, gap 0.2
     assert _edge(lr, [0.01], 0.01) is None  # one value tried says nothing
+
+
+# ---------------------------------------------------------------------------- edge checks
+def test_values_beyond_an_edge_step_outward_by_one_gap_of_the_searched_span():
+    # Eight values tried over [1e-3, 10] (log): one gap is 4/8 of a decade. The best, 5.013 (the
+    # top Halton point at 0.925 of the span), gets 5.013·10^0.5 and 5.013·10^1, to 4 digits.
+    lr = {"low": 1e-3, "high": 10.0, "log": True}
+    tried = [5.013, 1.345, 0.006965, 0.02, 0.1, 0.3, 2.0e-3, 0.05]
+    assert beyond_edge(lr, tried, 5.013, 2) == [float(f"{5.013 * 10 ** 0.5:.4g}"), float(f"{5.013 * 10:.4g}")]
+    assert beyond_edge(lr, tried, 2.0e-3, 1) == [float(f"{2.0e-3 / 10 ** 0.5:.4g}")]  # the low side
+    assert beyond_edge(lr, tried, 0.1, 2) == []  # interior: nothing to check
+    # Linear: α ∈ [1, 3], five tried, a gap of 0.4.
+    assert beyond_edge({"low": 1.0, "high": 3.0}, [1.2, 1.6, 2.0, 2.4, 2.9], 2.9, 2) == [3.3, 3.7]
+    # An integer axis stops at the setting's domain (frequency ≥ 1): 3 − 25 clips to 1, once.
+    freq = {"low": 1, "high": 101, "integer": True, "domain_min": 1}
+    assert beyond_edge(freq, [3, 30, 50, 70], 3, 3) == [1]
+    # A listed axis is the user's own candidates: widened by hand, never extrapolated.
+    assert beyond_edge({"values": [0.9, 0.99]}, [0.9, 0.99], 0.99, 2) == []
+
+
+def test_the_driver_checks_each_finalists_edges_beyond_the_budget(tmp_path):
+    cfg = _two_stage(edge_check=2)
+    trials = expand(cfg)
+    screened = screening(cfg, trials)
+    lrs = [t.optimizer_settings["lr"] for t in screened[(0, 0)]]
+    top = max(range(4), key=lambda i: lrs[i])
+    vals = {(0, 0): [0.5] * 4, (0, 1): [0.7, 0.6, 0.99, 0.2]}
+    vals[(0, 0)][top] = 0.95  # adamw's best is its largest lr
+    _write_stage1(tmp_path / "fair", cfg, trials, vals)
+    finalists = choose_finalists(cfg, trials, tmp_path / "fair")
+    checks = choose_edge_checks(cfg, finalists)
+    # Only adamw's lr range can have an edge (muon's lrs are a list); its top point is in the
+    # outer quarter of [1e-4, 1e-1] in log (4 values tried), so the winner is checked twice beyond.
+    span = math.log(1e-1 / 1e-4)
+    where = math.log(lrs[top] / 1e-4) / span
+    assert where >= 3 / 4 and set(checks) == {(0, 0)}
+    expected = [float(f"{lrs[top] * math.exp(j * span / 4):.4g}") for j in (1, 2)]
+    assert [(i, p["lr"]) for i, p in checks[(0, 0)]][:2] == [(4, expected[0]), (5, expected[1])]
+    full = expand(cfg, finalists, checks)
+    edge = [t for t in full if t.tuning_stage == STAGE_EDGE]
+    assert {t.seed_index for t in edge} == {0} and [t.tuning_index for t in edge] == [i for i, _ in checks[(0, 0)]]
+    assert edge[0].seed == screened[(0, 0)][top].seed  # the screening seed: compared like with like
+    assert len({t.trial_id for t in full}) == len(full)  # a check never collides with a budget trial
+    assert choose_edge_checks(cfg, finalists) == checks  # a resumed sweep recomputes the same checks
+    with pytest.raises(Exception, match="edge_check needs the two-stage protocol"):
+        _two_stage(edge_check=2, finalists=0)
+
+
+def _checked_runs(beyond: dict[float, tuple[float, str]]) -> pd.DataFrame:
+    """``_tuned_runs`` with lr 0.03 chosen at its edge, plus edge-check rows (lr → validation, status)
+    of the chosen setting on the screening seed."""
+    runs = _tuned_runs(chosen_lr=3e-2)
+    space = runs["search_space"].iloc[0]
+    rows = [run_row(trial_id=f"e{i}", optimizer_label=f"adamw(e{i})", tuning_index=3 + i, tuning_stage=STAGE_EDGE,
+                    search_space=space, optimizer_settings=json.dumps({"lr": lr, "normalize": "none", "k": 10}),
+                    best_eval_metric=val, test_metric=val, status=status)
+            for i, (lr, (val, status)) in enumerate(beyond.items())]  # fmt: skip
+    return pd.concat([runs, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_an_edge_is_bracketed_when_nothing_beyond_it_scores_better(tmp_path):
+    worse = _checked_runs({0.06: (0.85, "completed"), 0.12: (0.3, "diverged")})
+    final = final_rows(worse)
+    assert STAGE_EDGE not in set(final["tuning_stage"])  # outside the budget: never compared
+    axes = axis_table(prepare_runs(worse), best_settings(final)).set_index("axis")
+    # The checks are not "tried": 0.03 is still the edge, and the budget's coverage is unchanged.
+    assert bool(axes.loc["lr", "edge"]) is True
+    assert axes.loc["lr", "coverage"] == pytest.approx(math.log(30) / math.log(1000))
+    assert axes.loc["lr", "edge_check"] == BRACKETED
+    assert axes.loc["lr", "beyond"] == "0.06: 0.850; 0.12: diverged (chosen: 0.900)"
+    assert pd.isna(axes.loc["k", "edge_check"])  # not an edge, not checked
+    table = format_axis_table(axis_table(prepare_runs(worse), best_settings(final)))
+    assert "EDGE, bracketed" in table and "nan" not in table
+
+    better = _checked_runs({0.06: (0.95, "completed")})
+    axes = axis_table(prepare_runs(better), best_settings(final_rows(better))).set_index("axis")
+    assert axes.loc["lr", "edge_check"] == BETTER_BEYOND
+    # The report says which edges stay open; a bracketed edge is not one of them.
+    md = "\n".join(comparison_section(better, pd.DataFrame(), tmp_path / "b").markdown)
+    assert "**Edge choices: 1**, 1 not bracketed (adamw lr=0.03 (better beyond))" in md
+    section = comparison_section(worse, pd.DataFrame(), tmp_path / "w")
+    assert "**Edge choices: 1**, every one bracketed by its edge check (adamw lr=0.03 (bracketed))" in "\n".join(section.markdown)
+    # Edge checks are outside the budget: adamw tried its 3 settings, not 5.
+    assert section.best.set_index("optimizer").loc["adamw", "n_settings"] == 3
 
 
 # -------------------------------------------------------------------------- separation
