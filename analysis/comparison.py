@@ -887,7 +887,7 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
                     sensitivity: list[Path], link: Callable[[Path, str], str],
                     format_axes: Callable[[pd.DataFrame, str], str]) -> list[str]:
     """The report's paired-test and tuning subsections (analysis.paired, analysis.tuning)."""
-    from analysis.tuning import BRACKETED
+    from analysis.tuning import BRACKETED, FLAT_BEYOND
 
     md = ["### Paired per-seed differences", "",
           "Seed index i gives every optimizer the same initial weights and data order, so each "
@@ -912,12 +912,15 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
                "A hard end of the setting's own domain (weight decay 0, preconditioning every step) "
                "is not an edge: nothing lies beyond it. Where the sweep ran edge checks "
                "(`tuning.edge_check`: values beyond a finalist's edge, one typical gap apart, on the "
-               "screening seed, outside the equal budget), an edge whose values beyond all scored "
-               "worse on validation than the chosen setting on that seed is **bracketed**: the range "
-               "was wide enough along that axis; **better beyond** means widen and run again.", "",
+               "screening seed, outside the equal budget), each is compared on validation with the "
+               "chosen setting on that seed, against the chosen setting's seed-to-seed standard "
+               "deviation: **bracketed** when every value beyond is worse by more than it, **flat "
+               "beyond** when none is better by more than it (both settle the edge: going further "
+               "moves the metric by no more than a reseed), **better beyond** otherwise (widen and "
+               "run again).", "",
                format_axes(axes, "markdown"), ""]
         verdicts = edges["edge_check"] if "edge_check" in edges.columns else pd.Series(None, index=edges.index)
-        open_edges = edges[verdicts != BRACKETED]
+        open_edges = edges[~verdicts.isin([BRACKETED, FLAT_BEYOND])]
         listed = ", ".join(f"{r.optimizer} {r.axis}={r.chosen_value}"
                            + (f" ({r.edge_check})" if isinstance(getattr(r, "edge_check", None), str)
                               else " (not checked)")
@@ -925,7 +928,7 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
         if edges.empty:
             md += ["No chosen setting sits at the edge of its searched range.", ""]
         elif open_edges.empty:
-            md += [f"**Edge choices: {len(edges)}**, every one bracketed by its edge check ({listed}).", ""]
+            md += [f"**Edge choices: {len(edges)}**, every one settled by its edge check ({listed}).", ""]
         else:
             md += [f"**Edge choices: {len(edges)}**, {len(open_edges)} not bracketed ({listed}): "
                    "not an answer until the range is widened and the sweep run again.", ""]

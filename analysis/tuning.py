@@ -19,9 +19,10 @@ setting. This module reads the ``runs`` table only.
 - :func:`beyond_edge`: with ``tuning.edge_check: k`` the sweep driver screens, for each
   finalist and each range axis at an edge, k values beyond it (steps of one typical gap, 1/n of
   the span), on the screening seed and outside the equal budget (``tuning_stage`` 3). The axis
-  table then says whether the edge is **bracketed** (no value beyond scored better on
-  validation than the chosen one on that seed: the range was wide enough along that axis) or
-  whether a value beyond is better (widen the range and run again).
+  table then says whether the edge is **bracketed** (every value beyond scored worse on
+  validation than the chosen one on that seed, by more than a reseed moves it), **flat beyond**
+  (none better by more than that: going further cannot change the verdict by more than noise)
+  or **better beyond** (widen the range and run again).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from analysis.tables import cell, grid
 #: ``runs.tuning_stage`` of the screening, finalists and edge-check stages (``bench.config``).
 SCREEN, FINAL, EDGE_CHECK = 1, 2, 3
 
-#: :func:`axis_table`'s ``edge_check`` verdicts on an edge choice whose values beyond were screened.
-BRACKETED, BETTER_BEYOND = "bracketed", "better beyond"
+#: :func:`axis_table`'s ``edge_check`` verdicts on an edge choice whose values beyond were
+#: screened (:func:`_edge_check`); the first two settle the edge, the last asks for a wider range.
+BRACKETED, FLAT_BEYOND, BETTER_BEYOND = "bracketed", "flat beyond", "better beyond"
 
 #: Columns of :func:`axis_table`.
 AXIS_COLUMNS = [
@@ -175,8 +177,8 @@ def axis_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     """One row per (workload, optimizer, searched axis); see the module doc. ``runs`` holds every
     stage (prepared: ``_opt``, ``_val``); ``best`` is :func:`analysis.comparison.best_settings`
     of the final rows. Edge-check rows (stage 3) are not counted as tried: they only decide
-    ``edge_check`` (:data:`BRACKETED` or :data:`BETTER_BEYOND`, None where no value beyond the
-    edge was screened) and ``beyond`` (each value screened beyond, with its validation metric)."""
+    ``edge_check`` (:data:`BRACKETED`, :data:`FLAT_BEYOND` or :data:`BETTER_BEYOND`, None where no
+    value beyond the edge was screened) and ``beyond`` (each value screened beyond, with its validation metric)."""
     rows = []
     for r in best.itertuples():
         space = json.loads(r.search_space or "{}")
@@ -207,8 +209,15 @@ def _edge_check(budget: pd.DataFrame, checks: pd.DataFrame, tuning_index: int, c
                 axis: str) -> tuple[str | None, str]:
     """The verdict on one edge choice from the edge-check rows that moved only ``axis`` away from
     the chosen setting: each is compared with the chosen setting's own screening trial (same
-    seed index, so the same initial weights and data order). A value beyond that diverged or
-    failed is not better."""
+    seed index, so the same initial weights and data order), against the noise of one run: the
+    standard deviation of the chosen setting's validation metric over its other seeds (its
+    finalist seeds; 0 with fewer than two). A value beyond that diverged or failed is not better.
+
+    - :data:`BETTER_BEYOND`: some value beyond beats the chosen one by more than that noise;
+    - :data:`FLAT_BEYOND`: none does, but some comes within it (the axis is flat there: going
+      further changes the metric by no more than a reseed does);
+    - :data:`BRACKETED`: every value beyond is worse by more than the noise.
+    """
     others = {k: v for k, v in chosen.items() if k != axis}
     mine = [(json.loads(s), v, st, si) for s, v, st, si in
             zip(checks["optimizer_settings"], checks["_val"], checks["status"], checks["seed_index"], strict=True)]
@@ -216,24 +225,28 @@ def _edge_check(budget: pd.DataFrame, checks: pd.DataFrame, tuning_index: int, c
     if not mine:
         return None, ""
     seed = int(mine[0][3])
-    base = budget[(budget["tuning_index"] == tuning_index) & (budget["seed_index"] == seed)
-                  & (budget["status"] == "completed")]["_val"]
+    own = budget[(budget["tuning_index"] == tuning_index) & (budget["status"] == "completed")]
+    base = own[own["seed_index"] == seed]["_val"]
+    spread = own[own["seed_index"] != seed]["_val"].dropna()
+    noise = float(spread.std(ddof=1)) if len(spread) >= 2 else 0.0
     goal = str(budget["metric_goal"].iloc[0]) if "metric_goal" in budget.columns and len(budget) else "max"
     sign = 1.0 if goal == "max" else -1.0
     ref = float(base.iloc[-1]) if len(base) else math.nan
-    better = [sign * (float(v) - ref) > 0 for _, v, st, _ in mine
-              if st == "completed" and not math.isnan(float(v)) and not math.isnan(ref)]
+    gains = [sign * (float(v) - ref) for _, v, st, _ in mine
+             if st == "completed" and not math.isnan(float(v)) and not math.isnan(ref)]
     listed = "; ".join(f"{float(s.get(axis)):g}: " + (cell(float(v)) if st == "completed" else str(st))
                        for s, v, st, _ in sorted(mine, key=lambda m: float(m[0].get(axis))))
     if math.isnan(ref):
         return None, listed  # the chosen setting's own screening trial is missing: no verdict
-    return (BETTER_BEYOND if any(better) else BRACKETED), f"{listed} (chosen: {cell(ref)})"
+    verdict = (BETTER_BEYOND if any(g > noise for g in gains)
+               else FLAT_BEYOND if any(g >= -noise for g in gains) else BRACKETED)
+    return verdict, f"{listed} (chosen: {cell(ref)}; seed sd {cell(noise)})"
 
 
 def format_axis_table(table: pd.DataFrame, style: str = "markdown") -> str:
     """The axis table for a report; an edge choice reads ``EDGE``, followed by the verdict of its
-    edge check when one ran (``EDGE, bracketed`` or ``EDGE, better beyond``) and the validation
-    metric of each value screened beyond it."""
+    edge check when one ran (``EDGE, bracketed``, ``EDGE, flat beyond``, ``EDGE, better beyond``)
+    and the validation metric of each value screened beyond it."""
     checked = "beyond" in table.columns and bool(table["beyond"].astype(bool).any())
     headers = ["sweep", "model", "optimizer", "axis", "searched", "tried", "tried range", "coverage", "chosen", "edge",
                *(["beyond the edge (validation, screening seed)"] if checked else [])]
