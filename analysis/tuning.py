@@ -17,8 +17,8 @@ setting. This module reads the ``runs`` table only.
   outer 1/n of a range; never a hard end of the setting's domain). Unordered axes
   (``normalize: none | frobenius``) have no edge.
 - :func:`beyond_edge`: with ``tuning.edge_check: k`` the sweep driver screens, for each
-  finalist and each range axis at an edge, k values beyond it (steps of one typical gap, 1/n of
-  the span), on the screening seed and outside the equal budget (``tuning_stage`` 3). The axis
+  finalist and each numeric axis at an edge, k values beyond it (steps of one typical gap: 1/n
+  of a range's span, a list's outermost step), on the screening seed and outside the equal budget (``tuning_stage`` 3). The axis
   table then says whether the edge is **bracketed** (every value beyond scored worse on
   validation than the chosen one on that seed, by more than a reseed moves it), **flat beyond**
   (none better by more than that: going further cannot change the verdict by more than noise)
@@ -140,32 +140,45 @@ def _unit(dim: dict[str, Any], value: float) -> float:
 
 
 def beyond_edge(dim: dict[str, Any], tried: list[Any], chosen: Any, k: int) -> list[float | int]:
-    """Up to ``k`` values beyond ``chosen`` when it sits at an edge of a ``low``/``high`` range
-    (:func:`edge_side`), outward from it in steps of 1/n of the searched span (log span on a log
-    axis), n the distinct values tried: the gap the sample leaves between its points, so the
-    first value is where the next point out would have fallen had the range been wider.
+    """Up to ``k`` values beyond ``chosen`` when it sits at an edge of its axis (:func:`edge_side`),
+    stepping outward one typical gap at a time:
 
-    Rounded like the sampled points (4 significant digits; integers on an integer axis); a value
-    past a hard end of the setting's domain is dropped (the domain end itself when not yet
-    tried is kept in its place). A ``values`` axis gets none: its list is the user's own choice
-    of candidates, widened by hand.
+    - a ``low``/``high`` range: 1/n of the searched span (log span on a log axis), n the distinct
+      values tried, the gap the sample leaves between its points, so the first value is where
+      the next point out would have fallen had the range been wider;
+    - a list of numbers: the step between the two outermost listed values on that side,
+      continued: as a ratio when both are positive (weight decay 0.3, 1.0 → 3.33, 11.1; β₂ 0.9,
+      0.8 → 0.711, 0.632), else as a difference. Lists of anything else get none.
+
+    Rounded like the sampled points (4 significant digits; integers on an integer axis or a list
+    of integers); a value past a hard end of the setting's domain is replaced by that end and
+    the walk stops there. Bounds the domain does not record (an open end, β₂ < 1) are left to the
+    caller, which validates each setting against the optimizer's settings model.
     """
-    side = edge_side(dim, tried, chosen) if "values" not in dim else None
+    side = edge_side(dim, tried, chosen)
     if not side or k <= 0:
         return []
-    n = len({float(v) for v in tried if _numeric(v)})
-    sign = 1.0 if side == "high" else -1.0
     lo_dom, hi_dom = dim.get("domain_min"), dim.get("domain_max")
-    out: list[float | int] = []
-    for j in range(1, k + 1):
-        u = _unit(dim, chosen) + sign * j / n
+    if "values" in dim:
+        listed = sorted(float(v) for v in set(dim["values"]))
+        a, b = (listed[-1], listed[-2]) if side == "high" else (listed[0], listed[1])
+        integer = all(isinstance(v, int) for v in dim["values"])
+        steps = [a * (a / b) ** j if a > 0 and b > 0 else a + j * (a - b) for j in range(1, k + 1)]
+    else:
+        n = len({float(v) for v in tried if _numeric(v)})
+        sign = 1.0 if side == "high" else -1.0
         lo, hi = float(dim["low"]), float(dim["high"])
-        value = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if dim.get("log") else lo + u * (hi - lo)
+        integer = bool(dim.get("integer"))
+        units = [_unit(dim, chosen) + sign * j / n for j in range(1, k + 1)]
+        steps = [math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if dim.get("log") else lo + u * (hi - lo)
+                 for u in units]
+    out: list[float | int] = []
+    for value in steps:
         if lo_dom is not None and value < lo_dom:
             value = lo_dom
         if hi_dom is not None and value > hi_dom:
             value = hi_dom
-        value = int(round(value)) if dim.get("integer") else float(f"{value:.4g}")
+        value = int(round(value)) if integer else float(f"{value:.4g}")
         if value != chosen and value not in out:
             out.append(value)
         if value in (lo_dom, hi_dom):

@@ -274,10 +274,11 @@ class TuningConfig(_Strict):
     gives paired per-seed comparisons free of the screening seed's selection bias. An entry with
     at most N settings (a fixed setting, a small grid) skips stage 1.
 
-    With ``edge_check: k`` (two-stage sweeps), each finalist whose value on a ``low``/``high``
-    axis sits at an edge of what stage 1 tried (``analysis.tuning.edge_side``) also gets k
-    settings beyond that edge, the same setting with only that axis moved outward in steps of
-    1/budget of the span, screened on seed index 0 alongside stage 2 (``tuning_stage`` 3).
+    With ``edge_check: k`` (two-stage sweeps), each finalist whose value on a numeric axis sits
+    at an edge of what stage 1 searched (``analysis.tuning.edge_side``) also gets k settings
+    beyond that edge, the same setting with only that axis moved outward one typical gap at a
+    time (``analysis.tuning.beyond_edge``), screened on seed index 0 alongside stage 2
+    (``tuning_stage`` 3).
     They are outside the equal budget and never enter the comparison; they tell the report
     whether the edge is bracketed (nothing beyond scored better) or the range must be widened.
     """
@@ -290,8 +291,8 @@ class TuningConfig(_Strict):
         "one-seed screening of the whole budget (0: one stage, every setting on every seed)"
     )
     edge_check: int = Field(
-        0, ge=0, le=8, description="with finalists: settings screened beyond each finalist's edge on a low/high "
-        "axis, one typical gap apart, outside the budget; the report calls the edge bracketed or not (0: none)"
+        0, ge=0, le=8, description="with finalists: settings screened beyond each finalist's edge on a numeric "
+        "axis, one typical gap apart, outside the budget; the report says whether the edge is settled (0: none)"
     )
 
 

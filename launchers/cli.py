@@ -602,9 +602,11 @@ def cmd_config(args: argparse.Namespace) -> int:
         screened = len({(t.workload.model_dump_json(), t.optimizer_entry) for t in checked.trials if t.tuning_stage == 1})
         edges = ""
         if tuning.edge_check:
-            ranges = sum(tuning.finalists * tuning.edge_check * sum(d.values is None for d in e.search.values())
-                         for e in checked.cfg.optimizers if e.search) * len(checked.cfg.workloads)
-            edges = f", edge checks up to {ranges} more (finalists' values at the edge of a range)"
+            numeric = sum(tuning.finalists * tuning.edge_check
+                          * sum(d.values is None or all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        for v in d.values) for d in e.search.values())
+                          for e in checked.cfg.optimizers if e.search) * len(checked.cfg.workloads)
+            edges = f", edge checks up to {numeric} more (finalists' values at the edge of a numeric axis)"
         later = (f" (stage 1 and unscreened entries; stage 2 adds up to {screened * tuning.finalists * checked.cfg.seeds} "
                  f"trials: the finalists chosen from stage 1's results{edges})")
     print(f"config OK: {len(checked.trials)} trials{later}", file=sys.stderr)

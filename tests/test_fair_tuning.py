@@ -263,8 +263,17 @@ def test_values_beyond_an_edge_step_outward_by_one_gap_of_the_searched_span():
     # An integer axis stops at the setting's domain (frequency ≥ 1): 3 − 25 clips to 1, once.
     freq = {"low": 1, "high": 101, "integer": True, "domain_min": 1}
     assert beyond_edge(freq, [3, 30, 50, 70], 3, 3) == [1]
-    # A listed axis is the user's own candidates: widened by hand, never extrapolated.
-    assert beyond_edge({"values": [0.9, 0.99]}, [0.9, 0.99], 0.99, 2) == []
+    # A list of numbers continues its outermost step: a ratio between positive values, else a
+    # difference; a list of anything else, or an interior choice, gets nothing.
+    decay = {"values": [0.0, 0.01, 0.1, 0.3, 1.0], "domain_min": 0.0}
+    assert beyond_edge(decay, decay["values"], 1.0, 2) == [float(f"{1 / 0.3:.4g}"), float(f"{1 / 0.3 ** 2:.4g}")]
+    assert beyond_edge(decay, decay["values"], 0.0, 2) == []  # a hard end: nothing below
+    beta2 = {"values": [0.8, 0.9, 0.95, 0.99, 0.999]}
+    assert beyond_edge(beta2, beta2["values"], 0.8, 2) == [float(f"{0.8 * 8 / 9:.4g}"), float(f"{0.8 * (8 / 9) ** 2:.4g}")]
+    assert beyond_edge({"values": [-0.1, 0.0]}, [-0.1, 0.0], -0.1, 2) == [-0.2, -0.3]
+    assert beyond_edge({"values": [10, 50, 100]}, [10, 50, 100], 100, 1) == [200]  # integers stay integers
+    assert beyond_edge(beta2, beta2["values"], 0.95, 2) == []
+    assert beyond_edge({"values": ["none", "frobenius"]}, ["none", "frobenius"], "none", 2) == []
 
 
 def test_the_driver_checks_each_finalists_edges_beyond_the_budget(tmp_path):
@@ -278,16 +287,23 @@ def test_the_driver_checks_each_finalists_edges_beyond_the_budget(tmp_path):
     _write_stage1(tmp_path / "fair", cfg, trials, vals)
     finalists = choose_finalists(cfg, trials, tmp_path / "fair")
     checks = choose_edge_checks(cfg, finalists)
-    # Only adamw's lr range can have an edge (muon's lrs are a list); its top point is in the
-    # outer quarter of [1e-4, 1e-1] in log (4 values tried), so the winner is checked twice beyond.
+    # adamw's top point is in the outer quarter of [1e-4, 1e-1] in log (4 values tried), so the
+    # winner is checked twice beyond, a quarter of the log span apart.
     span = math.log(1e-1 / 1e-4)
     where = math.log(lrs[top] / 1e-4) / span
-    assert where >= 3 / 4 and set(checks) == {(0, 0)}
+    assert where >= 3 / 4 and (0, 0) in checks
+    # muon's lr is the list [0.01, 0.03, 0.1, 0.3]: a finalist at its end continues the end's ratio.
+    muon_lrs = [screened[(0, 1)][i].optimizer_settings["lr"] for i in finalists[(0, 1)]]
+    ratio = {0.01: 0.01 / 0.03, 0.3: 0.3 / 0.1}
+    expected_muon = [float(f"{lr * ratio[lr] ** j:.4g}") for lr in muon_lrs if lr in ratio for j in (1, 2)]
+    assert [p["lr"] for _, p in checks.get((0, 1), [])] == expected_muon and expected_muon
+    assert [i for i, _ in checks[(0, 1)]] == [4, 5]
     expected = [float(f"{lrs[top] * math.exp(j * span / 4):.4g}") for j in (1, 2)]
     assert [(i, p["lr"]) for i, p in checks[(0, 0)]][:2] == [(4, expected[0]), (5, expected[1])]
     full = expand(cfg, finalists, checks)
     edge = [t for t in full if t.tuning_stage == STAGE_EDGE]
-    assert {t.seed_index for t in edge} == {0} and [t.tuning_index for t in edge] == [i for i, _ in checks[(0, 0)]]
+    assert {t.seed_index for t in edge} == {0}
+    assert [t.tuning_index for t in edge] == [i for key in ((0, 0), (0, 1)) for i, _ in checks[key]]
     assert edge[0].seed == screened[(0, 0)][top].seed  # the screening seed: compared like with like
     assert len({t.trial_id for t in full}) == len(full)  # a check never collides with a budget trial
     assert choose_edge_checks(cfg, finalists) == checks  # a resumed sweep recomputes the same checks
