@@ -934,7 +934,7 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
                    "not an answer until the range is widened and the sweep run again.", ""]
     if sensitivity:
         md += ["Validation metric of every setting tried against each tuned hyperparameter "
-               "(hollow: screening seed; filled: finalists; star: chosen).", ""]
+               "(hollow: screening seed; filled: finalists; orange cross: edge check; star: chosen).", ""]
         md += [item for p in sensitivity for item in (link(p, p.stem.rpartition("__")[2]), "")]
     return md
 
