@@ -18,11 +18,11 @@ setting. This module reads the ``runs`` table only.
   (``normalize: none | frobenius``) have no edge.
 - :func:`beyond_edge`: with ``tuning.edge_check: k`` the sweep driver screens, for each
   finalist and each numeric axis at an edge, k values beyond it (steps of one typical gap: 1/n
-  of a range's span, a list's outermost step), on the screening seed and outside the equal budget (``tuning_stage`` 3). The axis
-  table then says whether the edge is **bracketed** (every value beyond scored worse on
-  validation than the chosen one on that seed, by more than a reseed moves it), **flat beyond**
-  (none better by more than that: going further cannot change the verdict by more than noise)
-  or **better beyond** (widen the range and run again).
+  of a range's span, a list's outermost step), on the screening seed and outside the equal
+  budget (``tuning_stage`` 3). The axis table then says whether the edge is **bracketed**
+  (every value beyond scored worse on validation than the chosen one on that seed, by more than
+  a reseed moves it), **flat beyond** (none better by more than that: going further cannot
+  change the verdict by more than noise) or **better beyond** (widen the range and run again).
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def axis_table(runs: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
     stage (prepared: ``_opt``, ``_val``); ``best`` is :func:`analysis.comparison.best_settings`
     of the final rows. Edge-check rows (stage 3) are not counted as tried: they only decide
     ``edge_check`` (:data:`BRACKETED`, :data:`FLAT_BEYOND` or :data:`BETTER_BEYOND`, None where no
-    value beyond the edge was screened) and ``beyond`` (each value screened beyond, with its validation metric)."""
+    value beyond the edge was screened) and ``beyond`` (each value screened beyond, with its
+    validation metric)."""
     rows = []
     for r in best.itertuples():
         space = json.loads(r.search_space or "{}")

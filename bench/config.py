@@ -278,9 +278,9 @@ class TuningConfig(_Strict):
     at an edge of what stage 1 searched (``analysis.tuning.edge_side``) also gets k settings
     beyond that edge, the same setting with only that axis moved outward one typical gap at a
     time (``analysis.tuning.beyond_edge``), screened on seed index 0 alongside stage 2
-    (``tuning_stage`` 3).
-    They are outside the equal budget and never enter the comparison; they tell the report
-    whether the edge is bracketed (nothing beyond scored better) or the range must be widened.
+    (``tuning_stage`` 3). They are outside the equal budget and never enter the comparison;
+    they tell the report whether the edge is settled (nothing beyond scored better by more than
+    a reseed moves the metric) or the range must be widened.
     """
 
     method: Literal["halton", "grid"] = Field("halton", description="halton (quasi-random) or grid (values axes only)")

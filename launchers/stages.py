@@ -14,8 +14,8 @@ a retried screening trial could change the choice.
 With ``tuning.edge_check: k``, :func:`choose_edge_checks` adds, for each finalist whose value
 on a numeric axis (a range or a list of numbers) sits at an edge of what stage 1 searched (the
 report's own rule, :func:`analysis.tuning.edge_side`), k settings beyond that edge
-(:func:`analysis.tuning.beyond_edge`), screened on seed index 0 alongside stage 2. They need nothing but the finalists and the
-configuration, so a resumed sweep recomputes the same ones.
+(:func:`analysis.tuning.beyond_edge`), screened on seed index 0 alongside stage 2. They need
+nothing but the finalists and the configuration, so a resumed sweep recomputes the same ones.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from bench import yaml_config
 from bench.config import (
+    OptimizerEntry,
     ResourcesConfig,
     SweepConfig,
     TrialSpec,
@@ -137,7 +138,7 @@ def entry_points(cfg: SweepConfig) -> dict[EntryKey, list[tuple[int, dict[str, A
     return out
 
 
-def search_space(entry) -> dict[str, dict[str, Any]]:
+def search_space(entry: OptimizerEntry) -> dict[str, dict[str, Any]]:
     """An entry's search space as recorded with each trial (``runs.search_space``): each axis's
     range or values plus the setting's own domain, what a report needs to judge a choice."""
     return {k: {**v.model_dump(exclude_none=True), **setting_domain(entry.name, k)} for k, v in entry.search.items()}
