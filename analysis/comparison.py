@@ -919,11 +919,9 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
                "moves the metric by no more than a reseed), **better beyond** otherwise (widen and "
                "run again).", "",
                format_axes(axes, "markdown"), ""]
-        verdicts = edges["edge_check"] if "edge_check" in edges.columns else pd.Series(None, index=edges.index)
-        open_edges = edges[~verdicts.isin([BRACKETED, FLAT_BEYOND])]
+        open_edges = edges[~edges["edge_check"].isin([BRACKETED, FLAT_BEYOND])]
         listed = ", ".join(f"{r.optimizer} {r.axis}={r.chosen_value}"
-                           + (f" ({r.edge_check})" if isinstance(getattr(r, "edge_check", None), str)
-                              else " (not checked)")
+                           + (f" ({r.edge_check})" if isinstance(r.edge_check, str) else " (not checked)")
                            for r in edges.itertuples())
         if edges.empty:
             md += ["No chosen setting sits at the edge of its searched range.", ""]
