@@ -928,7 +928,7 @@ def _fairness_lines(paired: pd.DataFrame, best: pd.DataFrame, axes: pd.DataFrame
         elif open_edges.empty:
             md += [f"**Edge choices: {len(edges)}**, every one settled by its edge check ({listed}).", ""]
         else:
-            md += [f"**Edge choices: {len(edges)}**, {len(open_edges)} not bracketed ({listed}): "
+            md += [f"**Edge choices: {len(edges)}**, {len(open_edges)} not settled ({listed}): "
                    "not an answer until the range is widened and the sweep run again.", ""]
     if sensitivity:
         md += ["Validation metric of every setting tried against each tuned hyperparameter "

@@ -12,7 +12,6 @@ import hashlib
 import random
 
 import numpy as np
-import torch
 
 
 def derive_seed(parent: int, *labels: object) -> int:
@@ -44,6 +43,8 @@ def rank_seed(seed: int, rank: int) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) generators."""
+    import torch  # here only: the derivations above are read where torch is not needed (the CLI's checks)
+
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)

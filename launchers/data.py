@@ -14,9 +14,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.data.cache import TokenCache
+if TYPE_CHECKING:  # the CLI's parser is built on every call: torch (under bench.data) only when used
+    from bench.data.cache import TokenCache
 
 
 class DataProblem(Exception):
@@ -25,6 +26,8 @@ class DataProblem(Exception):
 
 def sweep_cache(cfg: Any) -> TokenCache | None:
     """The token cache a validated sweep's trials use (None with ``token_cache: false``)."""
+    from bench.data.cache import TokenCache
+
     return TokenCache.of_trial(cfg.storage, cfg.training.input)
 
 
@@ -57,6 +60,8 @@ def prepare_workloads(workloads: list[Any], cache: TokenCache, log: Callable[[st
 
 def _cache_of(target: str, storage: str | None) -> TokenCache:
     """A CONFIG file's cache, or a cache directory / URI given directly."""
+    from bench.data.cache import TokenCache
+
     if Path(target).suffix in (".yaml", ".yml"):
         from launchers.sweep import load_config
 

@@ -151,8 +151,9 @@ class StallGuard:
 
     Call :meth:`progressed` on every trial event and :meth:`check` often (Tune's loop does, a few
     times a second); ``check`` reads the cluster at most every ``check_every_s`` seconds and only
-    after ``stall_s`` seconds without progress. ``notify`` receives every message for the user;
-    ``failure`` is set when the sweep should stop. ``timeout_s`` None never gives up.
+    after ``stall_s`` seconds without progress (or ``timeout_s``, if that is shorter). ``notify``
+    receives every message for the user; ``failure`` is set when the sweep should stop.
+    ``timeout_s`` None never gives up.
     """
 
     notify: Callable[[str], None]
@@ -179,7 +180,10 @@ class StallGuard:
     def check(self) -> None:
         now = self.clock()
         idle = now - self._last_progress
-        if self.failure is not None or idle < self.stall_s or now - self._last_check < self.check_every_s:
+        # A timeout shorter than the inspection delay is honoured at its own time (else a
+        # stall_timeout_s of 10 would act only after stall_s = 60).
+        first_look = self.stall_s if self.timeout_s is None else min(self.stall_s, self.timeout_s)
+        if self.failure is not None or idle < first_look or now - self._last_check < self.check_every_s:
             return
         self._last_check = now
         groups = self.find()

@@ -25,6 +25,18 @@ def assert_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> None
         assert needle in proc.stderr, proc.stderr
 
 
+def test_parser_configs_and_seeds_load_without_torch():
+    # `specbench --help`, `status`, `report` and `consolidate` read configs and Parquet only; with
+    # torch (~2.5 s to import) behind them each call took seconds before it could say anything.
+    code = ("import sys, launchers.cli, launchers.sweep, launchers.data, bench.probes\n"
+            "launchers.cli.build_parser()\n"
+            "assert bench.probes.ProbeSettings().mode == 'full'\n"
+            "print(sorted(m for m in ('torch', 'deepspeed', 'ray') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_malformed_yaml(write_yaml, tmp_path):
     path = write_yaml("name: x\nworkloads: [\n  - {model: builtin:cnn\n")
     proc = run_cli("sweep", str(path), "--storage", str(tmp_path / "out"))

@@ -352,7 +352,7 @@ def test_an_edge_is_bracketed_when_nothing_beyond_it_scores_better(tmp_path):
     assert axes.loc["lr", "edge_check"] == BETTER_BEYOND
     # The report says which edges stay open; a bracketed edge is not one of them.
     md = "\n".join(comparison_section(better, pd.DataFrame(), tmp_path / "b").markdown)
-    assert "**Edge choices: 1**, 1 not bracketed (adamw lr=0.03 (better beyond))" in md
+    assert "**Edge choices: 1**, 1 not settled (adamw lr=0.03 (better beyond))" in md
     section = comparison_section(worse, pd.DataFrame(), tmp_path / "w")
     assert "**Edge choices: 1**, every one settled by its edge check (adamw lr=0.03 (bracketed))" in "\n".join(section.markdown)
     # Edge checks are outside the budget: adamw tried its 3 settings, not 5.

@@ -180,10 +180,12 @@ class LocalRayCluster:
                 except ProcessLookupError:
                     pass
         # A graceful stop of the two `ray start --block` nodes took ~34 s here; nothing is measured
-        # after the test, so each gets STOP_GRACE_S, then SIGKILL.
+        # after the test, so they get STOP_GRACE_S together (one deadline, not one per node), then
+        # SIGKILL.
+        deadline = time.monotonic() + STOP_GRACE_S
         for proc in self.procs:
             try:
-                proc.wait(timeout=STOP_GRACE_S)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)

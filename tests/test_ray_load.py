@@ -192,15 +192,16 @@ def test_set_up_error_is_not_retried(write_yaml, tmp_path, ray_tmp):
 @pytest.mark.timeout(600)
 def test_a_sweep_silent_past_its_stall_timeout_stops_and_says_so(write_yaml, tmp_path, ray_tmp):
     # A trial whose workers hang inside set-up (as a collective that never returns would): no
-    # trial event arrives, and the sweep stops once resources.stall_timeout_s has passed (at the
-    # guard's first look, STALL_S = 60 s after the trial started), instead of waiting forever.
+    # trial event arrives after the trial's start, and the sweep stops once
+    # resources.stall_timeout_s has passed (a timeout shorter than the guard's usual first look,
+    # STALL_S = 60 s, is honoured at its own time), instead of waiting forever.
     doc = _worker_model_sweep(tmp_path, "silent", "__import__('time').sleep(3600)")
-    doc["resources"]["stall_timeout_s"] = 1
+    doc["resources"]["stall_timeout_s"] = 15
     t0 = time.time()
     proc = _sweep(write_yaml(doc), tmp_path / "results", timeout=480, ray_tmp=ray_tmp, PYTHONPATH=_path_with(tmp_path))
     out = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 1, out
-    assert "(resources.stall_timeout_s: 1)" in proc.stderr and "stopping the sweep" in proc.stderr, out
+    assert "(resources.stall_timeout_s: 15)" in proc.stderr and "stopping the sweep" in proc.stderr, out
     assert time.time() - t0 < 400, out  # stopped by the guard, not by the test's own timeout
     runs = pd.concat(pd.read_parquet(p) for p in (tmp_path / "results" / "silent").glob("trials/*/runs.parquet"))
     assert list(runs["status"]) == ["failed"]

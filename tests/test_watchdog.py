@@ -163,6 +163,18 @@ def test_timeout_releases_orphans_first_and_the_release_restarts_the_count():
     assert guard.failure is None
 
 
+def test_a_timeout_shorter_than_the_inspection_delay_acts_at_its_own_time():
+    # stall_s (60) is when the guard first looks; a user's stall_timeout_s of 20 must not wait 60.
+    clock = Clock()
+    guard, messages, _ = _watching(clock, [RUNNING], timeout_s=20)
+    clock.now = 19
+    guard.check()
+    assert guard.failure is None and messages == []
+    clock.now = 20
+    guard.check()
+    assert guard.failure is not None and "20 s (resources.stall_timeout_s: 20)" in guard.failure
+
+
 def _available_cpu_settles_at(expected: float, within_s: float = 30) -> bool:
     """Ray's view of free resources is updated asynchronously: wait for it to show ``expected``."""
     import ray

@@ -15,13 +15,36 @@ Modules, one concept each:
 - `runner` — `run_probe`, `ProbeResult`; the loss it differentiates is the workload's
   (`bench.workload.Workload.loss`);
 - `standalone` — `specbench probe`: a checkpoint probed outside training.
+
+The package's names are loaded on first use (PEP 562), so that reading a config's probe settings
+(`bench.config` imports `settings`) does not import torch and the probe's code: `specbench report`,
+`status` and the config checks start in a fraction of a second.
 """
 
-from bench.probes.curvature import CURVATURE_COLUMNS
-from bench.probes.layers import ProbedLayer, UnsupportedLayer, select_layers
-from bench.probes.probe_batch import ProbeBatch
-from bench.probes.runner import ProbeResult, eval_mode, run_probe
-from bench.probes.settings import ProbeSettings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.probes.curvature import CURVATURE_COLUMNS
+    from bench.probes.layers import ProbedLayer, UnsupportedLayer, select_layers
+    from bench.probes.probe_batch import ProbeBatch
+    from bench.probes.runner import ProbeResult, eval_mode, run_probe
+    from bench.probes.settings import ProbeSettings
+
+#: Exported name → the module of this package that defines it.
+_HOME = {
+    "CURVATURE_COLUMNS": "curvature",
+    "ProbeBatch": "probe_batch",
+    "ProbeResult": "runner",
+    "ProbeSettings": "settings",
+    "ProbedLayer": "layers",
+    "UnsupportedLayer": "layers",
+    "eval_mode": "runner",
+    "run_probe": "runner",
+    "select_layers": "layers",
+}
 
 __all__ = [
     "CURVATURE_COLUMNS",
@@ -34,3 +57,10 @@ __all__ = [
     "run_probe",
     "select_layers",
 ]
+assert set(__all__) == set(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'bench.probes' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"bench.probes.{_HOME[name]}"), name)

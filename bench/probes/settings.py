@@ -6,10 +6,12 @@ is an error before a trial starts instead of a silently ignored key.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:  # settings are read where torch is not needed (the CLI, reports): imported lazily
+    import torch
 
 ProbeMode = Literal["full", "kronecker", "online"]
 #: The probe's modes (issue 14): what each measures is in docs/science/quantities.md.
@@ -128,4 +130,6 @@ class ProbeSettings(BaseModel):
     @property
     def torch_dtype(self) -> torch.dtype:
         """The torch dtype of :attr:`dtype`."""
+        import torch
+
         return torch.float64 if self.dtype == "float64" else torch.float32
