@@ -302,9 +302,13 @@ def spectral_norm_estimate(G: torch.Tensor, iters: int = 10) -> torch.Tensor:
     work = G.to(compute_dtype(G.dtype))
     rows = torch.linalg.vector_norm(work, dim=-1)  # (…, m)
     idx = rows.argmax(dim=-1, keepdim=True).unsqueeze(-1).expand(*work.shape[:-2], 1, work.shape[-1])
-    v = torch.gather(work, -2, idx).mT  # (…, n, 1)
+    v = torch.gather(work, -2, idx)  # (…, 1, n): vᵀ, a row
     tiny = torch.finfo(work.dtype).tiny
     for _ in range(iters):
-        v = work.mT @ (work @ v)
-        v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True).clamp_min(tiny)
-    return torch.linalg.vector_norm(work @ v, dim=(-2, -1))
+        # vᵀ ← (G v)ᵀ G = (GᵀG v)ᵀ. The row form reads G in its stored order; the column form
+        # Gᵀ (G v) multiplies by a transposed view, which took ~20× longer on CPU (batched matrix ×
+        # vector, measured on ResNet-18's 4608 × 512 buckets: 0.78 s of power iteration per bucket,
+        # more than the whole `gram` transform, so normalize=spectral doubled SN's step).
+        v = (work @ v.mT).mT @ work
+        v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(tiny)
+    return torch.linalg.vector_norm(work @ v.mT, dim=(-2, -1))
